@@ -1,0 +1,4 @@
+"""dp_audit.reports (DESIGN.md §1). Import it as `dp_audit.reports`, never under its bare folder name."""
+
+if __name__ != "dp_audit.reports":  # pragma: no cover - refuses a second copy under the bare name
+    raise ImportError(f"import this package as 'dp_audit.reports', not {__name__!r} (DESIGN.md §1)")
