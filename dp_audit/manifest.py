@@ -1,0 +1,133 @@
+"""Run manifests: what was run, with which seeds and versions, and the sha256 of every artifact
+(DESIGN.md §3). Loading verifies every hash: a mismatch or a missing artifact is an
+:class:`IntegrityError` (exit 3)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import platform
+import secrets
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from dp_audit import SCHEMA_VERSION, __version__
+from dp_audit.errors import IntegrityError
+from dp_audit.io import atomic_write_json, read_json, sha256_file
+
+MANIFEST = "manifest.json"
+REQUIRED_KEYS = (
+    "schema_version", "tool_version", "run_id", "created", "kind", "config", "seeds",
+    "claim", "artifacts", "environment",
+)
+OPTIONAL_KEYS = ("data_fingerprint", "notes", "selection", "source")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_run_id(name: str = "run") -> str:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+def environment() -> dict[str, str]:
+    env = {"python": platform.python_version(), "platform": platform.platform(), "dp_audit": __version__}
+    for dist in ("torch", "opacus", "transformers", "peft", "numpy", "scipy", "dp-accounting"):
+        try:
+            env[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            env[dist] = "not installed"
+    return env
+
+
+def hash_artifacts(run_dir: Path, paths: Iterable[str]) -> dict[str, str]:
+    """sha256 of each relative path; a directory contributes every file below it."""
+    out: dict[str, str] = {}
+    for rel in paths:
+        p = run_dir / rel
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for f in files:
+            if f.name.startswith(".") and f.name.endswith(".tmp"):
+                continue
+            out[f.relative_to(run_dir).as_posix()] = sha256_file(f)
+    return dict(sorted(out.items()))
+
+
+def write_manifest(
+    run_dir: str | Path,
+    *,
+    kind: str,
+    config: Mapping[str, Any],
+    seeds: Mapping[str, int],
+    claim: Mapping[str, Any],
+    artifacts: Iterable[str],
+    run_id: str | None = None,
+    data_fingerprint: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": __version__,
+        "run_id": run_id or new_run_id(run_dir.name),
+        "created": utc_now(),
+        "kind": kind,
+        "config": dict(config),
+        "seeds": dict(seeds),
+        "claim": dict(claim),
+        "artifacts": hash_artifacts(run_dir, artifacts),
+        "environment": environment(),
+    }
+    if data_fingerprint is not None:
+        manifest["data_fingerprint"] = data_fingerprint
+    manifest.update(extra or {})
+    atomic_write_json(run_dir / MANIFEST, manifest)
+    return manifest
+
+
+def load_manifest(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """Read and validate ``manifest.json``; with ``verify`` check every artifact's sha256."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        from dp_audit.errors import UsageError
+
+        raise UsageError(f"run directory not found: {run_dir}")
+    manifest = read_json(run_dir / MANIFEST, what="manifest", integrity=True)
+    if not isinstance(manifest, dict):
+        raise IntegrityError(f"{run_dir / MANIFEST}: not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise IntegrityError(f"{run_dir / MANIFEST}: missing key(s): {', '.join(missing)}")
+    unknown = sorted(set(manifest) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+    if unknown:
+        warnings.warn(f"{run_dir / MANIFEST}: unknown key(s) ignored: {', '.join(unknown)}", stacklevel=2)
+    if manifest["schema_version"] != SCHEMA_VERSION:
+        raise IntegrityError(
+            f"{run_dir / MANIFEST}: schema_version {manifest['schema_version']} is not {SCHEMA_VERSION}"
+        )
+    if verify:
+        verify_artifacts(run_dir, manifest["artifacts"])
+    return manifest
+
+
+def verify_artifacts(run_dir: Path, artifacts: Mapping[str, str]) -> None:
+    for rel, expected in artifacts.items():
+        path = run_dir / rel
+        if not path.is_file():
+            raise IntegrityError(f"artifact listed in the manifest is missing: {path}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise IntegrityError(f"sha256 mismatch for {path}: manifest {expected[:12]}…, file {actual[:12]}…")
+
+
+def add_artifacts(run_dir: str | Path, paths: Iterable[str]) -> dict[str, Any]:
+    """Record (or refresh) the hashes of new artifacts, e.g. audit outputs, in the manifest."""
+    run_dir = Path(run_dir)
+    manifest = load_manifest(run_dir, verify=False)
+    manifest["artifacts"].update(hash_artifacts(run_dir, paths))
+    manifest["artifacts"] = dict(sorted(manifest["artifacts"].items()))
+    atomic_write_json(run_dir / MANIFEST, manifest)
+    return manifest
