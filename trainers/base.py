@@ -1,0 +1,182 @@
+"""The shared training path: data, tokenizer, backbone, canaries, and the run directory.
+
+Every trainer receives the same :class:`Prepared` data (the private split with the member
+canaries inserted) and returns a :class:`TrainResult`; :func:`train_run` writes the run
+directory of DESIGN.md §3. DP is a field of the run (its ledger), not a copy of the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from dp_audit.canaries import Canary, make_canaries, write_canaries
+from dp_audit.config import RunConfig
+from dp_audit.errors import UsageError
+from dp_audit.io import atomic_write_json
+from dp_audit.manifest import new_run_id, write_manifest
+from dp_audit.records import PrivacyClaim
+from dp_audit.registry import Registry
+from dp_audit.trainers.backbone import ensure_backbone
+from dp_audit.trainers.data import TaskData, make_task, with_canaries
+from dp_audit.trainers.modeling import Batch, accuracy, build_classifier, encode
+from dp_audit.trainers.tokenizer import load_tokenizer, train_tokenizer
+
+
+@dataclass(frozen=True)
+class Prepared:
+    cfg: RunConfig
+    task: TaskData
+    tokenizer: Any
+    backbone_dir: Path
+    canaries: tuple[Canary, ...]
+    train: Batch  # private split + member canaries (each ``repeat`` times)
+    dev: Batch
+    test: Batch
+    public: Batch
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train["input_ids"].shape[0])
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: Any
+    ledger: dict[str, Any]
+    claim: PrivacyClaim
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # trainer-specific manifest entries
+
+
+class Trainer(Protocol):
+    name: str
+
+    def fit(self, prep: Prepared, model: Any, *, generator: torch.Generator) -> TrainResult: ...
+
+
+TRAINERS: Registry[type] = Registry("trainer")
+
+
+def seeds_of(cfg: RunConfig) -> dict[str, int]:
+    return {"data": cfg.data.seed, "canaries": cfg.canaries.seed, "train": cfg.train.seed,
+            "pretrain": cfg.model.pretrain_seed}
+
+
+def prepare(cfg: RunConfig, *, cache_root: Path, progress: bool = True) -> Prepared:
+    task = make_task(cfg.data)
+    backbone_dir = ensure_backbone(
+        cfg.model, cfg.data, task,
+        train_tokenizer(task.public.texts, vocab_size=cfg.data.vocab_size, max_length=cfg.data.max_length),
+        cache_root=cache_root, progress=progress,
+    )
+    tokenizer = load_tokenizer(backbone_dir)
+    canaries = tuple(make_canaries(
+        cfg.canaries.kind, cfg.canaries.m, rng=np.random.default_rng(cfg.canaries.seed),
+        vocab=task.vocab, n_words=cfg.canaries.n_words,
+    )) if cfg.canaries.m else ()
+    members = [c for c in canaries if c.member] * cfg.canaries.repeat
+    private = with_canaries(task.train, [c.text for c in members], [c.label for c in members])
+    enc = lambda s: encode(tokenizer, s.texts, s.labels, max_length=cfg.data.max_length)  # noqa: E731
+    return Prepared(cfg=cfg, task=task, tokenizer=tokenizer, backbone_dir=backbone_dir, canaries=canaries,
+                    train=enc(private), dev=enc(task.dev), test=enc(task.test), public=enc(task.public))
+
+
+def default_cache_root(out_dir: Path, cfg: RunConfig) -> Path:
+    return Path(cfg.model.cache_dir) if cfg.model.cache_dir else Path(out_dir).resolve().parent / ".cache"
+
+
+def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, overwrite: bool = False) -> Path:
+    """Train with ``cfg.trainer`` and write a complete run directory at ``out_dir``.
+
+    The directory is built in a temporary sibling and renamed into place at the end, so an
+    interrupted run never leaves a half-written run directory behind.
+    """
+    import dp_audit.trainers.registry  # noqa: F401  (registers every trainer)
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise UsageError(f"output directory {out_dir} exists and is not empty (use --overwrite)")
+    trainer_cls = TRAINERS.get(cfg.trainer)
+    prep = prepare(cfg, cache_root=default_cache_root(out_dir, cfg), progress=progress and cfg.train.progress)
+    g_init = torch.Generator().manual_seed(cfg.train.seed)
+    model = build_classifier(prep.backbone_dir, cfg.model, generator=g_init)
+    base_state = _base_for_saving(model, cfg)
+    result = trainer_cls().fit(prep, model, generator=torch.Generator().manual_seed(cfg.train.seed + 1))
+    model = result.model
+    metrics = {"test_accuracy": accuracy(model, prep.test), "dev_accuracy": accuracy(model, prep.dev),
+               **result.metrics}
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        artifacts = _write_model(tmp, model, base_state, prep, cfg)
+        write_canaries(tmp / "canaries.jsonl", prep.canaries)
+        atomic_write_json(tmp / "ledger.json", result.ledger)
+        atomic_write_json(tmp / "metrics.json", metrics)
+        write_manifest(
+            tmp, kind="train", config=cfg.to_dict(), seeds=seeds_of(cfg), claim=result.claim.to_dict(),
+            artifacts=[*artifacts, "canaries.jsonl", "ledger.json", "metrics.json"],
+            run_id=new_run_id(cfg.name or out_dir.name), data_fingerprint=prep.task.fingerprint,
+            extra={"notes": {"trainer": cfg.trainer, "tuning": cfg.model.tuning, "metrics": metrics,
+                             **result.extra}},
+        )
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _base_for_saving(model, cfg: RunConfig):
+    """For PEFT tunings keep the untuned base weights (the adapter is saved on top of them)."""
+    if cfg.model.tuning == "full":
+        return None
+    return {k: v.detach().clone() for k, v in model.get_base_model().state_dict().items()}
+
+
+def _write_model(run_dir: Path, model, base_state, prep: Prepared, cfg: RunConfig) -> list[str]:
+    prep.tokenizer.save_pretrained(run_dir / "tokenizer")
+    if cfg.model.tuning == "full":
+        model.save_pretrained(run_dir / "model")
+        return ["model", "tokenizer"]
+    model.save_pretrained(run_dir / "model")  # adapter_config.json + adapter_model.safetensors
+    base = model.get_base_model()
+    current = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    base.load_state_dict(base_state)
+    base.save_pretrained(run_dir / "base_model")
+    base.load_state_dict(current)
+    return ["model", "base_model", "tokenizer"]
+
+
+def claim_for_nonprivate(cfg: RunConfig) -> PrivacyClaim:
+    eps = cfg.privacy.claimed_epsilon if cfg.privacy.claimed_epsilon > 0 else math.inf
+    return PrivacyClaim(epsilon=eps, delta=cfg.privacy.delta, accountant="declared" if math.isfinite(eps) else "none",
+                        unaccounted=[{"component": "training", "reason": "non-private training: no mechanism"}])
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def poisson_steps(n: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """Sample rate q = B/n and the number of steps of ``epochs`` epochs (Opacus convention)."""
+    q = min(1.0, batch_size / n)
+    return q, int(epochs * round(1 / q))
+
+
+def replace_cfg(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
+    """Return ``cfg`` with some fields of some sections replaced (for tests and benchmarks)."""
+    changes = {name: dataclasses.replace(getattr(cfg, name), **vals) for name, vals in sections.items()}
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,165 @@
+"""DP-SGD (Abadi et al. 2016) through Opacus: Poisson sampling, per-sample clipping to C, Gaussian
+noise σC, noise multiplier from the target (ε, δ) with the RDP or PRV accountant.
+
+``privacy.inject_bug`` reproduces known implementation bugs for the gate's regression suite
+(DESIGN.md §11); the ledger then records what the buggy pipeline *believes* it did.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from dp_audit.config import RunConfig
+from dp_audit.records import PrivacyClaim
+from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult, poisson_steps
+from dp_audit.trainers.modeling import INPUT_KEYS, trainable_parameters
+
+_HUGE_CLIP = 1e6
+
+
+@dataclass(frozen=True)
+class DPSetup:
+    noise_multiplier: float  # what the optimizer really uses is recorded separately on purpose
+    sample_rate: float  # true Poisson rate of the sampler
+    steps: int
+    max_grad_norm: float
+    accounted_sample_rate: float  # what the accountant was told (differs only under a bug)
+
+
+def gaussian_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
+    """ε of ``steps`` Poisson-subsampled Gaussian steps, from an Opacus accountant."""
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(accountant)
+    acc.history = [(noise_multiplier, sample_rate, steps)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(acc.get_epsilon(delta=delta))
+
+
+def plan(cfg: RunConfig, n: int) -> DPSetup:
+    from opacus.accountants.utils import get_noise_multiplier
+
+    q, steps = poisson_steps(n, cfg.train.batch_size, cfg.train.epochs)
+    q_acc = q / 10 if cfg.privacy.inject_bug == "accountant-rate-10x-smaller" else q
+    sigma = cfg.privacy.noise_multiplier or get_noise_multiplier(
+        target_epsilon=cfg.privacy.epsilon, target_delta=cfg.privacy.delta, sample_rate=q_acc, steps=steps,
+        accountant=cfg.privacy.accountant, epsilon_tolerance=0.01,
+    )
+    return DPSetup(noise_multiplier=float(sigma), sample_rate=q, steps=steps,
+                   max_grad_norm=cfg.privacy.max_grad_norm, accounted_sample_rate=q_acc)
+
+
+def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, generator: torch.Generator,
+                 params: list[torch.nn.Parameter] | None = None):
+    """Wrap model/optimizer/loader with Opacus; returns (grad-sample module, DP optimizer, loader)."""
+    from opacus import PrivacyEngine
+
+    ds = torch.utils.data.TensorDataset(*(prep.train[k] for k in (*INPUT_KEYS, "labels")))
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, generator=generator)
+    params = params if params is not None else trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    engine = PrivacyEngine(accountant=cfg.privacy.accountant)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gsm, optimizer, loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=setup.noise_multiplier,
+            max_grad_norm=setup.max_grad_norm, poisson_sampling=True, noise_generator=generator,
+        )
+    _inject_bug(optimizer, cfg, setup)
+    return gsm, optimizer, loader
+
+
+def _inject_bug(optimizer, cfg: RunConfig, setup: DPSetup) -> None:
+    bug = cfg.privacy.inject_bug
+    if bug == "no-noise":
+        optimizer.noise_multiplier = 0.0
+    elif bug == "no-clip":  # per-sample gradients unclipped, noise std still σ·C
+        optimizer.noise_multiplier = setup.noise_multiplier * setup.max_grad_norm / _HUGE_CLIP
+        optimizer.max_grad_norm = _HUGE_CLIP
+    elif bug == "noise-multiplier-ignored":  # noise std C instead of σ·C
+        optimizer.noise_multiplier = 1.0
+
+
+def ledger_for(setup: DPSetup, *, component: str = "dpsgd", unaccounted: list[dict[str, Any]] | None = None) -> dict:
+    return {
+        "events": [{"mechanism": "subsampled_gaussian", "component": component,
+                    "noise_multiplier": setup.noise_multiplier, "sample_rate": setup.accounted_sample_rate,
+                    "steps": setup.steps, "sensitivity": setup.max_grad_norm}],
+        "unaccounted": list(unaccounted or []),
+    }
+
+
+def claim_for(setup: DPSetup, cfg: RunConfig, *, unaccounted: list[dict[str, Any]] | None = None) -> PrivacyClaim:
+    eps = gaussian_epsilon(noise_multiplier=setup.noise_multiplier, sample_rate=setup.accounted_sample_rate,
+                           steps=setup.steps, delta=cfg.privacy.delta, accountant=cfg.privacy.accountant)
+    return PrivacyClaim(epsilon=eps, delta=cfg.privacy.delta, accountant=cfg.privacy.accountant,
+                        unaccounted=list(unaccounted or []))
+
+
+def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: str,
+              before_step: Callable[[int, dict], None] | None = None, loss_fn: Callable | None = None) -> list[float]:
+    """The DP training loop: exactly ``setup.steps`` Poisson batches; returns the mean losses."""
+    gsm.train()
+    losses: list[float] = []
+    bar = tqdm(total=setup.steps, desc=desc, disable=not cfg.train.progress, leave=False)
+    step = 0
+    while step < setup.steps:
+        for tensors in loader:
+            if step >= setup.steps:
+                break
+            batch = dict(zip((*INPUT_KEYS, "labels"), tensors))
+            optimizer.zero_grad(set_to_none=True)
+            if before_step is not None:
+                before_step(step, batch)
+            if batch["labels"].numel() == 0:  # an empty Poisson batch: noise-only step
+                optimizer.step()
+            else:
+                loss = (loss_fn or _ce)(gsm, batch)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            step += 1
+            bar.update(1)
+            if losses:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    return losses
+
+
+def _ce(model, batch) -> torch.Tensor:
+    logits = model(**{k: batch[k] for k in INPUT_KEYS}).logits
+    return torch.nn.functional.cross_entropy(logits, batch["labels"])
+
+
+def unwrap(gsm) -> Any:
+    """The trained model without Opacus hooks."""
+    model = gsm._module if hasattr(gsm, "_module") else gsm
+    if hasattr(gsm, "remove_hooks"):
+        gsm.remove_hooks()
+    for p in model.parameters():
+        p.grad_sample = None
+    return model
+
+
+@TRAINERS.register("dpsgd")
+class DPSGDTrainer:
+    name = "dpsgd"
+
+    def fit(self, prep: Prepared, model, *, generator: torch.Generator) -> TrainResult:
+        cfg = prep.cfg
+        setup = plan(cfg, prep.n_train)
+        gsm, optimizer, loader = make_private(model, prep, cfg, setup, generator=generator)
+        losses = run_steps(gsm, optimizer, loader, setup, cfg=cfg, desc=f"DP-SGD (σ={setup.noise_multiplier:.2f})")
+        unacc = ([{"component": "implementation", "reason": f"injected bug: {cfg.privacy.inject_bug}"}]
+                 if cfg.privacy.inject_bug != "none" else [])
+        return TrainResult(
+            model=unwrap(gsm), ledger=ledger_for(setup), claim=claim_for(setup, cfg),
+            metrics={"final_train_loss": losses[-1] if losses else float("nan"), "steps": setup.steps},
+            extra={"dp": {**setup.__dict__, "inject_bug": cfg.privacy.inject_bug}},
+        )

@@ -1,0 +1,113 @@
+"""Build the sequence classifier from the backbone with the configured tuning, and run it."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from dp_audit.config import ModelConfig
+from dp_audit.hf_compat import enable_prefix_tuning, quiet_transformers
+
+Batch = dict[str, torch.Tensor]
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: int = 2, generator: torch.Generator):
+    """The backbone with a fresh classification head (seeded), wrapped for prefix/LoRA tuning."""
+    from transformers import AutoModelForSequenceClassification
+
+    quiet_transformers()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(backbone_dir), num_labels=num_labels, local_files_only=True
+        )
+    for name in ("classifier", "pooler"):
+        head = getattr(model, name, None) or getattr(getattr(model, "bert", None), name, None)
+        if head is not None:
+            from dp_audit.trainers.backbone import init_weights_
+
+            init_weights_(head, generator=generator)
+    return apply_tuning(model, model_cfg, generator=generator)
+
+
+def apply_tuning(model, model_cfg: ModelConfig, *, generator: torch.Generator):
+    if model_cfg.tuning == "full":
+        model.train()
+        return model
+    from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
+
+    if model_cfg.tuning == "prefix":
+        enable_prefix_tuning(model)
+        cfg = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=model_cfg.num_virtual_tokens,
+                                 prefix_projection=False)
+    else:
+        cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=model_cfg.lora_r, lora_alpha=2 * model_cfg.lora_r,
+                         target_modules=["query", "value"], lora_dropout=0.0)
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():  # PEFT initialises with the global RNG: redo it with ours
+        for name, p in peft_model.named_parameters():
+            if "prompt_encoder" in name:
+                p.normal_(0.0, 1.0, generator=generator)
+            elif "lora_A" in name:
+                bound = 1.0 / math.sqrt(p.shape[1])
+                p.uniform_(-bound, bound, generator=generator)
+            elif "lora_B" in name:
+                p.zero_()
+    peft_model.train()
+    return peft_model
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def encode(tokenizer, texts: Sequence[str], labels: Sequence[int], *, max_length: int) -> Batch:
+    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    n, length = enc["input_ids"].shape
+    return {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "token_type_ids": torch.zeros_like(enc["input_ids"]),
+        # (B, L) and contiguous: Opacus' per-sample embedding gradients need it (DESIGN.md §4)
+        "position_ids": torch.arange(length).unsqueeze(0).expand(n, -1).contiguous(),
+        "labels": torch.as_tensor(list(labels), dtype=torch.long),
+    }
+
+
+def subset(data: Batch, idx: torch.Tensor | slice) -> Batch:
+    return {k: v[idx] for k, v in data.items()}
+
+
+def batches(data: Batch, batch_size: int) -> Iterator[Batch]:
+    n = data["input_ids"].shape[0]
+    for s in range(0, n, batch_size):
+        yield subset(data, slice(s, s + batch_size))
+
+
+def logits_of(model, batch: Batch) -> torch.Tensor:
+    return model(**{k: batch[k] for k in INPUT_KEYS}).logits
+
+
+@torch.inference_mode()
+def predict_losses(model, data: Batch, *, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example cross-entropy losses and correctness, in eval mode."""
+    was_training = model.training
+    model.eval()
+    losses, correct = [], []
+    for b in batches(data, batch_size):
+        logits = logits_of(model, b)
+        losses.append(torch.nn.functional.cross_entropy(logits, b["labels"], reduction="none"))
+        correct.append(logits.argmax(-1) == b["labels"])
+    model.train(was_training)
+    return torch.cat(losses).numpy().astype(float), torch.cat(correct).numpy()
+
+
+def accuracy(model, data: Batch, *, batch_size: int = 128) -> float:
+    _, correct = predict_losses(model, data, batch_size=batch_size)
+    return float(correct.mean()) if correct.size else float("nan")
