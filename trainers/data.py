@@ -1,7 +1,9 @@
 """The built-in task: a deterministic synthetic sentiment-like text classification data set.
 
-Words carry a hidden polarity (+1, -1 or 0); ``not`` flips the next word; the label is the sign
-of the summed polarity, with a small rate of label noise. Splits: ``public`` (tokenizer and
+Words carry a hidden polarity (+1, -1 or 0); each text has a latent sentiment that decides most
+of its polar words; ``not`` flips the next word; the label is the sign of the summed polarity,
+with a small rate of label noise. The public split is general-domain text; in the private
+domain (train/dev/test) a fraction ``domain_shift`` of the polar words flip polarity. Splits: ``public`` (tokenizer and
 backbone pretraining; never private), ``train`` (the private split), ``dev`` and ``test``.
 All splits are drawn from one seeded generator and are disjoint as texts.
 """
@@ -61,28 +63,36 @@ def make_vocab(size: int, *, rng: np.random.Generator) -> list[str]:
 def _sample_split(
     n: int, cfg: DataConfig, *, rng: np.random.Generator, vocab: Sequence[str], pol: np.ndarray, taken: set[str]
 ) -> Split:
-    probs = 1.0 / np.arange(1, len(vocab) + 1) ** 0.8  # Zipf-like word frequencies
-    probs /= probs.sum()
+    """Each text has a latent sentiment that drives which polar words it uses (so word
+    co-occurrence carries polarity and masked-LM pretraining on public text helps); ``not``
+    flips the next polar word; the label is the sign of the summed effective polarity."""
+    groups = {p: np.flatnonzero(pol == p) for p in (-1, 0, 1)}
+    weights = {p: 1.0 / np.arange(1, len(g) + 1) ** 0.7 for p, g in groups.items()}
+    weights = {p: w / w.sum() for p, w in weights.items()}
     texts: list[str] = []
     labels: list[int] = []
     while len(texts) < n:
+        sentiment = 1 if rng.random() < 0.5 else -1
         length = int(rng.integers(cfg.min_words, cfg.max_words + 1))
-        idx = rng.choice(len(vocab), size=length, p=probs)
-        negate = rng.random(length) < 0.12
         words: list[str] = []
-        score = 0.0
-        for j, k in enumerate(idx):
-            if negate[j] and pol[k] != 0:
-                words.append(NEGATION)
-                score -= pol[k]
+        score = 0
+        for _ in range(length):
+            if rng.random() < 0.4:  # a polar word, mostly of the text's sentiment
+                p = sentiment if rng.random() < 0.8 else -sentiment
+                k = groups[p][rng.choice(len(groups[p]), p=weights[p])]
+                if rng.random() < 0.1:
+                    words.append(NEGATION)
+                    score -= p
+                else:
+                    score += p
             else:
-                score += pol[k]
+                k = groups[0][rng.choice(len(groups[0]), p=weights[0])]
             words.append(vocab[k])
         text = " ".join(words)
         if text in taken:
             continue
         taken.add(text)
-        label = int(score > 0) if score != 0 else int(rng.integers(2))
+        label = int(score > 0) if score != 0 else int(sentiment > 0)
         if rng.random() < cfg.label_noise:
             label = 1 - label
         texts.append(text)
@@ -95,13 +105,16 @@ def make_task(cfg: DataConfig) -> TaskData:
     vocab = make_vocab(cfg.vocab_size, rng=rng)
     u = rng.random(len(vocab))
     pol = np.where(u < 0.2, 1, np.where(u < 0.4, -1, 0)).astype(int)
+    # the private domain: a fraction of the polar words mean the opposite there
+    flip = (pol != 0) & (rng.random(len(vocab)) < cfg.domain_shift)
+    pol_private = np.where(flip, -pol, pol)
     taken: set[str] = set()
     splits = {
-        name: _sample_split(n, cfg, rng=rng, vocab=vocab, pol=pol, taken=taken)
+        name: _sample_split(n, cfg, rng=rng, vocab=vocab, pol=pol if name == "public" else pol_private, taken=taken)
         for name, n in (("public", cfg.n_public), ("train", cfg.n_train), ("dev", cfg.n_dev), ("test", cfg.n_test))
     }
     fp = canonical_fingerprint({"texts": list(splits["train"].texts), "labels": list(splits["train"].labels)})
-    return TaskData(vocab=tuple(vocab), polarity=tuple(int(p) for p in pol), fingerprint=fp, **splits)
+    return TaskData(vocab=tuple(vocab), polarity=tuple(int(p) for p in pol_private), fingerprint=fp, **splits)
 
 
 def with_canaries(split: Split, texts: Sequence[str], labels: Sequence[int]) -> Split:

@@ -27,12 +27,11 @@ def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: 
         model = AutoModelForSequenceClassification.from_pretrained(
             str(backbone_dir), num_labels=num_labels, local_files_only=True
         )
-    for name in ("classifier", "pooler"):
-        head = getattr(model, name, None) or getattr(getattr(model, "bert", None), name, None)
-        if head is not None:
-            from dp_audit.trainers.backbone import init_weights_
+    head = getattr(model, "classifier", None)  # the only new module; the pooler is pretrained
+    if head is not None:
+        from dp_audit.trainers.backbone import init_weights_
 
-            init_weights_(head, generator=generator)
+        init_weights_(head, generator=generator)
     return apply_tuning(model, model_cfg, generator=generator)
 
 
