@@ -1,0 +1,225 @@
+"""The audit pipeline behind ``dp-audit run`` (DESIGN.md §2, §5, §6).
+
+target model -> per-example signals on the canaries -> attack scores (``scores/<attack>.npz``)
+-> attack metrics -> ε lower bounds (α split by the gate's policy) -> accounting cross-check
+-> landscape probes (optional) -> ``audit.json`` (+ hashes in the manifest) -> reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dp_audit import SCHEMA_VERSION, __version__
+from dp_audit.canaries import Canary, read_canaries, write_canaries
+from dp_audit.config import AuditConfig
+from dp_audit.errors import IntegrityError, UsageError
+from dp_audit.io import atomic_write_json, read_json, save_npz, sha256_file
+from dp_audit.manifest import add_artifacts, load_manifest, new_run_id, utc_now, write_manifest
+
+AUDIT = "audit.json"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What is audited: where the model is, what it claims, and its canaries."""
+
+    run_dir: Path
+    model_path: Path
+    base_path: Path | None
+    tokenizer_path: Path | None
+    kind: str  # classifier | causal-lm
+    claim: dict[str, Any]
+    canaries: tuple[Canary, ...]
+    source: str  # dp-audit | external
+    manifest: dict[str, Any]
+    ledger: dict[str, Any] | None
+
+
+def target_from_run(run_dir: str | Path) -> Target:
+    """A run directory written by ``dp-audit train``; every artifact hash is verified first."""
+    run_dir = Path(run_dir)
+    manifest = load_manifest(run_dir, verify=True)
+    tuning = manifest["config"].get("model", {}).get("tuning", "full")
+    base = run_dir / "base_model" if tuning != "full" else None
+    ledger = read_json(run_dir / "ledger.json", what="ledger", integrity=True) if (run_dir / "ledger.json").exists() else None
+    canaries_path = run_dir / "canaries.jsonl"
+    if not canaries_path.is_file():
+        raise IntegrityError(f"canaries file missing from run directory: {canaries_path}")
+    return Target(run_dir=run_dir, model_path=run_dir / "model", base_path=base,
+                  tokenizer_path=run_dir / "tokenizer" if (run_dir / "tokenizer").is_dir() else None,
+                  kind="classifier", claim=manifest["claim"], canaries=tuple(read_canaries(canaries_path)),
+                  source="dp-audit", manifest=manifest, ledger=ledger)
+
+
+def target_from_checkpoint(
+    *, model: str | Path, canaries: str | Path, epsilon: float, delta: float, out: str | Path,
+    base: str | Path | None = None, kind: str | None = None, overwrite: bool = False,
+) -> Target:
+    """A checkpoint dp-audit did not train: create a run directory ``out`` that records it."""
+    model, out = Path(model), Path(out)
+    if not model.is_dir():
+        raise UsageError(f"model directory not found: {model}")
+    if base is not None and not Path(base).is_dir():
+        raise UsageError(f"base model directory not found: {base}")
+    if not (epsilon > 0) or not (0 < delta < 1):
+        raise UsageError(f"need epsilon > 0 and 0 < delta < 1, got epsilon={epsilon}, delta={delta}")
+    cans = read_canaries(canaries)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"output directory {out} exists and is not empty (use --overwrite)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_canaries(out / "canaries.jsonl", cans)
+    model_files = {f.relative_to(model).as_posix(): sha256_file(f) for f in sorted(model.rglob("*")) if f.is_file()}
+    claim = {"epsilon": float(epsilon), "delta": float(delta), "accountant": "declared", "unaccounted": []}
+    manifest = write_manifest(
+        out, kind="external", config={"model": {"path": str(model.resolve()), "base": str(base) if base else None,
+                                                "kind": kind}},
+        seeds={}, claim=claim, artifacts=["canaries.jsonl"], run_id=new_run_id(out.name),
+        extra={"source": {"model_path": str(model.resolve()), "model_files": model_files,
+                          "base_path": str(Path(base).resolve()) if base else None}},
+    )
+    return Target(run_dir=out, model_path=model, base_path=Path(base) if base else None, tokenizer_path=None,
+                  kind=kind or "auto", claim=claim, canaries=tuple(cans), source="external", manifest=manifest,
+                  ledger=None)
+
+
+def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render: bool = True) -> dict[str, Any]:
+    """Run attacks, estimators, cross-checks and probes on ``target``; write ``audit.json``."""
+    from dp_audit.attacks.base import make_attack
+    from dp_audit.attacks.loading import load_hf_model
+    from dp_audit.attacks.metrics import attack_metrics
+    from dp_audit.attacks.signals import compute_signals
+    from dp_audit.gate import GatePolicy, evaluate_gate
+
+    run_dir = target.run_dir
+    if not target.canaries:
+        raise UsageError("no canaries to audit")
+    model, tokenizer, info = load_hf_model(target.model_path, base=target.base_path,
+                                           kind=None if target.kind in ("auto", None) else target.kind,
+                                           tokenizer_path=target.tokenizer_path)
+    kind = info.get("kind", "classifier")
+    texts = [c.text for c in target.canaries]
+    labels = [c.label for c in target.canaries] if kind == "classifier" else None
+    member = np.array([c.member for c in target.canaries], dtype=bool)
+    if member.all() or not member.any():
+        raise UsageError("canaries must include both members and non-members")
+    signals = compute_signals(model, tokenizer, texts, labels, kind=kind, batch_size=cfg.batch_size, progress=progress)
+    signals.save(run_dir / "signals" / "target.npz")
+
+    rng = np.random.default_rng(cfg.seed)
+    attacks, written = [], ["signals"]
+    for name in cfg.attacks:
+        attack = make_attack(name)
+        if getattr(attack, "needs_reference", 0):
+            raise UsageError(f"attack {name!r} needs reference models; set reference_models > 0 "
+                             "(reference models are trained for dp-audit runs only)")
+        scores = np.asarray(attack.fit(None).score_samples(signals), dtype=float)
+        rel = f"scores/{name}.npz"
+        save_npz(run_dir / rel, scores=scores, member=member)
+        written.append(rel)
+        attacks.append(attack_metrics(name, scores, member, scores_file=rel, rng=rng))
+
+    audit: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": __version__,
+        "run_id": target.manifest["run_id"],
+        "created": utc_now(),
+        "source": target.source,
+        "model": _model_info(target, info),
+        "claim": target.claim,
+        "threat_model": "black-box",
+        "canaries": {"m": len(target.canaries), "n_members": int(member.sum()),
+                     "kind": target.manifest.get("config", {}).get("canaries", {}).get("kind", "user-supplied"),
+                     "file": "canaries.jsonl", "seed": target.manifest.get("seeds", {}).get("canaries")},
+        "audit_config": cfg.to_dict(),
+        "attacks": [a.to_dict() for a in attacks],
+        "estimates": [],
+        "ceiling": _ceilings(len(target.canaries), cfg, target.claim),
+        "accounting": _accounting(target),
+        "landscapes": None,
+        "verdict": None,
+        "reproduce": _reproduce(target),
+    }
+    _write_audit(run_dir, audit, written)
+    policy = GatePolicy(attacks=tuple(cfg.attacks), estimators=tuple(cfg.estimators), alpha=cfg.alpha,
+                        threshold=cfg.threshold)
+    gate = evaluate_gate(run_dir, policy)
+    audit["estimates"] = [e.to_dict() for e in gate.estimates]
+    audit["verdict"] = gate.verdict.to_dict()
+    _write_audit(run_dir, audit, [])
+    if render and cfg.formats:
+        from dp_audit.reports import render_run
+
+        outputs = render_run(run_dir, formats=tuple(cfg.formats))
+        add_artifacts(run_dir, [p.relative_to(run_dir).as_posix() for p in outputs.values()])
+    return audit
+
+
+def _write_audit(run_dir: Path, audit: dict[str, Any], written: list[str]) -> None:
+    atomic_write_json(run_dir / AUDIT, audit)
+    add_artifacts(run_dir, [*written, AUDIT])
+
+
+def _model_info(target: Target, info: dict[str, Any]) -> dict[str, Any]:
+    cfg = target.manifest.get("config", {})
+    return {"name": info.get("name") or target.model_path.name, "trainer": cfg.get("trainer"),
+            "mode": _mode(cfg), "path": str(target.model_path), "tuning": cfg.get("model", {}).get("tuning"),
+            "kind": info.get("kind")}
+
+
+def _mode(cfg: dict[str, Any]) -> str | None:
+    if cfg.get("trainer") == "dpflat":
+        f = cfg.get("dpflat", {})
+        return ", ".join(f"{k}={f.get(k + '_mode')}" for k in ("awp", "sparse", "distill") if f.get(k))
+    if cfg.get("trainer") == "dpzo":
+        return cfg.get("dpzo", {}).get("noise")
+    if cfg.get("privacy", {}).get("inject_bug", "none") != "none":
+        return f"bug: {cfg['privacy']['inject_bug']}"
+    return None
+
+
+def _ceilings(m: int, cfg: AuditConfig, claim: dict[str, Any]) -> dict[str, float]:
+    from dp_audit.estimate import epsilon_ceiling
+
+    k = max(1, len(cfg.attacks) * len([e for e in cfg.estimators if e != "raw"]))
+    out = {}
+    for method in cfg.estimators:
+        if method in ("steinke", "fdp"):
+            out[method] = float(epsilon_ceiling(m, method=method, alpha=cfg.alpha / k, delta=float(claim["delta"]),
+                                                threshold=cfg.threshold))
+    return out
+
+
+def _accounting(target: Target) -> dict[str, Any] | None:
+    if not target.ledger or not target.ledger.get("events"):
+        return None
+    if all(e.get("mechanism") == "none" for e in target.ledger["events"]):
+        return None
+    from dp_audit.accounting import cross_check
+
+    eps = target.claim["epsilon"]
+    eps = math.inf if isinstance(eps, str) else float(eps)
+    return cross_check(target.ledger, claimed_epsilon=eps, delta=float(target.claim["delta"]))
+
+
+def _reproduce(target: Target) -> str:
+    if target.source == "external":
+        src = target.manifest.get("source", {})
+        base = f" --base {src['base_path']}" if src.get("base_path") else ""
+        return (f"dp-audit run --model {src.get('model_path')}{base} --canaries canaries.jsonl "
+                f"--epsilon {target.claim['epsilon']} --delta {target.claim['delta']} --out {target.run_dir}")
+    cfg = target.manifest.get("config", {})
+    return (f"dp-audit train --config <config.toml with manifest.json 'config'> --out {target.run_dir} "
+            f"&& dp-audit run --run {target.run_dir}  # trainer={cfg.get('trainer')}")
+
+
+def with_defaults(cfg: AuditConfig, **changes: Any) -> AuditConfig:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,98 @@
+"""``dp-audit run``: audit a run directory (or any Hugging Face checkpoint) and write audit.json."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tomllib
+from pathlib import Path
+
+from dp_audit.config import AuditConfig, from_mapping
+from dp_audit.errors import UsageError
+from dp_audit.overrides import apply_overrides
+
+EPILOG = """examples:
+  dp-audit run --run runs/dpsgd
+  dp-audit run --run runs/dpsgd --config audit.toml --set alpha=0.01
+  dp-audit run --model my_ckpt/ --canaries canaries.jsonl --epsilon 3 --delta 1e-5 --out runs/mine
+  dp-audit run --model adapter/ --base base_model/ --canaries canaries.jsonl --epsilon 8 --delta 1e-5 --out runs/peft
+
+audit.toml keys: attacks, estimators, alpha, threshold, probes, reference_models, formats, seed,
+batch_size (docs/formats.md). Writes audit.json, scores/*.npz and the reports into the run directory."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="audit a trained model: attacks, ε lower bounds, report", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("what to audit (either --run, or --model with --canaries/--epsilon/--delta/--out)")
+    src.add_argument("--run", type=Path, help="run directory written by dp-audit train")
+    src.add_argument("--model", type=Path, help="save_pretrained directory (or PEFT adapter directory)")
+    src.add_argument("--base", type=Path, help="base model directory for a PEFT adapter")
+    src.add_argument("--kind", choices=("classifier", "causal-lm"), help="model kind (default: from config.json)")
+    src.add_argument("--canaries", type=Path, help="canaries.jsonl (docs/formats.md)")
+    src.add_argument("--epsilon", type=float, help="claimed ε")
+    src.add_argument("--delta", type=float, help="claimed δ")
+    src.add_argument("--out", type=Path, help="run directory to create for --model")
+    p.add_argument("--config", type=Path, help="audit config TOML")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an audit config value, e.g. alpha=0.01 (repeatable)")
+    p.add_argument("--no-report", action="store_true", help="write audit.json only")
+    p.add_argument("--overwrite", action="store_true", help="with --model: replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def load_audit_config(path: Path | None, overrides: list[str]) -> AuditConfig:
+    data: dict = {}
+    if path is not None:
+        if not path.is_file():
+            raise UsageError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{path}: invalid TOML: {exc}") from None
+    return from_mapping(AuditConfig, apply_overrides(data, overrides))
+
+
+def run(args: argparse.Namespace) -> int:
+    from dp_audit.audit import run_audit, target_from_checkpoint, target_from_run
+
+    cfg = load_audit_config(args.config, args.overrides)
+    if (args.run is None) == (args.model is None):
+        raise UsageError("give either --run DIR or --model DIR (with --canaries, --epsilon, --delta, --out)")
+    if args.run is not None:
+        target = target_from_run(args.run)
+    else:
+        missing = [f"--{n}" for n in ("canaries", "epsilon", "delta", "out") if getattr(args, n) is None]
+        if missing:
+            raise UsageError(f"--model needs {', '.join(missing)}")
+        target = target_from_checkpoint(model=args.model, canaries=args.canaries, epsilon=args.epsilon,
+                                        delta=args.delta, out=args.out, base=args.base, kind=args.kind,
+                                        overwrite=args.overwrite)
+    audit = run_audit(target, cfg, progress=not args.quiet, render=not args.no_report)
+    print_summary(audit, target.run_dir)
+    return 0
+
+
+def fmt_eps(x) -> str:
+    if isinstance(x, str):
+        return "∞" if x == "inf" else x
+    return "∞" if math.isinf(x) else f"{x:.3g}"
+
+
+def print_summary(audit: dict, run_dir: Path) -> None:
+    v = audit.get("verdict") or {}
+    print(f"audit of {run_dir} ({audit['canaries']['m']} canaries, {audit['threat_model']})")
+    for a in audit["attacks"]:
+        tpr = a.get("tpr_at_fpr", {})
+        print(f"  attack {a['name']:<14} AUC {a['auc']:.3f}   TPR@0.1%FPR {tpr.get('0.001', float('nan')):.3f}"
+              f"   TPR@1%FPR {tpr.get('0.01', float('nan')):.3f}")
+    for e in audit["estimates"]:
+        tag = "" if e.get("is_bound", True) else "  (estimate, not a bound)"
+        print(f"  ε_LB {e['method']:<16} on {e.get('attack') or '-':<12} {e['epsilon_lb']:.3f} "
+              f"(α={e['alpha']:.3g}){tag}")
+    if v:
+        status = v["status"].upper()
+        print(f"verdict: {status}: empirical ε_LB {v['epsilon_lb_max']:.3f} vs claimed ε "
+              f"{fmt_eps(v['claimed_epsilon'])} (α={v['alpha']}, {v.get('threat_model', 'black-box')})")
+    print(f"wrote {run_dir / 'audit.json'}" + (f" and {run_dir / 'report.html'}" if (run_dir / 'report.html').exists() else ""))

@@ -1,0 +1,124 @@
+import json
+
+import numpy as np
+import pytest
+
+from dp_audit.canaries import make_canaries, read_canaries, write_canaries
+from dp_audit.config import RunConfig, from_mapping, load_run_config
+from dp_audit.errors import IntegrityError, UsageError
+from dp_audit.io import atomic_write_text, load_npz, load_scores, save_npz
+from dp_audit.manifest import add_artifacts, load_manifest, write_manifest
+from dp_audit.overrides import apply_overrides
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    p = atomic_write_text(tmp_path / "a" / "x.txt", "hello")
+    assert p.read_text() == "hello"
+    assert [f.name for f in p.parent.iterdir()] == ["x.txt"]
+
+
+def test_npz_roundtrip_and_no_pickles(tmp_path):
+    save_npz(tmp_path / "s.npz", scores=np.arange(4.0), member=np.array([1, 0, 1, 0], bool))
+    s, m = load_scores(tmp_path / "s.npz")
+    assert s.tolist() == [0, 1, 2, 3] and m.dtype == bool
+    with pytest.raises(TypeError):
+        save_npz(tmp_path / "o.npz", x=np.array([{"a": 1}], dtype=object))
+    # a pickled object array written by numpy itself must be refused on load
+    np.savez(tmp_path / "evil.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(UsageError):
+        load_npz(tmp_path / "evil.npz")
+
+
+def test_scores_validation(tmp_path):
+    save_npz(tmp_path / "nan.npz", scores=np.array([0.1, np.nan]), member=np.array([True, False]))
+    with pytest.raises(UsageError, match="NaN"):
+        load_scores(tmp_path / "nan.npz")
+    save_npz(tmp_path / "len.npz", scores=np.zeros(3), member=np.zeros(2, bool))
+    with pytest.raises(UsageError, match="entries"):
+        load_scores(tmp_path / "len.npz")
+    with pytest.raises(UsageError, match="not found"):
+        load_scores(tmp_path / "missing.npz")
+
+
+def test_config_rejects_unknown_and_mistyped_keys(tmp_path):
+    with pytest.raises(UsageError, match=r"'train\.epoch'.*did you mean 'epochs'"):
+        from_mapping(RunConfig, {"train": {"epoch": 3}})
+    with pytest.raises(UsageError, match="must be a number"):
+        from_mapping(RunConfig, {"privacy": {"epsilon": "three"}})
+    with pytest.raises(UsageError, match="trainer"):
+        from_mapping(RunConfig, {"trainer": "dp-sgd"})
+    (tmp_path / "c.toml").write_text('trainer = "nondp"\n[privacy]\nepsilon = 2\n')
+    assert load_run_config(tmp_path / "c.toml").privacy.epsilon == 2.0
+    (tmp_path / "bad.toml").write_text("trainer = \n")
+    with pytest.raises(UsageError, match="invalid TOML"):
+        load_run_config(tmp_path / "bad.toml")
+
+
+def test_overrides():
+    out = apply_overrides({"privacy": {"epsilon": 3}}, ["privacy.epsilon=1.5", "trainer=nondp", "train.progress=false"])
+    assert out == {"privacy": {"epsilon": 1.5}, "trainer": "nondp", "train": {"progress": False}}
+    with pytest.raises(UsageError):
+        apply_overrides({}, ["novalue"])
+
+
+def test_canaries_membership_is_seeded_bernoulli(tmp_path):
+    vocab = [f"w{i}" for i in range(50)]
+    a = make_canaries("mislabelled-random", 2000, rng=np.random.default_rng(5), vocab=vocab)
+    b = make_canaries("mislabelled-random", 2000, rng=np.random.default_rng(5), vocab=vocab)
+    assert a == b
+    frac = np.mean([c.member for c in a])
+    assert abs(frac - 0.5) < 3 * np.sqrt(0.25 / 2000)  # Bernoulli(1/2), 3 standard errors
+    write_canaries(tmp_path / "c.jsonl", a)
+    assert read_canaries(tmp_path / "c.jsonl") == a
+
+
+def test_canaries_file_errors(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"id": "a", "text": "x", "label": 0, "member": true}\n{"id": "b"\n')
+    with pytest.raises(UsageError, match=r"c\.jsonl:2"):
+        read_canaries(tmp_path / "c.jsonl")
+    with pytest.raises(UsageError, match="not found"):
+        read_canaries(tmp_path / "none.jsonl")
+    (tmp_path / "d.jsonl").write_text('{"id": "a", "text": "x", "member": "yes"}\n')
+    with pytest.raises(UsageError, match="member"):
+        read_canaries(tmp_path / "d.jsonl")
+
+
+def test_manifest_verifies_hashes(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "w.bin").write_bytes(b"weights")
+    (tmp_path / "canaries.jsonl").write_text("{}\n")
+    write_manifest(tmp_path, kind="train", config={"a": 1}, seeds={"s": 1},
+                   claim={"epsilon": 1.0, "delta": 1e-5}, artifacts=["model", "canaries.jsonl"])
+    m = load_manifest(tmp_path)
+    assert set(m["artifacts"]) == {"model/w.bin", "canaries.jsonl"}
+    (tmp_path / "model" / "w.bin").write_bytes(b"weightz")
+    with pytest.raises(IntegrityError, match="sha256 mismatch"):
+        load_manifest(tmp_path)
+    (tmp_path / "model" / "w.bin").write_bytes(b"weights")
+    (tmp_path / "canaries.jsonl").unlink()
+    with pytest.raises(IntegrityError, match="missing"):
+        load_manifest(tmp_path)
+
+
+def test_manifest_missing_key_and_unknown_key(tmp_path):
+    write_manifest(tmp_path, kind="train", config={}, seeds={}, claim={}, artifacts=[])
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    data["surprise"] = 1
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="surprise"):
+        load_manifest(tmp_path)
+    del data["claim"]
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(IntegrityError, match="claim"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(IntegrityError, match="not valid JSON"):
+        load_manifest(tmp_path)
+
+
+def test_add_artifacts_updates_hashes(tmp_path):
+    write_manifest(tmp_path, kind="train", config={}, seeds={}, claim={}, artifacts=[])
+    (tmp_path / "audit.json").write_text("{}")
+    m = add_artifacts(tmp_path, ["audit.json"])
+    assert "audit.json" in m["artifacts"]
+    assert load_manifest(tmp_path)["artifacts"] == m["artifacts"]
