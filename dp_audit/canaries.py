@@ -54,6 +54,25 @@ def mislabelled_random(
     ]
 
 
+CANARY_TOKEN_PREFIX = "zqcanary"
+
+
+def canary_token(i: int) -> str:
+    """The i-th reserved canary token; the built-in tokenizer reserves a pool of them."""
+    return f"{CANARY_TOKEN_PREFIX}{i:05d}"
+
+
+@CANARY_KINDS.register("rare-token")
+def rare_token(
+    m: int, *, rng: np.random.Generator, vocab: Sequence[str], n_words: int = 10, n_labels: int = 2
+) -> list[Canary]:
+    """Mislabelled random texts that each start with their own reserved token, seen nowhere
+    else: the token's embedding row is a per-canary parameter, so these canaries are the
+    input-space analogue of Dirac canaries (Nasr et al. 2023) and make strong audits."""
+    base = mislabelled_random(m, rng=rng, vocab=vocab, n_words=max(1, n_words - 1), n_labels=n_labels)
+    return [dataclasses.replace(c, text=f"{canary_token(i)} {c.text}") for i, c in enumerate(base)]
+
+
 def make_canaries(kind: str, m: int, *, rng: np.random.Generator, **options: Any) -> list[Canary]:
     return CANARY_KINDS.get(kind)(m, rng=rng, **options)
 

@@ -35,6 +35,7 @@ class DataConfig:
     max_words: int = 14
     label_noise: float = 0.05
     domain_shift: float = 0.25  # fraction of polar words whose polarity flips in the private domain
+    canary_tokens: int = 1000  # reserved tokenizer words for rare-token canaries
     max_length: int = 32
     vocab_size: int = 600
 
@@ -77,6 +78,7 @@ class TrainConfig:
     max_physical_batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
+    optimizer: str = "adamw"  # adamw | sgd (sgd makes white-box audits of the update linear)
     progress: bool = True
 
 
@@ -143,6 +145,7 @@ class RunConfig:
         _choice("privacy.accountant", self.privacy.accountant, ("rdp", "prv"))
         _choice("dpzo.noise", self.dpzo.noise, ("gaussian", "laplace"))
         _choice("model.backbone", self.model.backbone, ("tiny", "minilm"))
+        _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
         if not 0 < self.privacy.delta < 1:
             raise UsageError(f"privacy.delta must be in (0, 1), got {self.privacy.delta}")
         if self.privacy.epsilon <= 0:

@@ -28,7 +28,7 @@ def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
         for k in ("backbone", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                   "pretrain_epochs", "pretrain_lr", "pretrain_seed")
     }
-    return canonical_fingerprint({"model": relevant, "data": data_cfg.__dict__, "v": 4})[:16]
+    return canonical_fingerprint({"model": relevant, "data": data_cfg.__dict__, "v": 5})[:16]
 
 
 def ensure_backbone(

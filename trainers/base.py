@@ -76,10 +76,13 @@ def prepare(cfg: RunConfig, *, cache_root: Path, progress: bool = True) -> Prepa
     task = make_task(cfg.data)
     backbone_dir = ensure_backbone(
         cfg.model, cfg.data, task,
-        train_tokenizer(task.public.texts, vocab_size=cfg.data.vocab_size, max_length=cfg.data.max_length),
+        train_tokenizer(task.public.texts, vocab_size=cfg.data.vocab_size, max_length=cfg.data.max_length,
+                        canary_tokens=cfg.data.canary_tokens),
         cache_root=cache_root, progress=progress,
     )
     tokenizer = load_tokenizer(backbone_dir)
+    if cfg.canaries.kind == "rare-token" and cfg.canaries.m > cfg.data.canary_tokens:
+        raise UsageError(f"canaries.m = {cfg.canaries.m} rare-token canaries need data.canary_tokens >= m")
     canaries = tuple(make_canaries(
         cfg.canaries.kind, cfg.canaries.m, rng=np.random.default_rng(cfg.canaries.seed),
         vocab=task.vocab, n_words=cfg.canaries.n_words,
@@ -140,19 +143,16 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
 
 
 def _base_for_saving(model, cfg: RunConfig):
-    """For PEFT tunings keep the untuned base weights (the adapter is saved on top of them)."""
-    if cfg.model.tuning == "full":
-        return None
-    return {k: v.detach().clone() for k, v in model.get_base_model().state_dict().items()}
+    """The weights before fine-tuning: the base of a PEFT adapter, and for full fine-tuning the
+    starting point that white-box audits compare the final weights with."""
+    base = model if cfg.model.tuning == "full" else model.get_base_model()
+    return {k: v.detach().clone() for k, v in base.state_dict().items()}
 
 
 def _write_model(run_dir: Path, model, base_state, prep: Prepared, cfg: RunConfig) -> list[str]:
     prep.tokenizer.save_pretrained(run_dir / "tokenizer")
-    if cfg.model.tuning == "full":
-        model.save_pretrained(run_dir / "model")
-        return ["model", "tokenizer"]
-    model.save_pretrained(run_dir / "model")  # adapter_config.json + adapter_model.safetensors
-    base = model.get_base_model()
+    model.save_pretrained(run_dir / "model")  # full model, or adapter_config.json + adapter_model.safetensors
+    base = model if cfg.model.tuning == "full" else model.get_base_model()
     current = {k: v.detach().clone() for k, v in base.state_dict().items()}
     base.load_state_dict(base_state)
     base.save_pretrained(run_dir / "base_model")

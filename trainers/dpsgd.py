@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from dp_audit.config import RunConfig
 from dp_audit.records import PrivacyClaim
 from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult, poisson_steps
-from dp_audit.trainers.modeling import INPUT_KEYS, trainable_parameters
+from dp_audit.trainers.modeling import INPUT_KEYS, make_optimizer, trainable_parameters
 
 _HUGE_CLIP = 1e6
 
@@ -63,7 +63,7 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
     ds = torch.utils.data.TensorDataset(*(prep.train[k] for k in (*INPUT_KEYS, "labels")))
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, generator=generator)
     params = params if params is not None else trainable_parameters(model)
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = make_optimizer(params, name=cfg.train.optimizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     engine = PrivacyEngine(accountant=cfg.privacy.accountant)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

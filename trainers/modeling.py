@@ -66,6 +66,14 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def make_optimizer(params, *, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW (default) or plain SGD: with SGD the final weights are a linear function of the
+    (noisy) updates, which white-box audits of DP-SGD rely on."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 def encode(tokenizer, texts: Sequence[str], labels: Sequence[int], *, max_length: int) -> Batch:
     enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     n, length = enc["input_ids"].shape

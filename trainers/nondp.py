@@ -6,14 +6,14 @@ import torch
 from tqdm.auto import tqdm
 
 from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult, claim_for_nonprivate
-from dp_audit.trainers.modeling import INPUT_KEYS, subset, trainable_parameters
+from dp_audit.trainers.modeling import INPUT_KEYS, make_optimizer, subset, trainable_parameters
 
 
 def fit_nonprivate(model, data, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
                    generator: torch.Generator, progress: bool = True, desc: str = "non-private",
-                   extra_loss=None) -> list[float]:
+                   extra_loss=None, optimizer: str = "adamw") -> list[float]:
     """Plain shuffled-minibatch AdamW; ``extra_loss(model)`` adds a regulariser if given."""
-    opt = torch.optim.AdamW(trainable_parameters(model), lr=lr, weight_decay=weight_decay)
+    opt = make_optimizer(trainable_parameters(model), name=optimizer, lr=lr, weight_decay=weight_decay)
     n = int(data["input_ids"].shape[0])
     steps_per_epoch = (n + batch_size - 1) // batch_size
     bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False)
@@ -45,7 +45,7 @@ class NonPrivateTrainer:
         cfg = prep.cfg
         losses = fit_nonprivate(model, prep.train, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
                                 lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, generator=generator,
-                                progress=cfg.train.progress)
+                                progress=cfg.train.progress, optimizer=cfg.train.optimizer)
         claim = claim_for_nonprivate(cfg)
         ledger = {"events": [{"mechanism": "none", "component": "training"}], "unaccounted": claim.unaccounted}
         return TrainResult(model=model, ledger=ledger, claim=claim,

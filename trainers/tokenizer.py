@@ -8,8 +8,11 @@ from typing import Sequence
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def train_tokenizer(texts: Sequence[str], *, vocab_size: int, max_length: int):
-    """Return a ``PreTrainedTokenizerFast`` (BERT-style specials) trained on ``texts``."""
+def train_tokenizer(texts: Sequence[str], *, vocab_size: int, max_length: int, canary_tokens: int = 0):
+    """Return a ``PreTrainedTokenizerFast`` (BERT-style specials) trained on ``texts``, plus
+    ``canary_tokens`` reserved words for rare-token canaries (dp_audit.canaries.canary_token)."""
+    from dp_audit.canaries import canary_token
+
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -17,6 +20,7 @@ def train_tokenizer(texts: Sequence[str], *, vocab_size: int, max_length: int):
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     trainer = trainers.WordLevelTrainer(vocab_size=vocab_size + len(SPECIALS), special_tokens=list(SPECIALS))
     tok.train_from_iterator(list(texts), trainer=trainer)
+    tok.add_tokens([canary_token(i) for i in range(canary_tokens)])
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]

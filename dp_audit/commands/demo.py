@@ -26,7 +26,7 @@ SCENARIOS: tuple[tuple[str, dict], ...] = (
 
 BASE = {
     "canaries": {"m": 500, "repeat": 1},
-    "train": {"epochs": 4, "batch_size": 64, "lr": 2e-3},
+    "train": {"epochs": 4, "batch_size": 64, "lr": 1e-3},
     "privacy": {"epsilon": 2.0, "delta": 1e-5, "max_grad_norm": 1.0},
 }
 
