@@ -35,7 +35,7 @@ class DataConfig:
     max_words: int = 14
     label_noise: float = 0.05
     domain_shift: float = 0.25  # fraction of polar words whose polarity flips in the private domain
-    canary_tokens: int = 1000  # reserved tokenizer words for rare-token canaries
+    canary_tokens: int = 0  # reserved tokenizer words for rare-token canaries (0: as many as canaries.m)
     max_length: int = 32
     vocab_size: int = 600
 
@@ -95,6 +95,7 @@ class PrivacyConfig:
     noise_multiplier: float = 0.0  # 0: derive from epsilon
     claimed_epsilon: float = 0.0  # non-private trainers only; 0: no claim (infinite ε)
     inject_bug: str = "none"
+    grad_sample_mode: str = "auto"  # auto (= hooks) | hooks | ghost (Opacus ghost clipping)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class RunConfig:
         _choice("dpzo.noise", self.dpzo.noise, ("gaussian", "laplace"))
         _choice("model.backbone", self.model.backbone, ("tiny", "minilm"))
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
+        _choice("privacy.grad_sample_mode", self.privacy.grad_sample_mode, ("auto", "hooks", "ghost"))
         if not 0 < self.privacy.delta < 1:
             raise UsageError(f"privacy.delta must be in (0, 1), got {self.privacy.delta}")
         if self.privacy.epsilon <= 0:

@@ -22,13 +22,13 @@ from dp_audit.trainers.data import TaskData
 DONE = ".complete"
 
 
-def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig) -> str:
+def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig, vocab_size: int = 0) -> str:
     relevant = {
         k: getattr(model_cfg, k)
         for k in ("backbone", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                   "pretrain_epochs", "pretrain_lr", "pretrain_seed")
     }
-    return canonical_fingerprint({"model": relevant, "data": data_cfg.__dict__, "v": 5})[:16]
+    return canonical_fingerprint({"model": relevant, "data": data_cfg.__dict__, "vocab": vocab_size, "v": 5})[:16]
 
 
 def ensure_backbone(
@@ -37,7 +37,7 @@ def ensure_backbone(
     """Return a directory with a pretrained masked-LM backbone and its tokenizer, building it once."""
     if model_cfg.backbone == "minilm":
         return minilm_path()
-    target = Path(cache_root) / f"backbone-{backbone_key(model_cfg, data_cfg)}"
+    target = Path(cache_root) / f"backbone-{backbone_key(model_cfg, data_cfg, len(tokenizer))}"
     if (target / DONE).is_file():
         return target
     quiet_transformers()

@@ -72,16 +72,24 @@ def seeds_of(cfg: RunConfig) -> dict[str, int]:
             "pretrain": cfg.model.pretrain_seed}
 
 
+def canary_token_pool(cfg: RunConfig) -> int:
+    """Reserved tokenizer words: only rare-token canaries need them (each word enlarges the
+    embedding matrix, whose per-sample gradients dominate the cost of a DP-SGD step)."""
+    if cfg.canaries.kind != "rare-token":
+        return 0
+    return cfg.data.canary_tokens or cfg.canaries.m
+
+
 def prepare(cfg: RunConfig, *, cache_root: Path, progress: bool = True) -> Prepared:
     task = make_task(cfg.data)
     backbone_dir = ensure_backbone(
         cfg.model, cfg.data, task,
         train_tokenizer(task.public.texts, vocab_size=cfg.data.vocab_size, max_length=cfg.data.max_length,
-                        canary_tokens=cfg.data.canary_tokens),
+                        canary_tokens=canary_token_pool(cfg)),
         cache_root=cache_root, progress=progress,
     )
     tokenizer = load_tokenizer(backbone_dir)
-    if cfg.canaries.kind == "rare-token" and cfg.canaries.m > cfg.data.canary_tokens:
+    if cfg.canaries.kind == "rare-token" and cfg.canaries.m > canary_token_pool(cfg):
         raise UsageError(f"canaries.m = {cfg.canaries.m} rare-token canaries need data.canary_tokens >= m")
     canaries = tuple(make_canaries(
         cfg.canaries.kind, cfg.canaries.m, rng=np.random.default_rng(cfg.canaries.seed),

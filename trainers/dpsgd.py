@@ -55,9 +55,21 @@ def plan(cfg: RunConfig, n: int) -> DPSetup:
                    max_grad_norm=cfg.privacy.max_grad_norm, accounted_sample_rate=q_acc)
 
 
+def grad_sample_mode(cfg: RunConfig) -> str:
+    """Opacus' per-sample gradient mode. ``auto`` is hooks: on the demo model ghost clipping
+    (norms without materialising per-sample gradients, at the price of a second backward pass)
+    measured slower (benchmarks/dp_overhead.py: 2.95x vs 2.10x a non-private step); it pays off
+    for larger layers, so it stays available as ``privacy.grad_sample_mode = "ghost"``."""
+    mode = cfg.privacy.grad_sample_mode
+    return "hooks" if mode == "auto" else mode
+
+
 def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, generator: torch.Generator,
-                 params: list[torch.nn.Parameter] | None = None):
-    """Wrap model/optimizer/loader with Opacus; returns (grad-sample module, DP optimizer, loader)."""
+                 params: list[torch.nn.Parameter] | None = None, mode: str | None = None):
+    """Wrap model/optimizer/loader with Opacus; returns (grad-sample module, DP optimizer, loader).
+
+    In ghost mode the loss must go through the criterion Opacus returns: it is kept on the
+    module as ``dp_criterion`` and :func:`run_steps` uses it."""
     from opacus import PrivacyEngine
 
     ds = torch.utils.data.TensorDataset(*(prep.train[k] for k in (*INPUT_KEYS, "labels")))
@@ -65,12 +77,19 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
     params = params if params is not None else trainable_parameters(model)
     optimizer = make_optimizer(params, name=cfg.train.optimizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     engine = PrivacyEngine(accountant=cfg.privacy.accountant)
+    mode = mode or grad_sample_mode(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gsm, optimizer, loader = engine.make_private(
+        out = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=setup.noise_multiplier,
             max_grad_norm=setup.max_grad_norm, poisson_sampling=True, noise_generator=generator,
+            criterion=torch.nn.CrossEntropyLoss(), grad_sample_mode=mode,
         )
+    if mode == "ghost":
+        gsm, optimizer, criterion, loader = out
+        gsm.dp_criterion = criterion
+    else:
+        gsm, optimizer, loader = out
     _inject_bug(optimizer, cfg, setup)
     return gsm, optimizer, loader
 
@@ -134,6 +153,9 @@ def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: s
 
 def _ce(model, batch) -> torch.Tensor:
     logits = model(**{k: batch[k] for k in INPUT_KEYS}).logits
+    criterion = getattr(model, "dp_criterion", None)  # ghost clipping: Opacus' wrapped loss
+    if criterion is not None:
+        return criterion(logits, batch["labels"])
     return torch.nn.functional.cross_entropy(logits, batch["labels"])
 
 
@@ -144,6 +166,8 @@ def unwrap(gsm) -> Any:
         gsm.remove_hooks()
     for p in model.parameters():
         p.grad_sample = None
+        if hasattr(p, "_norm_sample"):
+            p._norm_sample = None
     return model
 
 
