@@ -14,12 +14,12 @@ from typing import Any, Iterable, Mapping
 
 from dp_audit import SCHEMA_VERSION, __version__
 from dp_audit.errors import IntegrityError
-from dp_audit.io import atomic_write_json, read_json, sha256_file
+from dp_audit.io import atomic_write_json, canonical_fingerprint, read_json, sha256_file
 
 MANIFEST = "manifest.json"
 REQUIRED_KEYS = (
     "schema_version", "tool_version", "run_id", "created", "kind", "config", "seeds",
-    "claim", "artifacts", "environment",
+    "claim", "artifacts", "environment", "digest",
 )
 OPTIONAL_KEYS = ("data_fingerprint", "notes", "selection", "source")
 
@@ -56,6 +56,17 @@ def hash_artifacts(run_dir: Path, paths: Iterable[str]) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own ``digest`` field: an edit to the
+    claim, the config or an artifact hash that does not redo the digest is caught on load."""
+    return canonical_fingerprint({k: v for k, v in manifest.items() if k != "digest"})
+
+
+def _save(run_dir: Path, manifest: dict[str, Any]) -> None:
+    manifest["digest"] = manifest_digest(manifest)
+    atomic_write_json(run_dir / MANIFEST, manifest)
+
+
 def write_manifest(
     run_dir: str | Path,
     *,
@@ -84,7 +95,7 @@ def write_manifest(
     if data_fingerprint is not None:
         manifest["data_fingerprint"] = data_fingerprint
     manifest.update(extra or {})
-    atomic_write_json(run_dir / MANIFEST, manifest)
+    _save(run_dir, manifest)
     return manifest
 
 
@@ -108,6 +119,8 @@ def load_manifest(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]
         raise IntegrityError(
             f"{run_dir / MANIFEST}: schema_version {manifest['schema_version']} is not {SCHEMA_VERSION}"
         )
+    if manifest["digest"] != manifest_digest(manifest):
+        raise IntegrityError(f"{run_dir / MANIFEST} was edited: its digest does not match its content")
     if verify:
         verify_artifacts(run_dir, manifest["artifacts"])
     return manifest
@@ -129,5 +142,5 @@ def add_artifacts(run_dir: str | Path, paths: Iterable[str]) -> dict[str, Any]:
     manifest = load_manifest(run_dir, verify=False)
     manifest["artifacts"].update(hash_artifacts(run_dir, paths))
     manifest["artifacts"] = dict(sorted(manifest["artifacts"].items()))
-    atomic_write_json(run_dir / MANIFEST, manifest)
+    _save(run_dir, manifest)
     return manifest

@@ -100,14 +100,27 @@ def test_manifest_verifies_hashes(tmp_path):
         load_manifest(tmp_path)
 
 
+def test_edited_manifest_is_an_integrity_error(tmp_path):
+    write_manifest(tmp_path, kind="train", config={}, seeds={}, claim={"epsilon": 1.0}, artifacts=[])
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    data["claim"]["epsilon"] = 8.0  # someone raises the claim to pass the gate
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(IntegrityError, match="edited"):
+        load_manifest(tmp_path)
+
+
 def test_manifest_missing_key_and_unknown_key(tmp_path):
+    from dp_audit.manifest import manifest_digest
+
     write_manifest(tmp_path, kind="train", config={}, seeds={}, claim={}, artifacts=[])
     data = json.loads((tmp_path / "manifest.json").read_text())
     data["surprise"] = 1
+    data["digest"] = manifest_digest(data)
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     with pytest.warns(UserWarning, match="surprise"):
         load_manifest(tmp_path)
     del data["claim"]
+    data["digest"] = manifest_digest(data)
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(IntegrityError, match="claim"):
         load_manifest(tmp_path)
