@@ -1,0 +1,162 @@
+"""Accounting cross-check: recompute ε from a run's ledger (docs/formats.md, ``ledger.json``) with
+three accountants and compare with the claim (DESIGN.md §6).
+
+- ``rdp``: Opacus ``RDPAccountant`` (Mironov 2017; Mironov, Talwar & Zhang 2019);
+- ``prv``: Opacus ``PRVAccountant`` (Gopi, Lee & Wutschitz 2021);
+- ``pld``: dp_accounting ``PLDAccountant`` (Doroshenko et al. 2022) over
+  ``PoissonSampledDpEvent(GaussianDpEvent)`` / ``LaplaceDpEvent`` events.
+
+Laplace events (pure ε per step ε₀, sampled with rate q) also get the closed form
+``pure = T·ln(1 + q(e^{ε₀} − 1))`` (amplification by subsampling, e.g. Balle et al. 2018);
+Opacus accountants do not cover Laplace and report None.
+Opacus and dp_accounting are imported inside functions: importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from dp_audit.errors import UsageError
+
+ACCOUNTANTS = ("rdp", "prv", "pld")
+MECHANISMS = ("subsampled_gaussian", "subsampled_laplace", "none")
+
+
+def _events(ledger: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if not isinstance(ledger, Mapping) or not isinstance(ledger.get("events", []), list):
+        raise UsageError("ledger must be an object with an 'events' list (docs/formats.md)")
+    out = []
+    for i, ev in enumerate(ledger.get("events", [])):
+        mech = ev.get("mechanism") if isinstance(ev, Mapping) else None
+        if mech not in MECHANISMS:
+            raise UsageError(f"ledger event {i}: unknown mechanism {mech!r}; known: {', '.join(MECHANISMS)}")
+        if mech == "none":
+            continue
+        need = ("noise_multiplier", "sample_rate", "steps") if mech == "subsampled_gaussian" else \
+            ("epsilon_step", "sample_rate", "steps")
+        missing = [k for k in need if k not in ev]
+        if missing:
+            raise UsageError(f"ledger event {i} ({mech}): missing {', '.join(missing)}")
+        q, steps = float(ev["sample_rate"]), int(ev["steps"])
+        if not 0 < q <= 1 or steps < 0:
+            raise UsageError(f"ledger event {i}: need 0 < sample_rate <= 1 and steps >= 0")
+        if mech == "subsampled_gaussian" and float(ev["noise_multiplier"]) <= 0:
+            raise UsageError(f"ledger event {i}: noise_multiplier must be > 0 for an accounted Gaussian")
+        if mech == "subsampled_laplace" and float(ev["epsilon_step"]) <= 0:
+            raise UsageError(f"ledger event {i}: epsilon_step must be > 0")
+        out.append(dict(ev))
+    return out
+
+
+def _opacus(kind: str, events: list[dict[str, Any]], delta: float) -> float | None:
+    if any(e["mechanism"] != "subsampled_gaussian" for e in events):
+        return None
+    if kind == "rdp":
+        from opacus.accountants import RDPAccountant as Acc
+    else:
+        from opacus.accountants import PRVAccountant as Acc
+    acc = Acc()
+    acc.history = [(float(e["noise_multiplier"]), float(e["sample_rate"]), int(e["steps"]))
+                   for e in events if int(e["steps"]) > 0]
+    if not acc.history:
+        return 0.0
+    return float(acc.get_epsilon(delta))
+
+
+def _dp_event(e: dict[str, Any]):
+    import dp_accounting
+
+    if e["mechanism"] == "subsampled_gaussian":
+        inner = dp_accounting.GaussianDpEvent(float(e["noise_multiplier"]))
+    else:
+        inner = dp_accounting.LaplaceDpEvent(1.0 / float(e["epsilon_step"]))  # sensitivity 1, scale 1/ε₀
+    q = float(e["sample_rate"])
+    ev = inner if q >= 1 else dp_accounting.PoissonSampledDpEvent(q, inner)
+    return dp_accounting.SelfComposedDpEvent(ev, int(e["steps"]))
+
+
+def _pld(events: list[dict[str, Any]], delta: float) -> float:
+    import dp_accounting
+
+    events = [e for e in events if int(e["steps"]) > 0]
+    if not events:
+        return 0.0
+    acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3)
+    acc.compose(dp_accounting.ComposedDpEvent([_dp_event(e) for e in events]))
+    return float(acc.get_epsilon(delta))
+
+
+def laplace_pure_epsilon(*, epsilon_step: float, sample_rate: float, steps: int) -> float:
+    """T·ln(1 + q(e^{ε₀} − 1)): T-fold composition of a q-subsampled ε₀-DP step (pure DP)."""
+    return steps * math.log1p(sample_rate * math.expm1(epsilon_step))
+
+
+def epsilon_from_ledger(ledger: Mapping[str, Any], *, delta: float, accountant: str) -> float | None:
+    """ε at δ of the ledger's accounted events with one accountant (None: not applicable)."""
+    if accountant not in ACCOUNTANTS + ("pure",):
+        raise UsageError(f"unknown accountant {accountant!r}; known: {', '.join(ACCOUNTANTS)}, pure")
+    if not 0 < delta < 1:
+        raise UsageError(f"delta must be in (0, 1), got {delta}")
+    events = _events(ledger)
+    if accountant == "pld":
+        return _pld(events, delta)
+    if accountant == "pure":
+        if any(e["mechanism"] != "subsampled_laplace" for e in events):
+            return None
+        return sum(laplace_pure_epsilon(epsilon_step=float(e["epsilon_step"]), sample_rate=float(e["sample_rate"]),
+                                        steps=int(e["steps"])) for e in events)
+    return _opacus(accountant, events, delta)
+
+
+def _disagreements(methods: Mapping[str, float | None], rtol: float) -> list[str]:
+    """PRV and PLD are both near-exact: they must agree within rtol. RDP is an upper bound: it
+    must not fall below them by more than rtol (it may be larger)."""
+    prv, pld, rdp = methods.get("prv"), methods.get("pld"), methods.get("rdp")
+    out = []
+    if prv is not None and pld is not None and abs(prv - pld) > rtol * max(pld, 1e-12):
+        out.append(f"accountants disagree: prv={prv:.4g} vs pld={pld:.4g}")
+    tight = [v for v in (prv, pld) if v is not None]
+    if rdp is not None and tight and rdp < min(tight) * (1 - rtol):
+        out.append(f"accountants disagree: rdp={rdp:.4g} is below the tight accountants ({min(tight):.4g})")
+    return out
+
+
+def cross_check(ledger: Mapping[str, Any], *, claimed_epsilon: float, delta: float,
+                rtol: float = 0.05) -> dict[str, Any]:
+    """Recompute ε with every accountant and compare with the claim (the ``accounting`` block
+    of audit.json). ``consistent``: some accountant agrees with the claim within ``rtol``, the
+    accountants agree with each other, and nothing is left unaccounted."""
+    events = _events(ledger)
+    methods: dict[str, float | None] = {a: epsilon_from_ledger(ledger, delta=delta, accountant=a) for a in ACCOUNTANTS}
+    if events and all(e["mechanism"] == "subsampled_laplace" for e in events):
+        methods["pure"] = epsilon_from_ledger(ledger, delta=delta, accountant="pure")
+    flags: list[str] = []
+    vals = {k: v for k, v in methods.items() if v is not None}
+    claim = float(claimed_epsilon)
+    unaccounted = list(ledger.get("unaccounted", []) or [])
+    for u in unaccounted:
+        comp = u.get("component", "?") if isinstance(u, Mapping) else str(u)
+        reason = u.get("reason", "") if isinstance(u, Mapping) else ""
+        flags.append(f"unaccounted: {comp}" + (f" ({reason})" if reason else ""))
+    if not events:
+        flags.append("no accounted mechanism in the ledger")
+    agree = False
+    if vals:
+        lo, hi = min(vals.values()), max(vals.values())
+        flags += _disagreements(methods, rtol)
+        if not math.isfinite(claim):
+            flags.append("no finite claim: the run claims no privacy")
+        else:
+            agree = any(abs(claim - v) <= rtol * max(v, 1e-12) for v in vals.values())
+            if claim < lo * (1 - rtol):
+                flags.append(f"claimed ε {claim:.4g} is below every accountant's ε (min {lo:.4g}): the claim is too low")
+            elif claim > hi * (1 + rtol):
+                flags.append(f"claimed ε {claim:.4g} is above every accountant's ε (max {hi:.4g}): "
+                             "conservative, but it does not match the ledger")
+    consistent = bool(agree and not unaccounted and not any(f.startswith("accountants disagree") for f in flags))
+    return {"claimed": claim, "delta": float(delta), "methods": methods, "consistent": consistent,
+            "flags": flags, "rtol": rtol}
+
+
+__all__ = ["cross_check", "epsilon_from_ledger", "laplace_pure_epsilon", "ACCOUNTANTS"]

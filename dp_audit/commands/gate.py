@@ -1,0 +1,49 @@
+"""``dp-audit gate``: refute (or not) a run's privacy claim; exit 0 pass, 1 violation."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dp_audit.errors import EXIT_OK, EXIT_VIOLATION
+
+EPILOG = """examples:
+  dp-audit gate --run runs/r1
+  dp-audit gate --run runs/r1 --policy gate.toml --junit reports/gate.xml
+  cat runs/r1/summary.md >> "$GITHUB_STEP_SUMMARY"
+
+gate.toml keys (all optional): attacks ("all" or a list), estimators (default ["steinke", "fdp"]),
+alpha (0.05, split over every attack x estimator pair), tolerance (0.0), threshold
+("bonferroni" | "heldout"), seed (0). See docs/gate.md and examples/gate.toml.
+
+exit codes: 0 pass, 1 claim refuted, 2 usage error (bad policy, missing audit), 3 integrity error
+(a hash mismatch, an edited manifest or scores file)."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("gate", help="CI gate: fail when an empirical ε lower bound exceeds the claim",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="run directory with audit.json")
+    p.add_argument("--policy", type=Path, help="gate policy TOML (default: built-in policy)")
+    p.add_argument("--summary", type=Path, help="Markdown summary to write (default: RUN/summary.md)")
+    p.add_argument("--junit", type=Path, help="JUnit XML to write (default: RUN/gate.junit.xml)")
+    p.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dp_audit.gate import JUNIT, SUMMARY, evaluate_gate, load_policy, verdict_line, write_outputs
+
+    policy = load_policy(args.policy)
+    result = evaluate_gate(args.run, policy)
+    summary = args.summary or args.run / SUMMARY
+    junit = args.junit or args.run / JUNIT
+    write_outputs(result, summary=summary, junit=junit)
+    if not args.quiet:
+        for e in result.estimates:
+            tag = "" if e.is_bound else "  (estimate, not a bound; not counted)"
+            print(f"  ε_LB {e.method:<16} on {e.attack:<12} {e.epsilon_lb:8.3f}  (α={e.alpha:.3g}){tag}")
+    print(verdict_line(result))
+    if not args.quiet:
+        print(f"wrote {summary} and {junit}")
+    return EXIT_VIOLATION if result.verdict.status == "fail" else EXIT_OK

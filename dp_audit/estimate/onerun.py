@@ -1,0 +1,146 @@
+"""One-run bounds from guess counts: m canaries, r guesses, v of them right.
+
+- ``steinke``: Steinke, Nasr & Jagielski 2023, "Privacy Auditing with One (1) Training Run"
+  (NeurIPS, arXiv 2305.08846), Theorem 3.1 / Proposition 5.2: with q = 1/(1+e^{−ε}),
+  β = P[Bin(r, q) ≥ v], a = max_{i=1..v} (1/i)·P[v−i ≤ Bin(r, q) < v] and p(ε) = min(1, β + 2mδ·a),
+  (ε, δ)-DP is rejected at level α when p(ε) < α; ε_LB is the largest such ε.
+- ``fdp``: Mahloujifar, Melis & Chaudhuri 2024, "Auditing f-Differential Privacy in One Run"
+  (arXiv 2410.22235, ICML 2025), the recursive bound on the number of correct guesses of an
+  f-DP mechanism, with f the μ-GDP trade-off curve. The null is "the mechanism is μ-GDP", and the
+  result is reported as the ε at δ of the largest rejected μ (docs/estimators.md discusses what
+  this does and does not refute).
+
+Both are pure functions of (m, r, v, α, δ), cached, so simulations over many seeds that produce
+the same counts cost nothing extra.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from scipy import optimize, special, stats
+
+from dp_audit.estimate.gdp_math import gdp_epsilon, gdp_mu
+
+_EPS_HI = 200.0
+
+
+def steinke_pvalue(epsilon: float, *, m: int, r: int, v: int, delta: float) -> float:
+    """p-value of the hypothesis "(ε, δ)-DP" given v correct out of r guesses on m canaries."""
+    if v <= 0 or r <= 0:
+        return 1.0
+    q = float(special.expit(epsilon))
+    beta = float(stats.binom.sf(v - 1, r, q))
+    if delta == 0 or beta >= 1.0:
+        return min(1.0, beta)
+    # a = max_i (1/i) P[v-i <= X <= v-1]: window sums ending at v-1. Terms far below the bulk of
+    # Bin(r, q) only shrink the average; they are covered by an upper bound so p is never too small.
+    sd = math.sqrt(r * q * (1 - q))
+    lo = max(0, int(math.floor(r * q - 12 * sd)) - 1)
+    below_v = float(stats.binom.cdf(v - 1, r, q))
+    if lo >= v:
+        a = below_v
+    else:
+        ks = np.arange(v - 1, lo - 1, -1)
+        sums = np.cumsum(stats.binom.pmf(ks, r, q))
+        a = float(np.max(sums / np.arange(1, ks.size + 1)))
+        if lo > 0:
+            a = max(a, below_v / (ks.size + 1))
+    return min(1.0, beta + 2 * m * delta * a)
+
+
+def _largest_rejected(rejects, hi0: float = 1.0) -> float:
+    """Largest x >= 0 with rejects(x) for a predicate true on [0, x*) and false after."""
+    if not rejects(0.0):
+        return 0.0
+    lo, hi = 0.0, hi0
+    while rejects(hi):
+        lo, hi = hi, hi * 2
+        if hi > _EPS_HI:
+            return math.inf
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if rejects(mid):
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-7 * max(1.0, lo):
+            break
+    return lo
+
+
+@functools.lru_cache(maxsize=200_000)
+def steinke_epsilon(*, m: int, r: int, v: int, alpha: float, delta: float) -> float:
+    """ε_LB of Steinke et al. 2023: the largest ε with p(ε) < α (0 when none)."""
+    if v <= 0 or r <= 0:
+        return 0.0
+    f = lambda e: steinke_pvalue(e, m=m, r=r, v=v, delta=delta) - alpha  # noqa: E731
+    if f(0.0) >= 0:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while f(hi) < 0:
+        lo, hi = hi, hi * 2
+        if hi > _EPS_HI:
+            return math.inf
+    return float(optimize.brentq(f, lo, hi, xtol=1e-7))
+
+
+def steinke_rejects(epsilon: float, *, m: int, r: int, v: int, alpha: float, delta: float) -> bool:
+    return steinke_pvalue(epsilon, m=m, r=r, v=v, delta=delta) < alpha
+
+
+# ---------------------------------------------------------------------------------------------
+# f-DP (GDP null), Mahloujifar et al. 2024
+
+
+def _gdp_inverse_tradeoff(mu: float):
+    """x -> Φ(Φ⁻¹(x) − μ) = T_μ(1 − x), with T_μ the μ-GDP trade-off curve: the function the
+    recursion pushes mass through (μ = 0: the identity; μ = ∞: 0 except at x = 1)."""
+    if math.isinf(mu):
+        return lambda x: 1.0 if x >= 1.0 else 0.0
+    ndtr, ndtri = special.ndtr, special.ndtri
+    return lambda x: float(ndtr(ndtri(min(max(x, 0.0), 1.0)) - mu))
+
+
+def fdp_rejects_mu(mu: float, *, m: int, r: int, v: int, alpha: float) -> bool:
+    """Does v correct out of r guesses on m canaries reject "μ-GDP" at level α?
+
+    The recursion of Mahloujifar et al. 2024 (their bound on the probability of at least v
+    correct guesses of an f-DP mechanism, run backwards from the last correct guess): start with
+    mass α·v/m on "correct" and α·(r−v)/m on "wrong" and push it through the trade-off curve;
+    μ-GDP is rejected when the mass that the curve forces exceeds r/m.
+    """
+    if v <= 0 or r <= 0:
+        return False
+    g = _gdp_inverse_tradeoff(mu)
+    right = alpha * v / m
+    wrong = alpha * (r - v) / m
+    for i in range(v - 1, -1, -1):
+        new_wrong = max(wrong, g(right))
+        if new_wrong == wrong:
+            break  # a fixed point: neither quantity moves again
+        right = min(right + (i / (r - i)) * (new_wrong - wrong), 1.0)
+        wrong = new_wrong
+    return right + wrong > r / m
+
+
+@functools.lru_cache(maxsize=200_000)
+def fdp_mu(*, m: int, r: int, v: int, alpha: float) -> float:
+    """μ_LB: the largest μ rejected by the one-run f-DP test (0 when none)."""
+    return _largest_rejected(lambda mu: fdp_rejects_mu(mu, m=m, r=r, v=v, alpha=alpha), hi0=1.0)
+
+
+@functools.lru_cache(maxsize=200_000)
+def fdp_epsilon(*, m: int, r: int, v: int, alpha: float, delta: float) -> float:
+    """ε_LB of the one-run f-DP audit: the ε at δ of the largest rejected μ-GDP curve."""
+    mu = fdp_mu(m=m, r=r, v=v, alpha=alpha)
+    if mu <= 0:
+        return 0.0
+    return gdp_epsilon(delta, mu)
+
+
+def fdp_rejects(epsilon: float, *, m: int, r: int, v: int, alpha: float, delta: float) -> bool:
+    return fdp_rejects_mu(gdp_mu(epsilon, delta), m=m, r=r, v=v, alpha=alpha) if epsilon > 0 else \
+        fdp_rejects_mu(0.0, m=m, r=r, v=v, alpha=alpha)

@@ -1,0 +1,241 @@
+"""The CI gate (DESIGN.md §2, §6): recompute every (attack, estimator) bound of a run at α/K and
+refute the claim when the largest exceeds it.
+
+K is the number of (attack, bound estimator) pairs the maximum is taken over, so the verdict
+"fail" is wrong with probability at most α overall (a union bound). ``raw`` estimates are
+computed for the report but never counted. A run without a finite claim (ε = inf) never fails.
+
+:func:`evaluate_gate` has no side effects; :func:`write_outputs` writes ``summary.md`` (a CI job
+summary) and ``gate.junit.xml`` atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dp_audit.config import from_mapping, load_toml
+from dp_audit.errors import IntegrityError, UsageError
+from dp_audit.estimate import ESTIMATORS, STRATEGIES, estimate_epsilon
+from dp_audit.io import atomic_write_text, load_scores, read_json
+from dp_audit.manifest import load_manifest
+from dp_audit.records import EpsilonEstimate, Verdict
+
+AUDIT = "audit.json"
+SUMMARY = "summary.md"
+JUNIT = "gate.junit.xml"
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """``gate.toml``: which attacks and estimators count, α, tolerance, threshold strategy.
+
+    ``attacks = "all"`` (default) or a list of attack names from audit.json; ``estimators``
+    lists bound methods (``raw`` may be listed; it is reported, never counted); ``tolerance``
+    is added to the claim before comparing; ``seed`` seeds tie-breaking and held-out splits.
+    """
+
+    attacks: tuple[str, ...] | str = "all"
+    estimators: tuple[str, ...] = ("steinke", "fdp")
+    alpha: float = 0.05
+    tolerance: float = 0.0
+    threshold: str = "bonferroni"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        attacks = self.attacks
+        if isinstance(attacks, str):
+            attacks = ("all",) if attacks == "all" else (attacks,)
+        if not isinstance(attacks, (list, tuple)) or not all(isinstance(a, str) for a in attacks) or not attacks:
+            raise UsageError(f"attacks must be \"all\" or a non-empty list of attack names, got {self.attacks!r}")
+        object.__setattr__(self, "attacks", tuple(attacks))
+        if isinstance(self.estimators, str) or not self.estimators:
+            raise UsageError(f"estimators must be a non-empty list, got {self.estimators!r}")
+        object.__setattr__(self, "estimators", tuple(self.estimators))
+        for name in self.estimators:
+            ESTIMATORS.get(name)  # UsageError naming the known ones
+        if not any(ESTIMATORS.get(n).is_bound for n in self.estimators):
+            raise UsageError("estimators: list at least one bound (raw is an estimate, not a bound)")
+        if not 0 < self.alpha < 0.5:
+            raise UsageError(f"alpha must be in (0, 0.5), got {self.alpha}")
+        if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
+            raise UsageError(f"tolerance must be a finite number >= 0, got {self.tolerance}")
+        if self.threshold not in STRATEGIES or self.threshold == "fixed":
+            raise UsageError(f"threshold must be 'bonferroni' or 'heldout' in a gate policy, got {self.threshold!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"attacks": list(self.attacks), "estimators": list(self.estimators), "alpha": self.alpha,
+                "tolerance": self.tolerance, "threshold": self.threshold, "seed": self.seed}
+
+
+def load_policy(path: str | Path | None) -> GatePolicy:
+    """Read gate.toml (unknown keys and wrong types are usage errors); None: the defaults."""
+    return GatePolicy() if path is None else load_toml(path, GatePolicy)
+
+
+def policy_from_mapping(data: dict[str, Any]) -> GatePolicy:
+    return from_mapping(GatePolicy, data)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    verdict: Verdict
+    estimates: list[EpsilonEstimate] = field(default_factory=list)
+    policy: GatePolicy = field(default_factory=GatePolicy)
+    run_id: str | None = None
+    claimed_delta: float | None = None
+
+
+def _claim_epsilon(value: Any, where: str) -> float:
+    if isinstance(value, str) and value in ("inf", "Infinity"):
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise IntegrityError(f"{where}: claim epsilon must be a number or \"inf\", got {value!r}")
+    return float(value)
+
+
+def _load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    manifest = load_manifest(run_dir)  # verifies the digest and every artifact hash (exit 3)
+    if not (run_dir / AUDIT).is_file():
+        raise UsageError(f"{run_dir / AUDIT} not found: run `dp-audit run --run {run_dir}` first")
+    if AUDIT not in manifest["artifacts"]:
+        raise IntegrityError(f"{run_dir / AUDIT} is not recorded in the manifest: its integrity cannot be checked")
+    audit = read_json(run_dir / AUDIT, what="audit.json", integrity=True)
+    if not isinstance(audit, dict) or not isinstance(audit.get("attacks"), list) or "claim" not in audit:
+        raise IntegrityError(f"{run_dir / AUDIT}: needs 'attacks' and 'claim' (docs/formats.md)")
+    return manifest, audit
+
+
+def _scores_path(run_dir: Path, rel: Any, manifest: dict[str, Any], attack: str) -> Path:
+    if not isinstance(rel, str) or not rel:
+        raise IntegrityError(f"audit.json: attack {attack!r} has no scores_file")
+    path = (run_dir / rel).resolve()
+    if run_dir.resolve() not in path.parents:
+        raise IntegrityError(f"audit.json: scores_file {rel!r} of attack {attack!r} is outside the run directory")
+    if Path(rel).as_posix() not in manifest["artifacts"]:
+        raise IntegrityError(f"{rel} is not recorded in the manifest: its integrity cannot be checked")
+    return path
+
+
+def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> GateResult:
+    """Recompute every (attack, estimator) bound at α/K and decide. No files are written."""
+    policy = policy or GatePolicy()
+    run_dir = Path(run_dir)
+    manifest, audit = _load_run(run_dir)
+    claim = audit["claim"] if isinstance(audit["claim"], dict) else {}
+    eps_claim = _claim_epsilon(claim.get("epsilon"), str(run_dir / AUDIT))
+    man_claim = _claim_epsilon(manifest["claim"].get("epsilon"), str(run_dir / "manifest.json"))
+    if not (eps_claim == man_claim or math.isclose(eps_claim, man_claim, rel_tol=1e-9)):
+        raise IntegrityError(f"claimed ε differs between audit.json ({eps_claim}) and manifest.json ({man_claim})")
+    try:
+        delta = float(claim.get("delta", manifest["claim"].get("delta")))
+    except (TypeError, ValueError):
+        raise IntegrityError(f"{run_dir / AUDIT}: claim delta is not a number") from None
+    if not 0 < delta < 1:
+        raise IntegrityError(f"{run_dir / AUDIT}: claim delta must be in (0, 1), got {delta}")
+    threat_model = audit.get("threat_model", "black-box")
+
+    by_name = {a.get("name"): a for a in audit["attacks"] if isinstance(a, dict)}
+    if policy.attacks == ("all",):
+        names = list(by_name)
+    else:
+        unknown = [a for a in policy.attacks if a not in by_name]
+        if unknown:
+            raise UsageError(f"policy attacks {unknown} not in this run's audit.json; it has: {', '.join(by_name) or '(none)'}")
+        names = list(policy.attacks)
+    if not names:
+        raise UsageError(f"{run_dir / AUDIT} lists no attacks: nothing to gate")
+    bounds = [e for e in policy.estimators if ESTIMATORS.get(e).is_bound]
+    k = len(names) * len(bounds)
+    level = policy.alpha / k
+
+    estimates: list[EpsilonEstimate] = []
+    i = 0
+    for name in names:
+        entry = by_name[name]
+        scores, member = load_scores(_scores_path(run_dir, entry.get("scores_file"), manifest, name), integrity=True)
+        design = (entry.get("details") or {}).get("design") or ("multi-run" if threat_model == "step-level" else "one-run")
+        for method in policy.estimators:
+            est_cls = ESTIMATORS.get(method)
+            if est_cls.design == "multi-run" and design != "multi-run":
+                raise UsageError(f"estimator {method!r} needs one score per independent run; the scores of attack "
+                                 f"{name!r} are one-run canary scores (use steinke or fdp)")
+            rng = np.random.default_rng([policy.seed, i])
+            i += 1
+            est = estimate_epsilon(scores, member, method=method, alpha=level if est_cls.is_bound else policy.alpha,
+                                   delta=delta, threshold=policy.threshold, threat_model=threat_model, rng=rng,
+                                   attack=name)
+            estimates.append(est)
+
+    counted = [e for e in estimates if e.is_bound]
+    best = max(counted, key=lambda e: e.epsilon_lb)
+    fail = math.isfinite(eps_claim) and best.epsilon_lb > eps_claim + policy.tolerance
+    verdict = Verdict(status="fail" if fail else "pass", claimed_epsilon=eps_claim, epsilon_lb_max=best.epsilon_lb,
+                      alpha=policy.alpha, alpha_per_test=level, n_tests=k, tolerance=policy.tolerance,
+                      best_attack=best.attack, best_method=best.method, threat_model=threat_model)
+    return GateResult(verdict=verdict, estimates=estimates, policy=policy, run_id=manifest.get("run_id"),
+                      claimed_delta=delta)
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs
+
+
+def _fmt(x: float) -> str:
+    return "∞" if math.isinf(x) else f"{x:.3f}"
+
+
+def verdict_line(result: GateResult) -> str:
+    v = result.verdict
+    word = "FAIL: claim refuted" if v.status == "fail" else "PASS: claim not refuted"
+    where = f" ({v.best_method} on {v.best_attack})" if v.best_method else ""
+    return (f"{word}: largest ε_LB {_fmt(v.epsilon_lb_max)}{where} vs claimed ε {_fmt(v.claimed_epsilon)}"
+            f"{f' + tolerance {v.tolerance:g}' if v.tolerance else ''} "
+            f"at {100 * (1 - v.alpha):g}% confidence ({v.n_tests} test(s) at α={v.alpha_per_test:.3g} each, "
+            f"{v.threat_model})")
+
+
+def summary_markdown(result: GateResult) -> str:
+    v = result.verdict
+    icon = "❌" if v.status == "fail" else "✅"
+    lines = [f"## {icon} dp-audit gate: {v.status.upper()}", "", verdict_line(result), "",
+             f"Run `{result.run_id}`, δ = {result.claimed_delta:g}. A lower bound can refute a claim, never "
+             "prove it.", "", "| attack | method | ε_LB | α | counted | claimed ε |", "|---|---|---|---|---|---|"]
+    for e in result.estimates:
+        counted = "yes" if e.is_bound else "no (estimate, not a bound)"
+        lines.append(f"| {e.attack} | {e.method} | {_fmt(e.epsilon_lb)} | {e.alpha:.3g} | {counted} | "
+                     f"{_fmt(v.claimed_epsilon)} |")
+    return "\n".join(lines) + "\n"
+
+
+def junit_xml(result: GateResult) -> str:
+    from dp_audit.junit import TestCase, render
+
+    v = result.verdict
+    limit = v.claimed_epsilon + v.tolerance
+    cases = []
+    for e in result.estimates:
+        name = f"{e.method} on {e.attack}: ε_LB {_fmt(e.epsilon_lb)} <= claimed ε {_fmt(v.claimed_epsilon)}"
+        if not e.is_bound:
+            cases.append(TestCase(classname=f"dp-audit.gate.{e.attack}", name=name, skipped="estimate, not a bound"))
+        elif e.epsilon_lb > limit:
+            cases.append(TestCase(classname=f"dp-audit.gate.{e.attack}", name=name,
+                                  failure=f"ε_LB {e.epsilon_lb:.4f} > {limit:.4f} at α={e.alpha:.3g}"))
+        else:
+            cases.append(TestCase(classname=f"dp-audit.gate.{e.attack}", name=name))
+    cases.append(TestCase(classname="dp-audit.gate", name="verdict",
+                          failure=verdict_line(result) if v.status == "fail" else None))
+    return render("dp-audit gate", cases)
+
+
+def write_outputs(result: GateResult, *, summary: str | Path, junit: str | Path) -> None:
+    atomic_write_text(summary, summary_markdown(result))
+    atomic_write_text(junit, junit_xml(result))
+
+
+__all__ = ["GatePolicy", "GateResult", "evaluate_gate", "load_policy", "write_outputs", "summary_markdown",
+           "junit_xml", "verdict_line"]

@@ -1,0 +1,107 @@
+"""The estimate_epsilon API: inputs, records, the registry contract, no torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dp_audit.errors import UsageError
+from dp_audit.estimate import BOUND_METHODS, ESTIMATORS, METHODS, STRATEGIES, estimate_epsilon
+from dp_audit.records import EpsilonEstimate
+
+
+def gaussian(mu=2.0, m=400, seed=0):
+    rng = np.random.default_rng(seed)
+    member = rng.random(m) < 0.5
+    return rng.normal(mu * member, 1.0), member
+
+
+def test_methods_and_strategies():
+    assert set(METHODS) == {"steinke", "fdp", "clopper-pearson", "gdp", "raw"}
+    assert "raw" not in BOUND_METHODS and set(STRATEGIES) == {"bonferroni", "heldout", "fixed"}
+
+
+@pytest.mark.parametrize("method", sorted(ESTIMATORS))
+@pytest.mark.parametrize("strategy", ["bonferroni", "heldout", "fixed"])
+def test_contract(method, strategy):
+    scores, member = gaussian()
+    kw = {"fixed_k": (50, 50), "fixed_threshold": 1.0} if strategy == "fixed" else {}
+    if method in ("clopper-pearson", "gdp", "raw"):
+        kw.pop("fixed_k", None)
+    else:
+        kw.pop("fixed_threshold", None)
+    est = estimate_epsilon(scores, member, method=method, threshold=strategy, alpha=0.05, delta=1e-5, **kw)
+    assert isinstance(est, EpsilonEstimate)
+    assert est.method == method and est.threshold == strategy and est.alpha == 0.05 and est.delta == 1e-5
+    assert est.epsilon_lb >= 0 and np.isfinite(est.epsilon_lb)
+    assert est.is_bound == (method != "raw")
+    assert EpsilonEstimate.from_dict(est.to_dict()) == est
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        est.epsilon_lb = 99.0  # type: ignore[misc]
+    if method in ("steinke", "fdp"):
+        assert est.r is not None and 0 <= est.v <= est.r <= est.m
+        assert {"k_plus", "k_minus"} <= set(est.counts)
+
+
+def test_raw_is_marked_not_a_bound():
+    est = estimate_epsilon(*gaussian(), method="raw")
+    assert est.is_bound is False and "not a bound" in est.details["note"]
+
+
+@pytest.mark.parametrize("bad", [
+    dict(method="stienke"), dict(threshold="pareto"), dict(alpha=0.0), dict(alpha=0.7), dict(delta=1.0),
+    dict(threat_model="grey-box"), dict(threshold="fixed"),
+])
+def test_bad_arguments_are_usage_errors(bad):
+    with pytest.raises(UsageError):
+        estimate_epsilon(*gaussian(), **bad)
+
+
+def test_nan_scores_and_one_class_are_usage_errors():
+    scores, member = gaussian()
+    scores[3] = np.nan
+    with pytest.raises(UsageError, match="NaN"):
+        estimate_epsilon(scores, member)
+    with pytest.raises(UsageError):
+        estimate_epsilon(np.arange(10.0), np.ones(10, bool))
+    with pytest.raises(UsageError):
+        estimate_epsilon(np.arange(10.0), np.ones(9, bool))
+
+
+def test_deterministic_given_rng():
+    scores, member = gaussian(mu=1.0)
+    a = estimate_epsilon(scores, member, method="steinke", threshold="heldout", rng=np.random.default_rng(7))
+    b = estimate_epsilon(scores, member, method="steinke", threshold="heldout", rng=np.random.default_rng(7))
+    assert a == b
+
+
+def test_tied_scores_do_not_leak_file_order():
+    """All scores equal, members listed first: a fixed tie order would guess perfectly."""
+    member = np.r_[np.ones(500, bool), np.zeros(500, bool)]
+    for method in BOUND_METHODS:
+        assert estimate_epsilon(np.zeros(1000), member, method=method).epsilon_lb == 0.0, method
+
+
+def test_perfect_separation_gives_large_bounds():
+    member = np.r_[np.ones(500, bool), np.zeros(500, bool)]
+    scores = member.astype(float)
+    for method in BOUND_METHODS:
+        assert estimate_epsilon(scores, member, method=method).epsilon_lb > 3.5, method
+
+
+def test_fdp_tighter_than_steinke_on_same_scores():
+    scores, member = gaussian(mu=3.0, m=1000, seed=3)
+    s = estimate_epsilon(scores, member, method="steinke").epsilon_lb
+    f = estimate_epsilon(scores, member, method="fdp").epsilon_lb
+    assert f >= 1.4 * s > 0
+
+
+def test_no_torch_import():
+    code = ("import sys, dp_audit.estimate, dp_audit.gate, dp_audit.accounting; "
+            "bad = [m for m in ('torch', 'opacus', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

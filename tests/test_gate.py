@@ -1,0 +1,147 @@
+"""The gate on hand-built run directories (manifest + audit.json + scores), through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dp_audit.cli import main
+from dp_audit.errors import UsageError
+from dp_audit.gate import GatePolicy, evaluate_gate
+from dp_audit.io import atomic_write_json, save_npz
+from dp_audit.manifest import write_manifest
+
+
+def make_run(root: Path, *, mu: float = 0.0, m: int = 1000, epsilon: float | str = 1.0, seed: int = 0,
+             attacks=("loss",), threat_model="black-box") -> Path:
+    rng = np.random.default_rng(seed)
+    member = rng.random(m) < 0.5
+    entries = []
+    for name in attacks:
+        scores = member.astype(float) * 10 if mu == math.inf else rng.normal(mu * member, 1.0)
+        rel = f"scores/{name}.npz"
+        save_npz(root / rel, scores=scores, member=member)
+        entries.append({"name": name, "auc": 0.5, "n_members": int(member.sum()),
+                        "n_nonmembers": int((~member).sum()), "scores_file": rel})
+    claim = {"epsilon": epsilon, "delta": 1e-5, "accountant": "rdp", "unaccounted": []}
+    atomic_write_json(root / "audit.json", {"schema_version": 1, "claim": claim, "threat_model": threat_model,
+                                            "attacks": entries, "estimates": []})
+    write_manifest(root, kind="train", config={}, seeds={"canaries": seed}, claim=claim,
+                   artifacts=[f"scores/{a}.npz" for a in attacks] + ["audit.json"])
+    return root
+
+
+def test_perfect_separation_refutes_epsilon_1(tmp_path, capsys):
+    run = make_run(tmp_path / "r", mu=math.inf, epsilon=1.0)
+    assert main(["gate", "--run", str(run)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out
+    summary = (run / "summary.md").read_text()
+    assert "FAIL" in summary and "| loss | steinke |" in summary and "| loss | fdp |" in summary
+    root = ET.parse(run / "gate.junit.xml").getroot()
+    cases = root.findall(".//testcase")
+    assert len(cases) == 3  # steinke, fdp, verdict
+    assert all(c.find("failure") is not None for c in cases)
+    assert root.find("testsuite").get("failures") == "3"
+
+
+def test_null_run_passes(tmp_path):
+    run = make_run(tmp_path / "r", mu=0.0, epsilon=1.0)
+    assert main(["gate", "--run", str(run), "--quiet"]) == 0
+    root = ET.parse(run / "gate.junit.xml").getroot()
+    assert root.find("testsuite").get("failures") == "0"
+    assert "PASS" in (run / "summary.md").read_text()
+
+
+def test_no_claim_never_fails(tmp_path):
+    run = make_run(tmp_path / "r", mu=math.inf, epsilon="inf")
+    res = evaluate_gate(run)
+    assert res.verdict.status == "pass" and math.isinf(res.verdict.claimed_epsilon)
+    assert res.verdict.epsilon_lb_max > 3
+
+
+def test_alpha_is_split_over_every_pair(tmp_path):
+    run = make_run(tmp_path / "r", mu=2.0, attacks=("loss", "zlib"))
+    res = evaluate_gate(run, GatePolicy(estimators=("steinke", "fdp", "raw"), alpha=0.05))
+    assert res.verdict.n_tests == 4 and res.verdict.alpha_per_test == pytest.approx(0.0125)
+    bounds = [e for e in res.estimates if e.is_bound]
+    assert len(bounds) == 4 and all(e.alpha == pytest.approx(0.0125) for e in bounds)
+    raws = [e for e in res.estimates if not e.is_bound]
+    assert len(raws) == 2  # reported, not counted
+    assert res.verdict.epsilon_lb_max == max(e.epsilon_lb for e in bounds)
+    # tolerance: a claim just below the bound passes with enough tolerance
+    lb = res.verdict.epsilon_lb_max
+    assert evaluate_gate(run, GatePolicy(tolerance=100.0)).verdict.status == "pass"
+    assert lb > 0
+
+
+def test_edited_scores_file_is_integrity_error(tmp_path, capsys):
+    run = make_run(tmp_path / "r", mu=0.0)
+    z = dict(np.load(run / "scores/loss.npz"))
+    z["scores"] = z["member"].astype(float)  # forge a perfect attack
+    save_npz(run / "scores/loss.npz", **z)
+    assert main(["gate", "--run", str(run)]) == 3
+    err = capsys.readouterr().err
+    assert "sha256 mismatch" in err and len(err.strip().splitlines()) == 1
+
+
+def test_edited_audit_claim_is_integrity_error(tmp_path):
+    run = make_run(tmp_path / "r", mu=0.0)
+    audit = json.loads((run / "audit.json").read_text())
+    audit["claim"]["epsilon"] = 100.0
+    (run / "audit.json").write_text(json.dumps(audit))
+    assert main(["gate", "--run", str(run)]) == 3
+
+
+@pytest.mark.parametrize("policy,needle", [
+    ("alhpa = 0.01\n", "alpha"),
+    ("estimators = ['steinke', 'bogus']\n", "bogus"),
+    ("estimators = ['raw']\n", "raw"),
+    ("attacks = ['nope']\n", "nope"),
+    ("threshold = 'fixed'\n", "threshold"),
+    ("alpha = 'x'\n", "alpha"),
+])
+def test_policy_errors_are_usage_errors(tmp_path, capsys, policy, needle):
+    run = make_run(tmp_path / "r", mu=0.0)
+    (tmp_path / "gate.toml").write_text(policy)
+    assert main(["gate", "--run", str(run), "--policy", str(tmp_path / "gate.toml")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_missing_run_or_audit(tmp_path):
+    assert main(["gate", "--run", str(tmp_path / "nope")]) == 2
+    run = make_run(tmp_path / "r")
+    (run / "audit.json").unlink()
+    assert main(["gate", "--run", str(run)]) == 3  # listed in the manifest, now missing
+
+
+def test_multirun_estimator_on_one_run_scores_is_usage_error(tmp_path):
+    run = make_run(tmp_path / "r")
+    with pytest.raises(UsageError, match="one-run"):
+        evaluate_gate(run, GatePolicy(estimators=("clopper-pearson",)))
+    step = make_run(tmp_path / "s", mu=1.0, threat_model="step-level")
+    res = evaluate_gate(step, GatePolicy(estimators=("clopper-pearson", "gdp")))
+    assert res.verdict.n_tests == 2
+
+
+def test_policy_file_and_heldout(tmp_path):
+    run = make_run(tmp_path / "r", mu=math.inf, epsilon=1.0)
+    (tmp_path / "gate.toml").write_text('attacks = "all"\nestimators = ["fdp"]\nalpha = 0.01\n'
+                                        'threshold = "heldout"\ntolerance = 0.5\n')
+    assert main(["gate", "--run", str(run), "--policy", str(tmp_path / "gate.toml"),
+                 "--summary", str(tmp_path / "s.md"), "--junit", str(tmp_path / "j.xml")]) == 1
+    assert (tmp_path / "s.md").is_file() and (tmp_path / "j.xml").is_file()
+    assert not (run / "summary.md").exists()
+
+
+def test_example_policy_parses():
+    from dp_audit.gate import load_policy
+
+    p = load_policy(Path(__file__).resolve().parents[1] / "examples" / "gate.toml")
+    assert p.alpha == 0.05 and "steinke" in p.estimators
