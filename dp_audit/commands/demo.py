@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from dp_audit.audit import run_audit, target_from_run
     from dp_audit.commands.run import print_summary
     from dp_audit.config import AuditConfig, run_config_from_dict
-    from dp_audit.gate import GatePolicy, evaluate_gate, write_gate_outputs
+    from dp_audit.gate import GatePolicy, evaluate_gate, write_outputs
     from dp_audit.trainers.base import train_run
     from dp_audit.trainers.registry import TRAINERS
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         audit = run_audit(target_from_run(run_dir), audit_cfg, progress=not args.quiet)
         print_summary(audit, run_dir)
         gate = evaluate_gate(run_dir, GatePolicy(estimators=audit_cfg.estimators, alpha=audit_cfg.alpha))
-        write_gate_outputs(run_dir, gate)
+        write_outputs(gate, summary=run_dir / "summary.md", junit=run_dir / "gate.junit.xml")
         v = gate.verdict
         verdicts.append((name, v.status, v.epsilon_lb_max, v.claimed_epsilon))
         runs.append(run_dir)
