@@ -164,7 +164,7 @@ class AuditConfig:
     """The config of ``dp-audit run`` (TOML)."""
 
     attacks: tuple[str, ...] = ("loss",)
-    estimators: tuple[str, ...] = ("steinke",)
+    estimators: tuple[str, ...] = ("steinke", "fdp")
     alpha: float = 0.05
     threshold: str = "bonferroni"
     probes: tuple[str, ...] = ()

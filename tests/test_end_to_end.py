@@ -1,6 +1,6 @@
 """train -> run -> gate on a tiny model, through the CLI (issue 3), and bad inputs.
 
-A non-private model that memorises its canaries but claims ε = 1 must be refuted (exit 1);
+A non-private model that memorises its canaries but claims ε = 0.5 must be refuted (exit 1);
 DP-SGD at a small ε must pass (exit 0). A valid bound exceeds a true claim with probability at
 most α, so the pass case can fail by chance with probability <= 0.05 for a fixed seed; the
 seeds below are fixed, so the test is deterministic.
@@ -57,7 +57,7 @@ def trained(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("e2e")
     runs = {}
     for name, sections in {
-        "nondp": {"trainer": "nondp", "train": {"epochs": 30}, "privacy": {"claimed_epsilon": 1.0}},
+        "nondp": {"trainer": "nondp", "train": {"epochs": 30}, "privacy": {"claimed_epsilon": 0.5}},
         "dpsgd": {"trainer": "dpsgd", "train": {"epochs": 5}, "privacy": {"epsilon": 1.0}},
     }.items():
         cfg = write_config(root, cache_dir, name, **sections)
