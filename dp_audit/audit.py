@@ -170,7 +170,8 @@ def _write_audit(run_dir: Path, audit: dict[str, Any], written: list[str]) -> No
 
 def _model_info(target: Target, info: dict[str, Any]) -> dict[str, Any]:
     cfg = target.manifest.get("config", {})
-    return {"name": info.get("name") or target.model_path.name, "trainer": cfg.get("trainer"),
+    name = cfg.get("name") or target.run_dir.name if target.source == "dp-audit" else target.model_path.name
+    return {"name": name, "trainer": cfg.get("trainer"),
             "mode": _mode(cfg), "path": str(target.model_path), "tuning": cfg.get("model", {}).get("tuning"),
             "kind": info.get("kind")}
 
