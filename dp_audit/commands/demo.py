@@ -1,6 +1,7 @@
 """``dp-audit demo``: the built-in end-to-end example (train -> run -> gate -> report).
 
-It trains, on the built-in task, a correct DP-SGD model, a DP-SGD pipeline with a known bug
+It trains, on the built-in task, a non-private model that claims ε = 1, a correct DP-SGD model,
+a DP-SGD pipeline with a known bug
 (noise never added, but the accountant's ε is still claimed), and DP-Flat in the paper's mode and
 in its DP-correct mode when that trainer is available; audits each one with canaries; gates
 each one against its claim; and writes a comparison report.
@@ -17,6 +18,7 @@ EPILOG = """example:
   then open demo-run/report.html (comparison) and demo-run/<run>/report.html"""
 
 SCENARIOS: tuple[tuple[str, dict], ...] = (
+    ("nondp-claims-eps1", {"trainer": "nondp", "privacy": {"claimed_epsilon": 1.0}}),
     ("dpsgd", {"trainer": "dpsgd"}),
     ("dpsgd-no-noise-bug", {"trainer": "dpsgd", "privacy": {"inject_bug": "no-noise"}}),
     ("dpflat-paper", {"trainer": "dpflat", "model": {"tuning": "prefix"}}),
@@ -25,9 +27,9 @@ SCENARIOS: tuple[tuple[str, dict], ...] = (
 )
 
 BASE = {
-    "canaries": {"m": 500, "repeat": 1},
-    "train": {"epochs": 4, "batch_size": 64, "lr": 1e-3},
-    "privacy": {"epsilon": 2.0, "delta": 1e-5, "max_grad_norm": 1.0},
+    "canaries": {"m": 500, "kind": "rare-token"},
+    "train": {"epochs": 15, "batch_size": 64, "lr": 1e-3},
+    "privacy": {"epsilon": 1.0, "delta": 1e-5, "max_grad_norm": 1.0},
 }
 
 
