@@ -140,7 +140,9 @@ def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: s
                 optimizer.step()
             else:
                 loss = (loss_fn or _ce)(gsm, batch)
-                loss.backward()
+                with warnings.catch_warnings():  # Opacus' full backward hooks on frozen inputs: harmless
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
             step += 1
