@@ -1,38 +1,140 @@
-"""Load a save_pretrained classifier or causal LM (or a PEFT adapter on a base), offline."""
+"""Load a model to audit, offline: a ``save_pretrained`` directory or a PEFT adapter on its base.
+
+Accepted layouts (docs/formats.md "Run directory"):
+
+- ``config.json`` + ``model.safetensors`` (a Hugging Face ``save_pretrained`` directory);
+- ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT prefix / LoRA): the base model is
+  ``base`` if given, else the adapter's ``base_model_name_or_path`` when that is a local directory.
+
+The tokenizer comes from ``tokenizer_path``, the model directory, a ``tokenizer/`` folder beside
+it, or the base directory, in that order. Everything is read with ``local_files_only=True``.
+Errors are one line: a missing directory, config or tokenizer is a :class:`UsageError`; weights
+that cannot be read (truncated or corrupt safetensors, shapes that do not match the config,
+weights missing from the checkpoint) are an :class:`IntegrityError`.
+"""
+
 from __future__ import annotations
-import json, warnings
+
+import json
+import warnings
 from pathlib import Path
+from typing import Any
+
 from dp_audit.errors import IntegrityError, UsageError
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")
+_CAUSAL_TASKS = {"CAUSAL_LM"}
+_CLASSIFIER_TASKS = {"SEQ_CLS"}
 
-def load_hf_model(path, *, kind=None, base=None, tokenizer_path=None):
-    from transformers import AutoModelForSequenceClassification, AutoModelForCausalLM, AutoTokenizer
-    from dp_audit.hf_compat import enable_prefix_tuning, quiet_transformers
+
+def detect_kind(architectures: list[str] | None, *, task_type: str | None = None) -> str:
+    """``causal-lm`` for ``*ForCausalLM`` / ``*LMHeadModel`` architectures (or a PEFT CAUSAL_LM
+    adapter), ``classifier`` for ``*ForSequenceClassification`` (or SEQ_CLS)."""
+    if task_type in _CAUSAL_TASKS:
+        return "causal-lm"
+    if task_type in _CLASSIFIER_TASKS:
+        return "classifier"
+    for arch in architectures or []:
+        if arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel"):
+            return "causal-lm"
+        if arch.endswith("ForSequenceClassification"):
+            return "classifier"
+    raise UsageError(f"cannot tell the model kind from architectures {architectures!r}; "
+                     "pass kind='classifier' or kind='causal-lm'")
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return f"{type(exc).__name__}: {line[:240]}"
+
+
+def _resolve_base(path: Path, adapter_cfg: dict[str, Any], base: str | Path | None) -> Path:
+    if base is not None:
+        base = Path(base)
+        if not base.is_dir():
+            raise UsageError(f"base model directory not found: {base}")
+        return base
+    named = adapter_cfg.get("base_model_name_or_path")
+    for cand in ([Path(named)] if named else []) + [path.parent / "base_model"]:
+        if cand.is_dir() and (cand / "config.json").is_file():
+            return cand
+    raise UsageError(f"{path} is a PEFT adapter; its base model {named!r} is not a local directory: pass base=...")
+
+
+def _find_tokenizer(candidates: list[Path | None]) -> Path:
+    for p in candidates:
+        if p is not None and Path(p).is_dir() and any((Path(p) / f).is_file() for f in _TOKENIZER_FILES):
+            return Path(p)
+    shown = ", ".join(str(p) for p in candidates if p is not None)
+    raise UsageError(f"no tokenizer found (looked in {shown})")
+
+
+def load_hf_model(
+    path: str | Path,
+    *,
+    kind: str | None = None,
+    base: str | Path | None = None,
+    tokenizer_path: str | Path | None = None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Return ``(model, tokenizer, info)`` with the model in eval mode; ``info`` has ``kind``,
+    ``name``, ``architecture``, ``adapter`` (bool), ``base`` (path or None), ``tokenizer`` (path)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from dp_audit.hf_compat import quiet_transformers
+
     quiet_transformers()
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"model directory not found: {path}")
-    is_adapter = (path / "adapter_config.json").is_file()
-    cfg_dir = Path(base) if is_adapter and base else path
-    if not (cfg_dir / "config.json").is_file():
-        raise UsageError(f"no config.json in {cfg_dir}" + (" (a PEFT adapter needs --base)" if is_adapter and not base else ""))
-    arch = (json.loads((cfg_dir / "config.json").read_text()).get("architectures") or [""])[0]
-    kind = kind or ("causal-lm" if "CausalLM" in arch or "LMHead" in arch else "classifier")
+    if kind is not None and kind not in ("classifier", "causal-lm"):
+        raise UsageError(f"unknown model kind {kind!r}; known: classifier, causal-lm")
+    adapter_file = path / "adapter_config.json"
+    is_adapter = adapter_file.is_file()
+    adapter_cfg = _read_json(adapter_file, "adapter config") if is_adapter else {}
+    cfg_dir = _resolve_base(path, adapter_cfg, base) if is_adapter else path
+    config_file = cfg_dir / "config.json"
+    if not config_file.is_file():
+        raise UsageError(f"no config.json in {cfg_dir} (need a save_pretrained directory or a PEFT adapter)")
+    config = _read_json(config_file, "model config")
+    archs = config.get("architectures") or []
+    kind = kind or detect_kind(archs, task_type=adapter_cfg.get("task_type"))
     cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = cls.from_pretrained(str(cfg_dir), local_files_only=True)
+            model, report = cls.from_pretrained(str(cfg_dir), local_files_only=True, output_loading_info=True)
+            missing = sorted(report.get("missing_keys") or [])
+            if missing:
+                raise IntegrityError(f"cannot load model weights from {cfg_dir}: {len(missing)} weight(s) missing "
+                                     f"from the checkpoint (e.g. {missing[0]})")
             if is_adapter:
                 from peft import PeftModel
-                enable_prefix_tuning(model)
+
+                from dp_audit.hf_compat import enable_prefix_tuning
+
+                if adapter_cfg.get("peft_type") == "PREFIX_TUNING":
+                    enable_prefix_tuning(model)
                 model = PeftModel.from_pretrained(model, str(path), local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise IntegrityError(f"cannot load model weights from {path}: {str(exc).splitlines()[0][:200]}") from None
-    tok_dir = next((p for p in (tokenizer_path, path, path.parent / "tokenizer", cfg_dir) if p and Path(p).is_dir()
-                    and any((Path(p) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))), None)
-    if tok_dir is None:
-        raise UsageError(f"no tokenizer found for {path}")
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    except (UsageError, IntegrityError):
+        raise
+    except Exception as exc:  # SafetensorError, RuntimeError (shape mismatch), OSError, ValueError ...
+        raise IntegrityError(f"cannot load model weights from {path}: {_first_line(exc)}") from None
+    tok_dir = _find_tokenizer([Path(tokenizer_path) if tokenizer_path else None, path,
+                               path.parent / "tokenizer", cfg_dir if is_adapter else None])
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    except Exception as exc:
+        raise UsageError(f"cannot load tokenizer from {tok_dir}: {_first_line(exc)}") from None
     model.eval()
-    return model, tokenizer, {"kind": kind, "name": path.name, "architecture": arch, "adapter": is_adapter}
+    info = {"kind": kind, "name": path.name, "architecture": archs[0] if archs else None, "adapter": is_adapter,
+            "peft_type": adapter_cfg.get("peft_type"), "base": str(cfg_dir) if is_adapter else None,
+            "tokenizer": str(tok_dir)}
+    return model, tokenizer, info
