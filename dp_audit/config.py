@@ -113,6 +113,10 @@ class DPFlatConfig:
     distill_mode: str = "paper"  # paper (private data, non-private) | public
     distill_lambda: float = 0.01
     distill_epochs: int = 3
+    # added by the DP-Flat trainer (docs/trainers.md)
+    awp_micro_batch: int = 0  # paper mode: size of the "first micro-batch" (0: train.max_physical_batch_size)
+    sparse_probe_points: int = 11  # α ∈ linspace(0, 1, n) for the sharpness probe
+    blackbox: bool = False  # black-box DP-Flat: cross-model flattening with the DP-ZO optimiser (RunConfig.dpzo)
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,8 @@ class DPZOConfig:
     perturbation_scale: float = 1e-3  # λ
     clip: float = 1.0  # C on the per-example scalar
     steps: int = 0  # 0: epochs * n / batch_size
+    # added by the DP-ZO trainer (docs/trainers.md)
+    restore: str = "inplace"  # inplace (MeZO: +λz, −2λz, +λz; ulp-level error) | snapshot (bit-exact, one copy of θ)
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,7 @@ class RunConfig:
         _choice("privacy.inject_bug", self.privacy.inject_bug, BUGS)
         _choice("privacy.accountant", self.privacy.accountant, ("rdp", "prv"))
         _choice("dpzo.noise", self.dpzo.noise, ("gaussian", "laplace"))
+        _validate_dpflat_dpzo(self)
         _choice("model.backbone", self.model.backbone, ("tiny", "minilm"))
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
         _choice("privacy.grad_sample_mode", self.privacy.grad_sample_mode, ("auto", "hooks", "ghost"))
@@ -179,6 +186,34 @@ class AuditConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _validate_dpflat_dpzo(cfg: RunConfig) -> None:
+    """Checks of the ``dpflat`` and ``dpzo`` sections (docs/trainers.md)."""
+    f, z = cfg.dpflat, cfg.dpzo
+    _choice("dpflat.awp_mode", f.awp_mode, ("paper", "dpsat", "per-example"))
+    _choice("dpflat.sparse_mode", f.sparse_mode, ("paper", "public"))
+    _choice("dpflat.distill_mode", f.distill_mode, ("paper", "public"))
+    _choice("dpzo.restore", z.restore, ("inplace", "snapshot"))
+    if f.awp_gamma < 0 or not 0 <= f.awp_epoch_fraction <= 1 or f.sparse_k < 0 or f.distill_lambda < 0 \
+            or f.distill_epochs < 1 or f.awp_micro_batch < 0 or f.sparse_probe_points < 2:
+        raise UsageError("dpflat: need awp_gamma >= 0, 0 <= awp_epoch_fraction <= 1, sparse_k >= 0, "
+                         "distill_lambda >= 0, distill_epochs >= 1, awp_micro_batch >= 0, sparse_probe_points >= 2")
+    if z.perturbation_scale <= 0 or z.clip <= 0 or z.steps < 0:
+        raise UsageError("dpzo: need perturbation_scale > 0, clip > 0 and steps >= 0")
+    if cfg.trainer != "dpflat":
+        return
+    if f.blackbox:
+        if f.awp or f.sparse:
+            raise UsageError("dpflat.blackbox = true supports cross-model flattening only: "
+                             "set dpflat.awp = false and dpflat.sparse = false")
+        if not f.distill:
+            raise UsageError("dpflat.blackbox = true needs dpflat.distill = true (otherwise it is plain DP-ZO)")
+    elif cfg.model.tuning != "prefix":
+        raise UsageError(f"trainer 'dpflat' tunes a prefix: set model.tuning = 'prefix' (got {cfg.model.tuning!r}), "
+                         "or dpflat.blackbox = true")
+    if f.sparse and cfg.model.backbone == "tiny" and f.sparse_k >= cfg.model.num_layers:
+        raise UsageError(f"dpflat.sparse_k = {f.sparse_k} must be below model.num_layers = {cfg.model.num_layers}")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

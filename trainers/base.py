@@ -161,11 +161,19 @@ def _write_model(run_dir: Path, model, base_state, prep: Prepared, cfg: RunConfi
     prep.tokenizer.save_pretrained(run_dir / "tokenizer")
     model.save_pretrained(run_dir / "model")  # full model, or adapter_config.json + adapter_model.safetensors
     base = model if cfg.model.tuning == "full" else model.get_base_model()
-    current = {k: v.detach().clone() for k, v in base.state_dict().items()}
-    base.load_state_dict(base_state)
-    base.save_pretrained(run_dir / "base_model")
-    base.load_state_dict(current)
+    base.save_pretrained(run_dir / "base_model", state_dict=plain_state_dict(base_state))
     return ["model", "base_model", "tokenizer"]
+
+
+def plain_state_dict(state: dict) -> dict:
+    """A PEFT-wrapped base's state with the plain Hugging Face names: ``x.original_module.w`` ->
+    ``x.w``; the trained copies (``x.modules_to_save.<adapter>.w``) live in the adapter instead."""
+    out = {}
+    for key, value in state.items():
+        if ".modules_to_save." in key:
+            continue
+        out[key.replace(".original_module.", ".")] = value
+    return out
 
 
 def claim_for_nonprivate(cfg: RunConfig) -> PrivacyClaim:

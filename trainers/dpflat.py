@@ -1,0 +1,282 @@
+"""DP-Flat (Chen et al., arXiv 2403.04124): DP-SGD prefix tuning with within-layer (AWP),
+cross-layer (sparse prefix) and cross-model (distillation) flattening, each switchable and each
+in a ``paper`` mode (as published, non-private parts included) or a DP-correct mode; and
+black-box DP-Flat (cross-model flattening on the DP-ZO optimiser). docs/trainers.md explains the
+modes, what each leaves unaccounted, and how the ledger records it.
+
+Order of a white-box run:
+1. reference prefixes trained without privacy (from the same initialisation), on the private
+   split (``paper``) or on the public split (``public``/private variants), as needed;
+2. layer selection (sparse) on the reference prefix of its mode; selected layers are zeroed;
+3. DP-SGD (Opacus, Poisson sampling, clip C, σ from the target ε over the DP-SGD steps) from
+   the initial prefix, with AWP before each step during the first part of training, the
+   distillation term and the layer mask applied to the released gradient after noising.
+The claim is the accountant's ε of the DP-SGD steps; the ledger lists what it does not cover.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from dp_audit.config import RunConfig
+from dp_audit.errors import UsageError
+from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult
+from dp_audit.trainers.dpflat_awp import AWP
+from dp_audit.trainers.dpflat_distill import Distill, distill_value
+from dp_audit.trainers.dpflat_prefix import PrefixHook, layout_of, prefix_weight
+from dp_audit.trainers.dpflat_sparse import select_layers
+from dp_audit.trainers.dpsgd import claim_for, ledger_for, make_private, plan, run_steps, unwrap
+from dp_audit.trainers.dpzo import claim_zo, ledger_zo, plan_zo, train_dpzo, zo_metrics
+from dp_audit.trainers.modeling import Batch, subset, trainable_parameters
+from dp_audit.trainers.nondp import fit_nonprivate
+from dp_audit.trainers.zo import cross_entropy_each, run_zo
+
+
+# --------------------------------------------------------------------------- helpers
+
+def public_splits(prep: Prepared) -> tuple[Batch, Batch]:
+    """The public split cut in (train, probe): the probe part has min(n_dev, n_public/4) examples."""
+    n = int(prep.public["labels"].shape[0])
+    m = max(1, min(int(prep.dev["labels"].shape[0]), n // 4))
+    return subset(prep.public, slice(0, n - m)), subset(prep.public, slice(n - m, n))
+
+
+def _snapshot(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainable_parameters(model)]
+
+
+def _load(model, state: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, s in zip(trainable_parameters(model), state):
+            p.copy_(s)
+
+
+class _StepHooks:
+    """The DP optimiser with a callback after each step (run_steps only calls zero_grad/step)."""
+
+    def __init__(self, optimizer, after_step):
+        self.optimizer, self.after_step = optimizer, after_step
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none)
+
+    def step(self):
+        out = self.optimizer.step()
+        self.after_step()
+        return out
+
+
+def _chain_step_hook(optimizer, fn) -> None:
+    """Run ``fn(optimizer)`` after Opacus clipped, noised and scaled the gradient, before the
+    inner optimiser step (keeps any hook the privacy engine attached)."""
+    prev = optimizer.step_hook
+
+    def hook(opt):
+        if prev is not None:
+            prev(opt)
+        fn(opt)
+
+    optimizer.attach_step_hook(hook)
+
+
+def unaccounted_whitebox(cfg: RunConfig, *, removed: list[int]) -> list[dict[str, str]]:
+    f, out = cfg.dpflat, []
+    if f.awp and f.awp_mode == "paper":
+        out.append({"component": "awp", "reason": "perturbation v computed from the raw (unclipped, un-noised) "
+                    "gradient of a private micro-batch; every clipped gradient of the logical batch is evaluated "
+                    "at P+v"})
+    if f.sparse and f.sparse_k > 0 and f.sparse_mode == "paper":
+        out.append({"component": "sparse", "reason": f"layer selection (removed {removed}) from a prefix trained "
+                    "without privacy on the private training split, probed on the private dev split"})
+    if f.distill and f.distill_mode == "paper":
+        out.append({"component": "distill", "reason": f"P_np trained without privacy on the private training split "
+                    f"({f.distill_epochs} epochs)"})
+        out.append({"component": "distill-regulariser", "reason": f"the gradient of lambda*||P-P_np||_F escapes "
+                    f"per-example clipping: true sensitivity C+lambda = {cfg.privacy.max_grad_norm + f.distill_lambda:g}, "
+                    f"the ledger uses C = {cfg.privacy.max_grad_norm:g}"})
+    return out
+
+
+def unaccounted_blackbox(cfg: RunConfig) -> list[dict[str, str]]:
+    if cfg.dpflat.distill_mode == "paper":
+        return [{"component": "distill", "reason": f"theta_np trained without privacy (zeroth-order) on the private "
+                 f"training split ({cfg.dpflat.distill_epochs} epochs)"}]
+    return []
+
+
+# --------------------------------------------------------------------------- white-box
+
+class _Reference:
+    """Prefixes trained without privacy from the model's initial state, cached per data source."""
+
+    def __init__(self, model, prep: Prepared, *, generator: torch.Generator):
+        self.model, self.prep, self.generator = model, prep, generator
+        self.init = _snapshot(model)
+        self.cache: dict[str, list[torch.Tensor]] = {}
+        self.info: dict[str, Any] = {}
+
+    def data(self, source: str) -> Batch:
+        return self.prep.train if source == "private" else public_splits(self.prep)[0]
+
+    def state(self, source: str) -> list[torch.Tensor]:
+        if source not in self.cache:
+            cfg = self.prep.cfg
+            _load(self.model, self.init)
+            losses = fit_nonprivate(self.model, self.data(source), epochs=cfg.dpflat.distill_epochs,
+                                    batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+                                    weight_decay=cfg.train.weight_decay, generator=self.generator,
+                                    progress=cfg.train.progress, desc=f"non-private reference ({source})",
+                                    optimizer=cfg.train.optimizer)
+            self.cache[source] = _snapshot(self.model)
+            self.info[source] = {"epochs": cfg.dpflat.distill_epochs, "final_loss": losses[-1] if losses else None,
+                                 "n": int(self.data(source)["labels"].shape[0])}
+            _load(self.model, self.init)
+        return self.cache[source]
+
+
+def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainResult:
+    cfg, f = prep.cfg, prep.cfg.dpflat
+    layout = layout_of(model)
+    if f.sparse and f.sparse_k >= layout.num_layers:
+        raise UsageError(f"dpflat.sparse_k = {f.sparse_k} must be below the model's {layout.num_layers} layers")
+    ref = _Reference(model, prep, generator=generator)
+    notes: dict[str, Any] = {"modes": {"awp": f.awp_mode if f.awp else None,
+                                       "sparse": f.sparse_mode if f.sparse else None,
+                                       "distill": f.distill_mode if f.distill else None}}
+
+    removed: list[int] = []
+    if f.sparse and f.sparse_k > 0:
+        source = "private" if f.sparse_mode == "paper" else "public"
+        probe = prep.dev if f.sparse_mode == "paper" else public_splits(prep)[1]
+        _load(model, ref.state(source))
+        removed, rounds = select_layers(model, probe, layout=layout, k=f.sparse_k, points=f.sparse_probe_points,
+                                        batch_size=cfg.train.max_physical_batch_size)
+        _load(model, ref.init)
+        notes["sparse"] = {"removed_layers": removed, "reference": source,
+                           "probe_split": "dev (private)" if f.sparse_mode == "paper" else "public (held out)",
+                           "rounds": [[c.to_dict() for c in r] for r in rounds]}
+
+    mask = layout.mask(removed) if removed else None
+    distill = None
+    if f.distill:
+        source = "private" if f.distill_mode == "paper" else "public"
+        w_index = [i for i, p in enumerate(trainable_parameters(model)) if p is prefix_weight(model)][0]
+        anchor = ref.state(source)[w_index].clone()
+        if mask is not None:
+            anchor = anchor * mask
+        distill = Distill(anchor=anchor, lam=f.distill_lambda, mode=f.distill_mode)
+        notes["distill"] = {"reference": source, "lambda": f.distill_lambda}
+    notes["reference_training"] = ref.info
+    del ref
+
+    weight = prefix_weight(model)
+    if mask is not None:
+        with torch.no_grad():
+            weight.mul_(mask)
+    hook = PrefixHook(model)
+    hook.mask = mask
+    setup = plan(cfg, prep.n_train)
+    gsm, optimizer, loader = make_private(model, prep, cfg, setup, generator=generator)
+    awp = None
+    if f.awp:
+        awp = AWP(model=gsm, hook=hook, mode=f.awp_mode, gamma=f.awp_gamma,
+                  active_steps=int(math.floor(f.awp_epoch_fraction * setup.steps)),
+                  micro_batch=f.awp_micro_batch or cfg.train.max_physical_batch_size)
+    current = {"n": 0}
+
+    def before_step(step: int, batch: dict) -> None:
+        current["n"] = int(batch["labels"].shape[0])
+        if awp is not None:
+            awp.before_step(step, batch)
+
+    def after_noise(opt) -> None:
+        if weight.grad is None:
+            return
+        if distill is not None:
+            distill.add_to_grad_(weight, batch_size=current["n"], expected_batch_size=opt.expected_batch_size)
+        if mask is not None:
+            weight.grad.mul_(mask)  # no noise (and no data) on removed layers
+
+    _chain_step_hook(optimizer, after_noise)
+    stepper = _StepHooks(optimizer, awp.after_step if awp is not None else (lambda: None))
+    desc = f"DP-Flat (σ={setup.noise_multiplier:.2f}, removed {removed})"
+    try:
+        losses = run_steps(gsm, stepper, loader, setup, cfg=cfg, desc=desc, before_step=before_step)
+    finally:
+        if awp is not None:
+            awp.restore()
+        hook.remove()
+    model = unwrap(gsm)
+    if awp is not None:
+        notes["awp"] = {"mode": f.awp_mode, "gamma": f.awp_gamma, "active_steps": awp.active_steps,
+                        "applied": awp.applied,
+                        "mean_relative_norm": float(sum(awp.rel_norms) / len(awp.rel_norms)) if awp.rel_norms else None}
+    if distill is not None:
+        notes["distill"]["final_distance"] = distill_value(prefix_weight(model), distill.anchor)
+    unacc = unaccounted_whitebox(cfg, removed=removed)
+    return TrainResult(
+        model=model, ledger=ledger_for(setup, component="dpflat-dpsgd", unaccounted=unacc),
+        claim=claim_for(setup, cfg, unaccounted=unacc),
+        metrics={"final_train_loss": losses[-1] if losses else float("nan"), "steps": setup.steps},
+        extra={"dp": dict(setup.__dict__), "dpflat": notes},
+    )
+
+
+# --------------------------------------------------------------------------- black-box
+
+def _fit_blackbox(prep: Prepared, model, generator: torch.Generator) -> TrainResult:
+    """Cross-model flattening on DP-ZO: per-example loss CE_i + λ‖θ − θ_np‖_F (all trainable
+    parameters), where θ_np is trained without privacy by zeroth-order SGD (MeZO: the closed-model
+    setting has no gradients) on the private split (paper) or the public split (public). The
+    regulariser is inside the per-example scalar, so it is clipped with it."""
+    cfg, f = prep.cfg, prep.cfg.dpflat
+    zplan = plan_zo(cfg, prep.n_train)
+    params = trainable_parameters(model)
+    init = _snapshot(model)
+    source = "private" if f.distill_mode == "paper" else "public"
+    data = prep.train if source == "private" else public_splits(prep)[0]
+    n_src = int(data["labels"].shape[0])
+    q_np = min(1.0, cfg.train.batch_size / n_src)
+    np_steps = run_zo(model, params, data, steps=f.distill_epochs * int(round(1 / q_np)), sample_rate=q_np,
+                      lr=cfg.train.lr, scale=cfg.dpzo.perturbation_scale, clip=None, noise="none", noise_scale=0.0,
+                      private=False, generator=generator, restore=cfg.dpzo.restore,
+                      chunk=cfg.train.max_physical_batch_size, progress=cfg.train.progress,
+                      desc=f"non-private ZO reference ({source})")
+    anchors = _snapshot(model)
+    _load(model, init)
+    lam = f.distill_lambda
+
+    def loss_fn(m, batch) -> torch.Tensor:
+        reg = torch.sqrt(sum(((p - a) ** 2).sum() for p, a in zip(params, anchors)))
+        return cross_entropy_each(m, batch) + lam * reg
+
+    steps = train_dpzo(model, prep, zplan, generator=generator, loss_fn=loss_fn,
+                       desc=f"black-box DP-Flat ({zplan.noise})")
+    unacc = unaccounted_blackbox(cfg)
+    dist = float(torch.sqrt(sum(((p.detach() - a) ** 2).sum() for p, a in zip(params, anchors))))
+    return TrainResult(
+        model=model, ledger=ledger_zo(zplan, component="dpflat-blackbox", unaccounted=unacc),
+        claim=claim_zo(zplan, cfg, unaccounted=unacc), metrics=zo_metrics(steps),
+        extra={"dpzo": {**asdict(zplan), "noise_scale": zplan.noise_scale},
+               "dpflat": {"blackbox": True, "modes": {"distill": f.distill_mode},
+                          "distill": {"reference": source, "lambda": lam, "final_distance": dist,
+                                      "reference_steps": len(np_steps),
+                                      "reference_final_loss": zo_metrics(np_steps)["final_train_loss"]}}},
+    )
+
+
+@TRAINERS.register("dpflat")
+class DPFlatTrainer:
+    name = "dpflat"
+
+    def fit(self, prep: Prepared, model, *, generator: torch.Generator) -> TrainResult:
+        if prep.cfg.dpflat.blackbox:
+            return _fit_blackbox(prep, model, generator)
+        return _fit_whitebox(prep, model, generator)
+
+
+__all__ = ["DPFlatTrainer", "public_splits", "unaccounted_blackbox", "unaccounted_whitebox"]

@@ -1,0 +1,163 @@
+"""Within-layer flattening: one-step adversarial weight perturbation (AWP, Wu et al. 2020) on the
+prefix P, in three modes (DESIGN.md §4):
+
+- ``paper``: on the first micro-batch of each logical batch, during the first
+  ``awp_epoch_fraction`` of the steps, v = γ·‖P‖_F·∇L/(‖∇L‖_F + 1e-20) from the **raw** mean loss
+  of that private micro-batch (no clipping, no noise); P ← P + v; the DP gradient of the whole
+  logical batch is computed at P + v; the optimiser steps; then v is removed. v is a function of
+  private data outside the mechanism: not accounted.
+- ``dpsat``: the same v, but from the previous step's released (clipped, noised) gradient
+  (DP-SAT, Park et al. ICML 2023): post-processing, no privacy cost. No perturbation at step 0.
+- ``per-example``: every example i gets its own v_i = γ‖P‖·∇ℓ_i(P)/‖∇ℓ_i(P)‖ and its clipped
+  term is clip(∇ℓ_i(P + v_i)): a function of x_i alone, so the sensitivity stays C. Implemented
+  with the per-example prefix copies of :class:`~dp_audit.trainers.dpflat_prefix.PrefixHook`
+  (one extra forward/backward for all v_i; the parameters themselves are not moved).
+
+Removing v restores P exactly when the step did not move it: P ← P₀ + (P_after − (P₀ + v)).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from dp_audit.trainers.dpflat_prefix import PrefixHook, prefix_weight
+from dp_audit.trainers.modeling import INPUT_KEYS, Batch, subset
+
+AWP_MODES = ("paper", "dpsat", "per-example")
+_EPS = 1e-20
+
+
+def awp_vector(direction: torch.Tensor, *, weight_norm: float, gamma: float) -> torch.Tensor:
+    """γ·‖P‖·d/(‖d‖ + 1e-20)."""
+    return gamma * weight_norm * direction / (direction.norm() + _EPS)
+
+
+def awp_rows(directions: torch.Tensor, *, weight_norm: float, gamma: float) -> torch.Tensor:
+    """Per-example version: row i of (B, ...) normalised on its own."""
+    norms = directions.flatten(1).norm(dim=1).view(-1, *([1] * (directions.dim() - 1)))
+    return gamma * weight_norm * directions / (norms + _EPS)
+
+
+def _no_opacus_hooks(model):
+    class _Ctx:
+        def __enter__(self):
+            self.on = getattr(model, "hooks_enabled", False)
+            if self.on:
+                model.disable_hooks()
+
+        def __exit__(self, *exc):
+            if self.on:
+                model.enable_hooks()
+
+    return _Ctx()
+
+
+def raw_prefix_gradient(model, batch: Batch) -> torch.Tensor:
+    """∇_P of the raw mean cross-entropy of ``batch`` (Opacus hooks off: no per-sample state)."""
+    weight = prefix_weight(model)
+    with _no_opacus_hooks(model), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        logits = model(**{k: batch[k] for k in INPUT_KEYS}).logits
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        (grad,) = torch.autograd.grad(loss, weight)
+    return grad.detach()
+
+
+def per_example_prefix_gradients(model, hook: PrefixHook, batch: Batch) -> torch.Tensor:
+    """(B, T, D): row i = ∇ of ℓ_i with respect to example i's copy of the prefix, i.e. ∇_P ℓ_i(P)
+    (masked columns zeroed). One forward and one backward pass."""
+    saved = hook.offset
+    hook.offset, hook.capture = None, True
+    try:
+        with _no_opacus_hooks(model), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            logits = model(**{k: batch[k] for k in INPUT_KEYS}).logits
+            loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
+            (grads,) = torch.autograd.grad(loss, hook.captured)
+    finally:
+        hook.capture, hook.captured, hook.offset = False, None, saved
+    grads = grads.detach()
+    return grads * hook.mask if hook.mask is not None else grads
+
+
+@dataclass
+class AWP:
+    """AWP controller: call :meth:`before_step` before the DP forward of each logical batch and
+    :meth:`after_step` after the optimiser step (removes v), :meth:`restore` at the end."""
+
+    model: torch.nn.Module  # the (Opacus-wrapped) model
+    hook: PrefixHook
+    mode: str
+    gamma: float
+    active_steps: int  # AWP runs on steps [0, active_steps)
+    micro_batch: int  # paper mode: size of the first micro-batch
+    applied: int = 0
+    rel_norms: list[float] = field(default_factory=list)  # ‖v‖/‖P‖ per application (mean over examples)
+    _orig: torch.Tensor | None = None
+    _pert: torch.Tensor | None = None
+    _prev_noisy: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in AWP_MODES:
+            raise ValueError(f"awp mode must be one of {AWP_MODES}")
+
+    @property
+    def weight(self) -> torch.nn.Parameter:
+        return prefix_weight(self.model)
+
+    def before_step(self, step: int, batch: Batch) -> None:
+        self.restore()
+        self.hook.offset = None
+        n = int(batch["labels"].shape[0])
+        if step >= self.active_steps or n == 0:
+            return
+        w = self.weight
+        norm = float(w.detach().norm())
+        if self.mode == "per-example":
+            grads = per_example_prefix_gradients(self.model, self.hook, batch)
+            offset = awp_rows(grads, weight_norm=norm, gamma=self.gamma)
+            self.hook.offset = offset
+            self.rel_norms.append(float(offset.flatten(1).norm(dim=1).mean()) / max(norm, _EPS))
+            self.applied += 1
+            return
+        if self.mode == "paper":
+            direction = raw_prefix_gradient(self.model, subset(batch, slice(0, self.micro_batch)))
+        else:  # dpsat
+            if self._prev_noisy is None:
+                return
+            direction = self._prev_noisy
+        if self.hook.mask is not None:
+            direction = direction * self.hook.mask
+        v = awp_vector(direction, weight_norm=norm, gamma=self.gamma)
+        self.perturb_(v)
+        self.rel_norms.append(float(v.norm()) / max(norm, _EPS))
+        self.applied += 1
+
+    def perturb_(self, v: torch.Tensor) -> None:
+        w = self.weight
+        with torch.no_grad():
+            self._orig = w.detach().clone()
+            w.add_(v)
+            self._pert = w.detach().clone()
+
+    def after_step(self) -> None:
+        if self.mode == "dpsat":
+            grad = self.weight.grad
+            self._prev_noisy = None if grad is None else grad.detach().clone()
+        self.restore()
+        self.hook.offset = None
+
+    def restore(self) -> None:
+        """P ← P₀ + (P − (P₀ + v)): removes v and keeps the optimiser's update."""
+        if self._orig is None:
+            return
+        w = self.weight
+        with torch.no_grad():
+            w.copy_(self._orig + (w.detach() - self._pert))
+        self._orig = self._pert = None
+
+
+__all__ = ["AWP", "AWP_MODES", "awp_rows", "awp_vector", "per_example_prefix_gradients", "raw_prefix_gradient"]

@@ -1,0 +1,170 @@
+"""Zeroth-order machinery shared by DP-ZO and black-box DP-Flat (DESIGN.md §4).
+
+SPSA two-point estimates with MeZO's seed trick (Malladi et al. 2023): the direction z ~ N(0, I)
+is never stored; it is regenerated from a public seed each time it is needed (perturb +λz, −2λz,
++λz in place, then the update −η·g·z). Forward passes run in eval mode under
+``torch.inference_mode``.
+
+Restoring θ: in float32, ``((θ + λz) − 2λz) + λz`` is not bit-identical to θ in general (three
+roundings). ``restore = "inplace"`` (MeZO, stores nothing) leaves an error of at most a few ulps
+of ``|θ| + 2λ|z|`` per coordinate and step (tested with that bound); ``restore = "snapshot"``
+keeps one float32 copy of the trainable parameters during the two evaluations and restores them
+bit-exactly (costs one extra copy of the trainable parameters, nothing for z).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from dp_audit.trainers.modeling import Batch, logits_of, subset
+
+RESTORES = ("inplace", "snapshot")
+PerExampleLoss = Callable[[torch.nn.Module, Batch], torch.Tensor]
+
+
+def direction(params: Sequence[torch.Tensor], *, seed: int) -> list[torch.Tensor]:
+    """z for ``seed`` (materialised: for tests only; the training path never stores z)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+
+
+@torch.no_grad()
+def perturb_(params: Sequence[torch.Tensor], *, seed: int, scale: float) -> None:
+    """θ ← θ + scale·z(seed), one parameter tensor at a time (z regenerated, never kept)."""
+    g = torch.Generator().manual_seed(int(seed))
+    for p in params:
+        p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype), alpha=float(scale))
+
+
+def cross_entropy_each(model, batch: Batch) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits_of(model, batch), batch["labels"], reduction="none")
+
+
+def _losses(model, data: Batch, loss_fn: PerExampleLoss, chunk: int) -> torch.Tensor:
+    n = int(data["labels"].shape[0])
+    with torch.inference_mode():
+        return torch.cat([loss_fn(model, subset(data, slice(s, s + chunk))) for s in range(0, n, chunk)]) \
+            if n else torch.zeros(0)
+
+
+@dataclass(frozen=True)
+class SPSA:
+    scalars: torch.Tensor  # per-example ρ_i = (ℓ(θ+λz; x_i) − ℓ(θ−λz; x_i)) / (2λ)
+    loss_plus: torch.Tensor
+    loss_minus: torch.Tensor
+
+
+def spsa(model, params: Sequence[torch.Tensor], data: Batch, *, seed: int, scale: float,
+         loss_fn: PerExampleLoss = cross_entropy_each, restore: str = "inplace", chunk: int = 256) -> SPSA:
+    """Per-example two-point estimates along z(seed); θ is restored afterwards (see module doc)."""
+    if restore not in RESTORES:
+        raise ValueError(f"restore must be one of {RESTORES}")
+    was_training = model.training
+    model.eval()
+    snap = [p.detach().clone() for p in params] if restore == "snapshot" else None
+    try:
+        perturb_(params, seed=seed, scale=scale)
+        plus = _losses(model, data, loss_fn, chunk)
+        perturb_(params, seed=seed, scale=-2 * scale)
+        minus = _losses(model, data, loss_fn, chunk)
+    finally:
+        if snap is not None:
+            with torch.no_grad():
+                for p, s in zip(params, snap):
+                    p.copy_(s)
+        else:
+            perturb_(params, seed=seed, scale=scale)
+        model.train(was_training)
+    return SPSA(scalars=(plus - minus) / (2 * scale), loss_plus=plus, loss_minus=minus)
+
+
+def clip_scalars(scalars: torch.Tensor, clip: float) -> torch.Tensor:
+    return scalars.clamp(-clip, clip)
+
+
+def sample_noise(kind: str, *, scale: float, generator: torch.Generator) -> float:
+    """One draw of N(0, scale²) (``gaussian``) or Laplace(0, scale) (``laplace``: the difference
+    of two Exp(1) draws times ``scale``), from ``generator``; ``none`` gives 0."""
+    if kind == "none" or scale == 0:
+        return 0.0
+    if kind == "gaussian":
+        return float(torch.randn(1, generator=generator, dtype=torch.float64)) * scale
+    if kind == "laplace":
+        e = torch.empty(2, dtype=torch.float64).exponential_(1.0, generator=generator)
+        return float(e[0] - e[1]) * scale
+    raise ValueError(f"unknown noise {kind!r}")
+
+
+@dataclass(frozen=True)
+class ZOStep:
+    seed: int
+    batch_size: int
+    gradient: float  # the released scalar g (noisy, divided by the normaliser)
+    loss: float  # mean of (ℓ+ + ℓ−)/2 over the batch (nan for an empty batch)
+    clipped_fraction: float
+
+
+def zo_step(model, params: Sequence[torch.Tensor], data: Batch, *, seed: int, scale: float, lr: float,
+            clip: float | None, noise: str, noise_scale: float, normaliser: float | None,
+            generator: torch.Generator, loss_fn: PerExampleLoss = cross_entropy_each, restore: str = "inplace",
+            chunk: int = 256) -> ZOStep:
+    """One (DP-)ZO step on the sampled examples ``data``:
+    g = (Σ_i clip(ρ_i, C) + noise) / normaliser, then θ ← θ − lr·g·z(seed).
+
+    ``normaliser``: the expected batch size qn for DP (a data-independent constant); None: the
+    actual batch size (non-private MeZO). ``clip``: None for no clipping (non-private)."""
+    n = int(data["labels"].shape[0])
+    if n:
+        est = spsa(model, params, data, seed=seed, scale=scale, loss_fn=loss_fn, restore=restore, chunk=chunk)
+        rho = est.scalars.double()
+        clipped = rho if clip is None else clip_scalars(rho, clip)
+        total = float(clipped.sum())
+        frac = 0.0 if clip is None else float((rho.abs() > clip).double().mean())
+        loss = float(((est.loss_plus + est.loss_minus) / 2).mean())
+    else:
+        total, frac, loss = 0.0, 0.0, math.nan
+    total += sample_noise(noise, scale=noise_scale, generator=generator)
+    denom = normaliser if normaliser is not None else max(n, 1)
+    g = total / denom
+    perturb_(params, seed=seed, scale=-lr * g)
+    return ZOStep(seed=seed, batch_size=n, gradient=g, loss=loss, clipped_fraction=frac)
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """A public per-step seed drawn from the training generator."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
+def poisson_indices(n: int, q: float, *, generator: torch.Generator) -> torch.Tensor:
+    return torch.nonzero(torch.rand(n, generator=generator) < q).flatten()
+
+
+def run_zo(model, params: Sequence[torch.Tensor], data: Batch, *, steps: int, sample_rate: float, lr: float,
+           scale: float, clip: float | None, noise: str, noise_scale: float, private: bool,
+           generator: torch.Generator, loss_fn: PerExampleLoss = cross_entropy_each, restore: str = "inplace",
+           chunk: int = 256, progress: bool = False, desc: str = "ZO") -> list[ZOStep]:
+    """``steps`` Poisson-sampled ZO steps. ``private``: divide by the expected batch size qn
+    (DP-ZO); otherwise by the actual batch size (non-private MeZO)."""
+    n = int(data["labels"].shape[0])
+    out: list[ZOStep] = []
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    for _ in range(steps):
+        idx = poisson_indices(n, sample_rate, generator=generator)
+        seed = draw_seed(generator)
+        out.append(zo_step(model, params, subset(data, idx), seed=seed, scale=scale, lr=lr, clip=clip, noise=noise,
+                           noise_scale=noise_scale, normaliser=sample_rate * n if private else None,
+                           generator=generator, loss_fn=loss_fn, restore=restore, chunk=chunk))
+        bar.update(1)
+        if not math.isnan(out[-1].loss):
+            bar.set_postfix(loss=f"{out[-1].loss:.3f}")
+    bar.close()
+    return out
+
+
+__all__ = ["RESTORES", "SPSA", "ZOStep", "clip_scalars", "cross_entropy_each", "direction", "draw_seed",
+           "perturb_", "poisson_indices", "run_zo", "sample_noise", "spsa", "zo_step"]
