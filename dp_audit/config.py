@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -54,7 +55,8 @@ class ModelConfig:
     pretrain_lr: float = 2e-3
     pretrain_seed: int = 0
     tuning: str = "full"
-    num_virtual_tokens: int = 10
+    num_virtual_tokens: int = 50  # DP-Flat's setting
+    prefix_positions: str = "text"  # text: the text keeps positions 0..L-1 | shifted: PEFT's T..T+L-1 (dp_audit.hf_compat)
     lora_r: int = 8
     cache_dir: str = ""  # default: <out>/../.cache
 
@@ -148,6 +150,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _choice("trainer", self.trainer, TRAINERS)
         _choice("model.tuning", self.model.tuning, TUNINGS)
+        _choice("model.prefix_positions", self.model.prefix_positions, ("text", "shifted"))
         _choice("privacy.inject_bug", self.privacy.inject_bug, BUGS)
         _choice("privacy.accountant", self.privacy.accountant, ("rdp", "prv"))
         _choice("dpzo.noise", self.dpzo.noise, ("gaussian", "laplace"))
@@ -166,6 +169,35 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+LANDSCAPE_SPLITS = ("train", "member", "nonmember", "dev")
+
+
+@dataclass(frozen=True)
+class LandscapeConfig:
+    """The ``[landscape]`` table of the audit config: the data the landscape probes see and the
+    landscape membership attack (``attacks = [..., "landscape"]``); docs/landscapes.md."""
+
+    splits: tuple[str, ...] = ()  # (): every split available (train, member, nonmember, dev)
+    max_examples: int = 500  # per split: a seeded random subsample (0: every example)
+    attack_eta: float = 0.1  # perturbation size of the landscape attack
+    attack_directions: int = 8
+    attack_kind: str = "filter"  # gaussian | filter (Li et al. 2018: η is relative to each filter's norm)
+    attack_sign: str = "flat"  # flat (members flatter: score = -Δ) | sharp | auto (chosen on train vs dev)
+    attack_include: tuple[str, ...] = ()  # parameter-name patterns (): every trainable parameter
+
+    def __post_init__(self) -> None:
+        for s in self.splits:
+            _choice("landscape.splits[]", s, LANDSCAPE_SPLITS)
+        _choice("landscape.attack_kind", self.attack_kind, ("gaussian", "filter"))
+        _choice("landscape.attack_sign", self.attack_sign, ("flat", "sharp", "auto"))
+        if self.max_examples < 0:
+            raise UsageError(f"landscape.max_examples must be >= 0, got {self.max_examples}")
+        if self.attack_directions < 1:
+            raise UsageError(f"landscape.attack_directions must be >= 1, got {self.attack_directions}")
+        if not (math.isfinite(self.attack_eta) and self.attack_eta != 0):
+            raise UsageError(f"landscape.attack_eta must be a finite non-zero number, got {self.attack_eta}")
+
+
 @dataclass(frozen=True)
 class AuditConfig:
     """The config of ``dp-audit run`` (TOML)."""
@@ -175,14 +207,25 @@ class AuditConfig:
     alpha: float = 0.05
     threshold: str = "bonferroni"
     probes: tuple[str, ...] = ()
-    reference_models: int = 0
+    reference_models: int = 0  # > 0: train reference (shadow) models for ref-loss / LiRA / RMIA (dp-audit runs)
+    reference_private: str = "all"  # private data of each reference model: all | half (dp_audit.reference)
     formats: tuple[str, ...] = ("html", "md", "json")
     seed: int = 0
     batch_size: int = 64
+    # landscape probes: options of each entry of ``probes`` ([probe.<name>] tables) and their data
+    probe: dict[str, Any] = field(default_factory=dict)
+    landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
             raise UsageError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.reference_models < 0:
+            raise UsageError(f"reference_models must be >= 0, got {self.reference_models}")
+        _choice("reference_private", self.reference_private, ("all", "half"))
+        if self.probes or self.probe:  # imports torch: only when probes are configured
+            from dp_audit.audit_landscapes import probe_specs
+
+            probe_specs(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

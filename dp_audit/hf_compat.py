@@ -4,7 +4,20 @@ transformers 5 renamed BERT's ``past_key_values`` argument to ``cache`` (the old
 accepted through a deprecation decorator), but PEFT 0.21 decides whether a model supports
 prefix tuning by looking for ``past_key_values`` in ``forward``'s signature. ``enable_prefix_tuning``
 gives such a model a subclass of the same name whose ``forward`` names ``past_key_values`` and
-passes it on as ``cache`` (through ``**kwargs`` down to the encoder); weights, config and ``save_pretrained`` output are unchanged.
+passes it on as ``cache`` (through ``**kwargs`` down to the encoder); weights and
+``save_pretrained`` output are unchanged.
+
+**Positions of the text under a prefix.** With a key/value prefix of T virtual tokens, both paths
+into BERT shift the text's absolute positions by T: PEFT adds T to explicit ``position_ids``
+(``_adjust_prompt_learning_kwargs``), and BERT's embeddings start at the cache length when none
+are given. P-tuning v2 (DP-Flat's code base) does the same on BERT-large, whose 512 positions are
+all pretrained. dp-audit's small backbone is pretrained on texts of at most ``max_length``
+tokens, so positions T..T+L−1 would read embeddings it never trained, and T + L must fit its
+position table. ``positions="text"`` keeps the text at positions 0..L−1 (the prefix occupies no
+position; it has none of its own anyway): the wrapper subtracts the cache length from the
+positions it is given, or uses 0..L−1 when given none. The choice is stored in the model's
+config (``dp_audit_prefix_positions``), so a saved base model reloads with the positions it was
+trained with; a checkpoint without the key gets PEFT's behaviour (``"shifted"``).
 """
 
 from __future__ import annotations
@@ -13,17 +26,46 @@ import inspect
 from typing import Any
 
 
-def enable_prefix_tuning(model: Any) -> Any:
+POSITIONS_KEY = "dp_audit_prefix_positions"
+POSITIONS = ("text", "shifted")
+
+
+def enable_prefix_tuning(model: Any, *, positions: str | None = None) -> Any:
+    """Make a BERT-style model (transformers 5) accept PEFT's prefix; ``positions`` as above
+    (``None``: what the model's config says, else ``"shifted"``)."""
+    if positions is not None:
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        setattr(model.config, POSITIONS_KEY, positions)
     params = inspect.signature(model.forward).parameters
     if "past_key_values" in params:
         return model
-    base_cls = type(model)
+    base_cls = getattr(model, "_dp_audit_base_cls", type(model))
 
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, **kwargs):
+        if past_key_values is not None and getattr(self.config, POSITIONS_KEY, "shifted") == "text":
+            kwargs["position_ids"] = _text_positions(kwargs.get("position_ids"), past_key_values,
+                                                     input_ids if input_ids is not None else kwargs.get("inputs_embeds"))
         return base_cls.forward(self, input_ids=input_ids, attention_mask=attention_mask, cache=past_key_values, **kwargs)
 
     model.__class__ = type(base_cls.__name__, (base_cls,), {"forward": forward, "__module__": base_cls.__module__})
+    model._dp_audit_base_cls = base_cls
     return model
+
+
+def _cache_length(cache: Any) -> int:
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    return int(cache[0][0].shape[-2])  # legacy tuple of (key, value) per layer: (B, heads, T, d)
+
+
+def _text_positions(position_ids: Any, cache: Any, inputs: Any) -> Any:
+    import torch
+
+    if position_ids is not None:
+        return (position_ids - _cache_length(cache)).contiguous()
+    batch, length = inputs.shape[0], inputs.shape[1]
+    return torch.arange(length, device=inputs.device).unsqueeze(0).expand(batch, -1).contiguous()
 
 
 def quiet_transformers() -> None:

@@ -42,7 +42,7 @@ def apply_tuning(model, model_cfg: ModelConfig, *, generator: torch.Generator):
     from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
 
     if model_cfg.tuning == "prefix":
-        enable_prefix_tuning(model)
+        enable_prefix_tuning(model, positions=model_cfg.prefix_positions)
         cfg = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=model_cfg.num_virtual_tokens,
                                  prefix_projection=False)
     else:
