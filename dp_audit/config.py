@@ -182,7 +182,7 @@ class LandscapeConfig:
     attack_eta: float = 0.1  # perturbation size of the landscape attack
     attack_directions: int = 8
     attack_kind: str = "filter"  # gaussian | filter (Li et al. 2018: η is relative to each filter's norm)
-    attack_sign: str = "flat"  # flat (members flatter: score = -Δ) | sharp | auto (chosen on train vs dev)
+    attack_sign: str = "sharp"  # sharp (score = +Δ) | flat (score = -Δ) | auto (chosen on train vs dev); docs/landscapes.md
     attack_include: tuple[str, ...] = ()  # parameter-name patterns (): every trainable parameter
 
     def __post_init__(self) -> None:

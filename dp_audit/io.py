@@ -159,5 +159,6 @@ def validate_scores(scores: Any, member: Any, *, source: str = "scores") -> tupl
 
 def canonical_fingerprint(obj: Mapping[str, Any] | list[Any]) -> str:
     """sha256 of a canonical JSON encoding (for configs and data sets)."""
-    data = json.dumps(_to_plain(obj), sort_keys=True, separators=(",", ":"), default=_json_default)
+    data = json.dumps(_finite_or_none(_to_plain(obj)), sort_keys=True, separators=(",", ":"),
+                      default=_json_default)  # inf as "inf", as files store it
     return hashlib.sha256(data.encode("utf-8")).hexdigest()

@@ -43,7 +43,7 @@ class CurveConfig:
 
     etas: tuple[float, ...] = DEFAULT_ETAS
     n_directions: int = 8
-    budget: float | None = 2.5
+    budget: float | None = 2.5  # evaluation epochs per split; None or 0: every example at every point
     call_overhead: float = 8.0
     ignore_1d: str = "zero"
     unit_norm: bool = False
@@ -167,7 +167,7 @@ def _register(probe: Probe) -> Probe:
 def _curve(kind: str) -> Callable[..., Any]:
     def run(model, evaluators, params, cfg: CurveConfig, generator, indices, progress):
         return loss_curves(model, evaluators, params, etas=cfg.etas, n_directions=cfg.n_directions, kind=kind,
-                           generator=generator, budget=cfg.budget, call_overhead=cfg.call_overhead,
+                           generator=generator, budget=cfg.budget or None, call_overhead=cfg.call_overhead,
                            ignore_1d=cfg.ignore_1d, unit_norm=cfg.unit_norm, progress=progress)
     return run
 

@@ -11,8 +11,16 @@ its own loss and Δ_i is small; non-members with moderate loss get larger increa
 example fitted only by a narrow, sharp minimum can do the opposite. The score follows the
 scikit-learn/dp-audit convention "higher = member" through ``sign``:
 
-- ``sign="flat"`` (default): score = −Δ_i (members assumed flatter);
+- ``sign="flat"`` (this function's default): score = −Δ_i (members assumed flatter);
 - ``sign="sharp"``: score = +Δ_i.
+
+At a *finite* perturbation the second-order picture breaks down: a random perturbation of
+~10% of the weights (``dp-audit run``'s default, η = 0.1 filter-normalised) mostly destroys
+what the model learned and pulls every margin towards 0, so ℓ_i(w+ηd) moves towards a common
+value and Δ_i ≈ c − ℓ_i(w): the loss rises most where it was lowest (memorised members) and
+*falls* for confidently wrong non-members. ``dp-audit run`` therefore fixes ``sharp`` as its
+default (``[landscape] attack_sign``), decided on a pilot model before any audit and checked on
+a different tiny model in tests/test_audit_landscapes.py; docs/landscapes.md.
 
 Choosing the sign by looking at the audited canaries and keeping the better one is a hidden
 comparison of two tests (DESIGN.md §6): fix it in advance, or choose it on data with *known*

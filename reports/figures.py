@@ -238,23 +238,48 @@ def epsilon_figure(view: ReportView, *, salt: str = "eps") -> Figure:
 # landscapes
 
 
+SPLIT_COLORS = {"train": "#D55E00", "member": "#CC79A7", "nonmember": "#0072B2", "dev": "#009E73"}
+SPLIT_STYLES = {"train": "-", "member": "-.", "nonmember": "--", "dev": ":"}
+_ETA_AXIS = {"gaussian": "η (loss at w + η·d, d ~ N(0, I))",
+             "filter": "η (loss at w + η·d, d filter-normalised, Li et al. 2018)"}
+
+
+def _panels(curves: Sequence[tuple[str, CurveView]]) -> list[tuple[str, list[int]]]:
+    """Curves grouped by probe label, in first-seen order (each panel has one η axis)."""
+    out: dict[str, list[int]] = {}
+    for i, (_, c) in enumerate(curves):
+        out.setdefault(c.panel, []).append(i)
+    return list(out.items())
+
+
 def landscape_figure(curves: Sequence[tuple[str, CurveView]], *, salt: str = "land",
                      colors: Sequence[str] | None = None, styles: Sequence[str] | None = None) -> Figure:
-    """Loss at w + η·d against η, with ±1 standard error bands."""
-    fig = _new(3.4, salt=salt)
+    """Loss at w + η·d against η, with ±1 standard error bands; one panel per probe (Gaussian and
+    filter-normalised η are not on the same scale). Default colours: one per split."""
+    panels = _panels(curves)
+    cols = min(len(panels), 2)
+    rows = math.ceil(len(panels) / cols)
+    fig = _new(3.0 * rows + 0.5, salt=salt)
     with _style(salt):
-        ax = fig.add_subplot()
-        for i, (label, c) in enumerate(curves):
-            color = colors[i] if colors else SERIES[i % len(SERIES)]
-            ls = styles[i] if styles else "-"
-            eta, loss = np.asarray(c.eta), np.asarray(c.loss_mean)
-            ax.plot(eta, loss, color=color, linestyle=ls, marker=".", linewidth=1.5, label=label)
-            if c.loss_se is not None:
-                se = np.asarray(c.loss_se)
-                ax.fill_between(eta, loss - se, loss + se, color=color, alpha=0.18, linewidth=0)
-        ax.set_xlabel("perturbation size η (loss at w + η·d, d ~ N(0, I))")
-        ax.set_ylabel("mean loss (cross-entropy, nats)")
-        ax.legend(loc="upper left", frameon=False, title="split (probe); band: ±1 SE", title_fontsize=8)
+        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+        for ax, (panel, idx) in zip(axes, panels):
+            kind = curves[idx[0]][1].probe
+            for i in idx:
+                label, c = curves[i]
+                color = colors[i] if colors else SPLIT_COLORS.get(c.split, SERIES[i % len(SERIES)])
+                ls = styles[i] if styles else "-"
+                eta, loss = np.asarray(c.eta), np.asarray(c.loss_mean)
+                ax.plot(eta, loss, color=color, linestyle=ls, marker=".", linewidth=1.5, label=label)
+                if c.loss_se is not None:
+                    se = np.nan_to_num(np.asarray(c.loss_se), nan=0.0)
+                    ax.fill_between(eta, loss - se, loss + se, color=color, alpha=0.18, linewidth=0)
+            k = curves[idx[0]][1].n_directions
+            ax.set_title(f"{panel}" + (f" ({k} directions)" if k else ""), loc="left")
+            ax.set_xlabel(_ETA_AXIS.get(kind, "η (perturbation size)"))
+            ax.set_ylabel("mean loss (cross-entropy, nats)")
+            ax.legend(loc="best", frameon=False, title="band: ±1 SE", title_fontsize=8)
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
     return fig
 
 
@@ -279,7 +304,8 @@ def report_figures(view: ReportView) -> list[FigureSpec]:
                               "show (every guess right); dashed line: the claim.", epsilon_figure(view)))
     if view.landscapes and view.landscapes.curves:
         out.append(FigureSpec("landscape", "Loss landscape",
-                              "Loss along random Gaussian directions, mean over directions ±1 SE.",
+                              "Loss along random directions (one panel per probe), mean over directions "
+                              "±1 SE (the SE includes the subsampling of examples); colour: data split.",
                               landscape_figure([(c.label, c) for c in view.landscapes.curves])))
     return out
 
@@ -296,10 +322,11 @@ def comparison_figures(labelled: Sequence[tuple[str, ReportView]]) -> list[Figur
     for i, (label, v) in enumerate(labelled):
         if not v.landscapes:
             continue
-        for j, c in enumerate(v.landscapes.curves):
+        splits = list(dict.fromkeys(c.split for c in v.landscapes.curves))
+        for c in v.landscapes.curves:
             curves.append((f"{label}: {c.split}", c))
             colors.append(SERIES[i % len(SERIES)])
-            styles.append(dashes[j % len(dashes)])
+            styles.append(SPLIT_STYLES.get(c.split, dashes[splits.index(c.split) % len(dashes)]))
     if curves:
         out.append(FigureSpec("landscape", "Loss landscapes",
                               "Colour: run; line style: split. Bands: ±1 SE.",

@@ -151,16 +151,23 @@ class AccountingView:
 
 @dataclass(frozen=True)
 class CurveView:
-    probe: str
+    probe: str  # direction kind: gaussian | filter
     split: str
     eta: tuple[float, ...]
     loss_mean: tuple[float, ...]
     loss_se: tuple[float, ...] | None
     acc_mean: tuple[float, ...] | None
+    name: str | None = None  # the probe's label in the audit config (e.g. "curve-gaussian")
+    n_directions: int | None = None
 
     @property
     def label(self) -> str:
         return f"{self.split} ({self.probe})"
+
+    @property
+    def panel(self) -> str:
+        """Curves of one panel share an η axis: same probe label (or direction kind)."""
+        return self.name or self.probe
 
 
 @dataclass(frozen=True)
@@ -436,6 +443,8 @@ def _accounting(audit: dict[str, Any]) -> AccountingView | None:
 def _flatten(prefix: str, obj: Any, out: list[tuple[str, str]]) -> None:
     if isinstance(obj, Mapping):
         for k, v in obj.items():
+            if k == "seed":  # reproducibility data, not a result (kept in audit.json)
+                continue
             _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
         out.append((prefix, fmt_num(float(obj), ".4g")))
@@ -458,10 +467,13 @@ def _landscapes(audit: dict[str, Any]) -> LandscapeView | None:
         for name, arr in (("loss_mean", loss), ("loss_se", se), ("acc_mean", acc)):
             if arr is not None and len(arr) != len(eta):
                 raise IntegrityError(f"audit.json: {w}.{name} has {len(arr)} values but eta has {len(eta)}")
+        nd = c.get("n_directions")
         curves.append(CurveView(probe=str(c.get("probe", "gaussian")), split=str(c.get("split", "?")), eta=eta,
-                                loss_mean=loss, loss_se=se, acc_mean=acc))
+                                loss_mean=loss, loss_se=se, acc_mean=acc,
+                                name=_str(c.get("label"), f"{w}.label", optional=True),
+                                n_directions=_int(nd, f"{w}.n_directions", optional=True)))
     summary: list[tuple[str, str]] = []
-    for key in ("sharpness", "curvature", "per_layer"):
+    for key in ("sharpness", "curvature", "per_layer", "signal"):
         _flatten(key, land.get(key), summary)
     return LandscapeView(curves=tuple(curves), summary=tuple(summary))
 
