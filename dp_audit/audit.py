@@ -20,7 +20,7 @@ from dp_audit import SCHEMA_VERSION, __version__
 from dp_audit.canaries import Canary, read_canaries, write_canaries
 from dp_audit.config import AuditConfig
 from dp_audit.errors import IntegrityError, UsageError
-from dp_audit.io import atomic_write_json, read_json, save_npz, sha256_file
+from dp_audit.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from dp_audit.manifest import add_artifacts, load_manifest, new_run_id, utc_now, write_manifest
 
 AUDIT = "audit.json"
@@ -61,8 +61,11 @@ def target_from_run(run_dir: str | Path) -> Target:
 def target_from_checkpoint(
     *, model: str | Path, canaries: str | Path, epsilon: float, delta: float, out: str | Path,
     base: str | Path | None = None, kind: str | None = None, overwrite: bool = False,
+    candidates: str | Path | None = None,
 ) -> Target:
-    """A checkpoint dp-audit did not train: create a run directory ``out`` that records it."""
+    """A checkpoint dp-audit did not train: create a run directory ``out`` that records it.
+    ``candidates`` (a text file, one candidate secret a line) is copied to ``candidates.txt``
+    for the exposure attack."""
     model, out = Path(model), Path(out)
     if not model.is_dir():
         raise UsageError(f"model directory not found: {model}")
@@ -71,18 +74,24 @@ def target_from_checkpoint(
     if not (epsilon > 0) or not (0 < delta < 1):
         raise UsageError(f"need epsilon > 0 and 0 < delta < 1, got epsilon={epsilon}, delta={delta}")
     cans = read_canaries(canaries)
+    from dp_audit.audit_attacks import CANDIDATES, read_candidates
+
+    cand_texts = read_candidates(candidates) if candidates is not None else None
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UsageError(f"output directory {out} exists and is not empty (use --overwrite)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     write_canaries(out / "canaries.jsonl", cans)
+    if cand_texts is not None:
+        atomic_write_text(out / CANDIDATES, "\n".join(cand_texts) + "\n")
     model_files = {f.relative_to(model).as_posix(): sha256_file(f) for f in sorted(model.rglob("*")) if f.is_file()}
     claim = {"epsilon": float(epsilon), "delta": float(delta), "accountant": "declared", "unaccounted": []}
     manifest = write_manifest(
         out, kind="external", config={"model": {"path": str(model.resolve()), "base": str(base) if base else None,
                                                 "kind": kind}},
-        seeds={}, claim=claim, artifacts=["canaries.jsonl"], run_id=new_run_id(out.name),
+        seeds={}, claim=claim, artifacts=["canaries.jsonl", *([CANDIDATES] if cand_texts is not None else [])],
+        run_id=new_run_id(out.name),
         extra={"source": {"model_path": str(model.resolve()), "model_files": model_files,
                           "base_path": str(Path(base).resolve()) if base else None}},
     )
@@ -93,10 +102,9 @@ def target_from_checkpoint(
 
 def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render: bool = True) -> dict[str, Any]:
     """Run attacks, estimators, cross-checks and probes on ``target``; write ``audit.json``."""
-    from dp_audit.attacks.base import make_attack
     from dp_audit.attacks.loading import load_hf_model
-    from dp_audit.attacks.metrics import attack_metrics
     from dp_audit.attacks.signals import compute_signals
+    from dp_audit.audit_attacks import build_references, needs_references, resolve_attacks, run_attacks, run_candidates
     from dp_audit.gate import GatePolicy, evaluate_gate
 
     run_dir = target.run_dir
@@ -111,21 +119,20 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     member = np.array([c.member for c in target.canaries], dtype=bool)
     if member.all() or not member.any():
         raise UsageError("canaries must include both members and non-members")
-    signals = compute_signals(model, tokenizer, texts, labels, kind=kind, batch_size=cfg.batch_size, progress=progress)
+    candidates = run_candidates(run_dir) if kind == "causal-lm" else None
+    attack_names = resolve_attacks(cfg.attacks, kind=kind, n_references=cfg.reference_models,
+                                   has_candidates=candidates is not None, source=target.source)
+    signals = compute_signals(model, tokenizer, texts, labels, kind=kind, batch_size=cfg.batch_size, progress=progress,
+                              candidates=candidates)
     signals.save(run_dir / "signals" / "target.npz")
+    reference, references_info, written = None, None, ["signals"]
+    if cfg.reference_models > 0 and needs_references(attack_names):
+        reference, references_info, ref_files = build_references(target, cfg, progress=progress)
+        written += ref_files
 
     rng = np.random.default_rng(cfg.seed)
-    attacks, written = [], ["signals"]
-    for name in cfg.attacks:
-        attack = make_attack(name)
-        if getattr(attack, "needs_reference", 0):
-            raise UsageError(f"attack {name!r} needs reference models; set reference_models > 0 "
-                             "(reference models are trained for dp-audit runs only)")
-        scores = np.asarray(attack.fit(None).score_samples(signals), dtype=float)
-        rel = f"scores/{name}.npz"
-        save_npz(run_dir / rel, scores=scores, member=member)
-        written.append(rel)
-        attacks.append(attack_metrics(name, scores, member, scores_file=rel, rng=rng))
+    attacks, score_files = run_attacks(attack_names, signals, reference, member, run_dir=run_dir, rng=rng)
+    written += score_files
 
     audit: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -141,15 +148,16 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
                      "file": "canaries.jsonl", "seed": target.manifest.get("seeds", {}).get("canaries")},
         "audit_config": cfg.to_dict(),
         "attacks": [a.to_dict() for a in attacks],
+        "references": references_info,
         "estimates": [],
-        "ceiling": _ceilings(len(target.canaries), cfg, target.claim),
+        "ceiling": _ceilings(len(target.canaries), cfg, target.claim, attacks),
         "accounting": _accounting(target),
         "landscapes": None,
         "verdict": None,
         "reproduce": _reproduce(target),
     }
     _write_audit(run_dir, audit, written)
-    policy = GatePolicy(attacks=tuple(cfg.attacks), estimators=tuple(cfg.estimators), alpha=cfg.alpha,
+    policy = GatePolicy(attacks=tuple(a.name for a in attacks), estimators=tuple(cfg.estimators), alpha=cfg.alpha,
                         threshold=cfg.threshold)
     gate = evaluate_gate(run_dir, policy)
     audit["estimates"] = [e.to_dict() for e in gate.estimates]
@@ -187,10 +195,12 @@ def _mode(cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def _ceilings(m: int, cfg: AuditConfig, claim: dict[str, Any]) -> dict[str, float]:
+def _ceilings(m: int, cfg: AuditConfig, claim: dict[str, Any], attacks: list[Any]) -> dict[str, float]:
     from dp_audit.estimate import epsilon_ceiling
+    from dp_audit.gate import has_exposure_bound, n_tests
 
-    k = max(1, len(cfg.attacks) * len([e for e in cfg.estimators if e != "raw"]))
+    n_exposure = sum(has_exposure_bound(a.to_dict()) for a in attacks)
+    k = n_tests(len(attacks), len([e for e in cfg.estimators if e != "raw"]), n_exposure)
     out = {}
     for method in cfg.estimators:
         if method in ("steinke", "fdp"):

@@ -37,6 +37,9 @@ class GatePolicy:
     ``attacks = "all"`` (default) or a list of attack names from audit.json; ``estimators``
     lists bound methods (``raw`` may be listed; it is reported, never counted); ``tolerance``
     is added to the claim before comparing; ``seed`` seeds tie-breaking and held-out splits.
+    ``exposure_bound`` (default true): an attack whose audit.json entry has
+    ``details.bound == "exposure"`` (the Secret Sharer exposures of secret canaries) also gets
+    the exposure bound P[exposure >= k] <= e^ε 2^(-k) + δ, counted as one more test in K.
     """
 
     attacks: tuple[str, ...] | str = "all"
@@ -45,6 +48,7 @@ class GatePolicy:
     tolerance: float = 0.0
     threshold: str = "bonferroni"
     seed: int = 0
+    exposure_bound: bool = True
 
     def __post_init__(self) -> None:
         attacks = self.attacks
@@ -69,7 +73,8 @@ class GatePolicy:
 
     def to_dict(self) -> dict[str, Any]:
         return {"attacks": list(self.attacks), "estimators": list(self.estimators), "alpha": self.alpha,
-                "tolerance": self.tolerance, "threshold": self.threshold, "seed": self.seed}
+                "tolerance": self.tolerance, "threshold": self.threshold, "seed": self.seed,
+                "exposure_bound": self.exposure_bound}
 
 
 def load_policy(path: str | Path | None) -> GatePolicy:
@@ -150,7 +155,8 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
     if not names:
         raise UsageError(f"{run_dir / AUDIT} lists no attacks: nothing to gate")
     bounds = [e for e in policy.estimators if ESTIMATORS.get(e).is_bound]
-    k = len(names) * len(bounds)
+    exposure = [n for n in names if policy.exposure_bound and has_exposure_bound(by_name[n])]
+    k = n_tests(len(names), len(bounds), len(exposure))
     level = policy.alpha / k
 
     estimates: list[EpsilonEstimate] = []
@@ -170,6 +176,11 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
                                    delta=delta, threshold=policy.threshold, threat_model=threat_model, rng=rng,
                                    attack=name)
             estimates.append(est)
+        if name in exposure:
+            from dp_audit.attacks.exposure import exposure_epsilon_bound
+
+            estimates.append(exposure_epsilon_bound(scores, member=member, delta=delta, alpha=level, attack=name,
+                                                    threat_model=threat_model))
 
     counted = [e for e in estimates if e.is_bound]
     best = max(counted, key=lambda e: e.epsilon_lb)
@@ -179,6 +190,17 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
                       best_attack=best.attack, best_method=best.method, threat_model=threat_model)
     return GateResult(verdict=verdict, estimates=estimates, policy=policy, run_id=manifest.get("run_id"),
                       claimed_delta=delta)
+
+
+def has_exposure_bound(entry: dict[str, Any]) -> bool:
+    """Whether an audit.json attack entry holds Secret Sharer exposures (``details.bound``)."""
+    return isinstance(entry.get("details"), dict) and entry["details"].get("bound") == "exposure"
+
+
+def n_tests(n_attacks: int, n_bounds: int, n_exposure: int = 0) -> int:
+    """K, the number of tests the gate takes its maximum over: every (attack, bound estimator)
+    pair plus one exposure bound per exposure attack. α is divided by K."""
+    return max(1, n_attacks * n_bounds + n_exposure)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,4 +260,4 @@ def write_outputs(result: GateResult, *, summary: str | Path, junit: str | Path)
 
 
 __all__ = ["GatePolicy", "GateResult", "evaluate_gate", "load_policy", "write_outputs", "summary_markdown",
-           "junit_xml", "verdict_line"]
+           "junit_xml", "verdict_line", "n_tests", "has_exposure_bound"]

@@ -1,79 +1,143 @@
 """Reference (shadow) models for LiRA / RMIA / reference-loss attacks (DESIGN.md §5, §10).
 
-Each reference model is trained by the run's own trainer and config on a random half of the
-private pool, with every canary included independently with probability 1/2 (so each canary
-has IN and OUT reference models). A task is a pure function of (run config, seed, index) and
-writes ``references/ref-XXX.npz`` (the canary signals under that model plus its IN mask);
-finished tasks are skipped, so an interrupted audit resumes where it stopped. Scale-out over
-processes or Ray (§10) only has to map :func:`reference_task` over indices.
+Each reference model is trained by the run's own trainer and config (same backbone, tuning,
+epochs, privacy settings) with every canary of the run included independently with
+probability 1/2 (so each canary has IN and OUT reference models). The rest of the training data
+is the run's whole private split (``private="all"``, the default: the auditor knows D, and the
+reference models then differ from the target only in canary membership and their own
+randomness) or a random half of it (``private="half"``, the LiRA paper's shadow-model recipe).
+
+Independence from the target: the IN masks come from a generator seeded with
+``(REFERENCE_TAG, seed, index)``, a seed sequence that no other seed of the run can reproduce
+(``default_rng([s, 0])`` equals ``default_rng(s)``, so a bare ``[seed, index]`` could replay the
+canary-membership draws when the audit seed equals the canary seed). The reference models never
+see the target's membership decisions: they start from the private split *without* canaries.
+
+A task is a pure function of (run config, seed, index) and writes ``references/ref-XXX.npz``:
+the canary signals under that model, its ``in_mask`` (n,), and ``meta_seed``, ``meta_index``,
+``meta_digest`` (the run config, the canaries and the options it was trained for). A finished
+task whose meta matches is skipped, so an interrupted audit resumes where it stopped; a file left
+by a different seed, config or option set is retrained. Scale-out over processes or Ray (§10)
+only has to map :func:`reference_task` over indices.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from dp_audit.errors import IntegrityError, UsageError
+
 REF_DIR = "references"
+REFERENCE_TAG = 0x72656673  # "refs": domain separation of the reference models' seed sequences
+PRIVATE_MODES = ("all", "half")
 
 
 def reference_path(run_dir: Path, index: int) -> Path:
     return Path(run_dir) / REF_DIR / f"ref-{index:03d}.npz"
 
 
-def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *, seed: int, batch_size: int = 64) -> Path:
-    """Train reference model ``index`` and store the signals of the run's canaries under it."""
+def reference_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([REFERENCE_TAG, int(seed), int(index)])
+
+
+def reference_digest(manifest: dict[str, Any], canaries: Sequence[Any], *, private: str) -> str:
+    from dp_audit.io import canonical_fingerprint
+
+    return canonical_fingerprint({"config": manifest["config"], "private": private,
+                                  "canaries": [[c.id, c.text, c.label] for c in canaries]})
+
+
+def _meta_matches(path: Path, *, seed: int, index: int, digest: str) -> bool:
+    from dp_audit.io import load_npz
+
+    try:
+        z = load_npz(path, integrity=True)
+    except IntegrityError:
+        return False
+    return ("meta_seed" in z and "meta_index" in z and "meta_digest" in z and int(z["meta_seed"]) == seed
+            and int(z["meta_index"]) == index and str(z["meta_digest"]) == digest and "in_mask" in z)
+
+
+def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *, seed: int, batch_size: int = 64,
+                   private: str = "all", canaries: Sequence[Any] | None = None) -> Path:
+    """Train reference model ``index`` and store the signals of the run's canaries under it.
+
+    ``canaries`` (default: the run's ``canaries.jsonl``) must be the canaries the run's config
+    generates: same ids, texts and labels, in the same order (else an IntegrityError).
+    """
     import torch
 
     from dp_audit.attacks.signals import compute_signals
+    from dp_audit.canaries import read_canaries
     from dp_audit.config import run_config_from_dict
-    from dp_audit.io import save_npz
+    from dp_audit.io import load_npz, save_npz
     from dp_audit.trainers.base import TRAINERS, default_cache_root, prepare
     from dp_audit.trainers.modeling import build_classifier, encode, subset
 
     import dp_audit.trainers.registry  # noqa: F401
 
+    if private not in PRIVATE_MODES:
+        raise UsageError(f"reference private data must be one of {', '.join(PRIVATE_MODES)}, got {private!r}")
     run_dir = Path(run_dir)
+    if canaries is None:
+        canaries = read_canaries(run_dir / "canaries.jsonl")
+    canaries = list(canaries)
+    digest = reference_digest(manifest, canaries, private=private)
     out = reference_path(run_dir, index)
-    if out.is_file():
+    if out.is_file() and _meta_matches(out, seed=seed, index=index, digest=digest):
         return out
     cfg = run_config_from_dict(manifest["config"])
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
     prep = prepare(cfg, cache_root=default_cache_root(run_dir, cfg), progress=False)
-    rng = np.random.default_rng([seed, index])
-    private = encode(prep.tokenizer, prep.task.train.texts, prep.task.train.labels, max_length=cfg.data.max_length)
-    n_private = len(prep.task.train)
-    keep = np.flatnonzero(rng.random(n_private) < 0.5)
-    canaries = prep.canaries
+    regenerated = [(c.id, c.text, c.label) for c in prep.canaries]
+    if regenerated != [(c.id, c.text, c.label) for c in canaries]:
+        raise IntegrityError(f"{run_dir / 'canaries.jsonl'} differs from the canaries the run's config generates: "
+                             "reference models would train on other texts")
+    rng = reference_rng(seed, index)
     in_mask = rng.random(len(canaries)) < 0.5
+    n_private = len(prep.task.train)
+    keep = np.arange(n_private) if private == "all" else np.flatnonzero(rng.random(n_private) < 0.5)
+    private_enc = encode(prep.tokenizer, prep.task.train.texts, prep.task.train.labels, max_length=cfg.data.max_length)
     chosen = [c for c, i in zip(canaries, in_mask) if i] * cfg.canaries.repeat
-    can_enc = encode(prep.tokenizer, [c.text for c in chosen], [c.label for c in chosen], max_length=cfg.data.max_length)
-    part = subset(private, torch.as_tensor(keep))
-    train = {k: torch.cat([part[k], can_enc[k]]) for k in part}
+    part = subset(private_enc, torch.as_tensor(keep))
+    if chosen:
+        can_enc = encode(prep.tokenizer, [c.text for c in chosen], [c.label for c in chosen],
+                         max_length=cfg.data.max_length)
+        train = {k: torch.cat([part[k], can_enc[k]]) for k in part}
+    else:
+        train = part
     ref_prep = dataclasses.replace(prep, train=train)
-    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    model = build_classifier(prep.backbone_dir, cfg.model, generator=g)
-    result = TRAINERS.get(cfg.trainer)().fit(ref_prep, model, generator=g)
+    g_init = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    g_train = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    model = build_classifier(prep.backbone_dir, cfg.model, generator=g_init)
+    result = TRAINERS.get(cfg.trainer)().fit(ref_prep, model, generator=g_train)
     signals = compute_signals(result.model, prep.tokenizer, [c.text for c in canaries], [c.label for c in canaries],
                               kind="classifier", batch_size=batch_size, progress=False)
     tmp = out.with_suffix(".signals.npz")
     signals.save(tmp)
-    from dp_audit.io import load_npz
-
     arrays = load_npz(tmp)
     tmp.unlink()
-    save_npz(out, in_mask=in_mask, **arrays)
+    save_npz(out, in_mask=in_mask, meta_seed=np.int64(seed), meta_index=np.int64(index),
+             meta_digest=np.array(digest), **arrays)
     return out
 
 
 def train_references(run_dir: str | Path, manifest: dict[str, Any], *, n_models: int, seed: int,
-                     progress: bool = True, batch_size: int = 64) -> list[Path]:
+                     progress: bool = True, batch_size: int = 64, private: str = "all") -> list[Path]:
     """Run (or resume) ``n_models`` reference tasks in this process, with a progress bar."""
     from tqdm.auto import tqdm
 
+    from dp_audit.canaries import read_canaries
+
+    if n_models < 1:
+        raise UsageError(f"need at least one reference model, got {n_models}")
+    canaries = read_canaries(Path(run_dir) / "canaries.jsonl")
     paths = []
     for i in tqdm(range(n_models), desc="reference models", disable=not progress):
-        paths.append(reference_task(run_dir, manifest, i, seed=seed, batch_size=batch_size))
+        paths.append(reference_task(run_dir, manifest, i, seed=seed, batch_size=batch_size, private=private,
+                                    canaries=canaries))
     return paths

@@ -14,11 +14,31 @@ from dp_audit.overrides import apply_overrides
 EPILOG = """examples:
   dp-audit run --run runs/dpsgd
   dp-audit run --run runs/dpsgd --config audit.toml --set alpha=0.01
+  dp-audit run --run runs/nondp --set 'attacks=["all"]' --set reference_models=8
   dp-audit run --model my_ckpt/ --canaries canaries.jsonl --epsilon 3 --delta 1e-5 --out runs/mine
   dp-audit run --model adapter/ --base base_model/ --canaries canaries.jsonl --epsilon 8 --delta 1e-5 --out runs/peft
+  dp-audit run --model my_lm/ --canaries secrets.jsonl --candidates candidates.txt --epsilon 8 --delta 1e-5 \\
+      --out runs/lm --set 'attacks=["all"]'
 
-audit.toml keys: attacks, estimators, alpha, threshold, probes, reference_models, formats, seed,
-batch_size (docs/formats.md). Writes audit.json, scores/*.npz and the reports into the run directory."""
+attacks (docs/attacks.md): loss, ref-loss, lira-online, lira-offline, rmia (classifiers and causal LMs),
+zlib, mink, minkpp, exposure (causal LMs); "all" = every attack that applies to the model kind and
+to what is available. ref-loss / lira-* / rmia need reference_models > 0, which are trained with the
+run's own trainer (dp-audit run directories only; cached in references/, resumable). exposure needs
+--candidates (one candidate secret a line, drawn like the canaries' secrets) and adds the Secret
+Sharer bound P[exposure >= k] <= e^eps 2^-k + delta to the estimates.
+
+landscapes (docs/landscapes.md; classifiers): probes = ["curve-gaussian", "curve-filter",
+"sharpness-rho", "dpflat-probe", "hessian-top", "hessian-trace", "prefix-layer-sharpness"], options
+in [probe.<name>] tables (name = "<probe>" runs one probe twice under two labels; splits, params),
+data in [landscape] (splits: train, member, nonmember, dev; max_examples). The "landscape" attack
+(attacks = [..., "landscape"]; white-box) scores each canary by its loss increase under random
+weight perturbations ([landscape] attack_eta, attack_directions, attack_kind, attack_sign) and is
+gated like the others. Writes landscapes/*.npz and audit.json's "landscapes".
+  dp-audit run --run runs/dpsgd --set 'probes=["curve-gaussian"]' --set 'attacks=["loss","landscape"]'
+
+audit.toml keys: attacks, estimators, alpha, threshold, probes, reference_models, reference_private
+(all | half), formats, seed, batch_size, [probe.<name>], [landscape] (docs/formats.md). Writes
+audit.json, scores/*.npz, signals/*.npz and the reports into the run directory."""
 
 
 def add_parser(sub) -> None:
@@ -33,6 +53,8 @@ def add_parser(sub) -> None:
     src.add_argument("--epsilon", type=float, help="claimed ε")
     src.add_argument("--delta", type=float, help="claimed δ")
     src.add_argument("--out", type=Path, help="run directory to create for --model")
+    src.add_argument("--candidates", type=Path,
+                     help="with --model: candidate secrets for the exposure attack (one text a line)")
     p.add_argument("--config", type=Path, help="audit config TOML")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an audit config value, e.g. alpha=0.01 (repeatable)")
@@ -61,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if (args.run is None) == (args.model is None):
         raise UsageError("give either --run DIR or --model DIR (with --canaries, --epsilon, --delta, --out)")
     if args.run is not None:
+        if args.candidates is not None:
+            raise UsageError("--candidates goes with --model (a dp-audit run directory brings its own canaries)")
         target = target_from_run(args.run)
     else:
         missing = [f"--{n}" for n in ("canaries", "epsilon", "delta", "out") if getattr(args, n) is None]
@@ -68,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--model needs {', '.join(missing)}")
         target = target_from_checkpoint(model=args.model, canaries=args.canaries, epsilon=args.epsilon,
                                         delta=args.delta, out=args.out, base=args.base, kind=args.kind,
-                                        overwrite=args.overwrite)
+                                        overwrite=args.overwrite, candidates=args.candidates)
     audit = run_audit(target, cfg, progress=not args.quiet, render=not args.no_report)
     print_summary(audit, target.run_dir)
     return 0
