@@ -133,6 +133,11 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     rng = np.random.default_rng(cfg.seed)
     attacks, score_files = run_attacks(attack_names, signals, reference, member, run_dir=run_dir, rng=rng)
     written += score_files
+    from dp_audit.audit_landscapes import run_landscapes  # probes and the "landscape" attack (docs/landscapes.md)
+
+    land = run_landscapes(target, cfg, model=model, tokenizer=tokenizer, kind=kind, rng=rng, progress=progress)
+    attacks = [*attacks, *land.attacks]
+    written += list(land.files)
 
     audit: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -142,7 +147,7 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
         "source": target.source,
         "model": _model_info(target, info),
         "claim": target.claim,
-        "threat_model": "black-box",
+        "threat_model": "white-box" if land.attacks else "black-box",  # the landscape attack perturbs weights
         "canaries": {"m": len(target.canaries), "n_members": int(member.sum()),
                      "kind": target.manifest.get("config", {}).get("canaries", {}).get("kind", "user-supplied"),
                      "file": "canaries.jsonl", "seed": target.manifest.get("seeds", {}).get("canaries")},
@@ -152,7 +157,7 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
         "estimates": [],
         "ceiling": _ceilings(len(target.canaries), cfg, target.claim, attacks),
         "accounting": _accounting(target),
-        "landscapes": None,
+        "landscapes": land.landscapes,
         "verdict": None,
         "reproduce": _reproduce(target),
     }

@@ -241,7 +241,7 @@ def epsilon_figure(view: ReportView, *, salt: str = "eps") -> Figure:
 SPLIT_COLORS = {"train": "#D55E00", "member": "#CC79A7", "nonmember": "#0072B2", "dev": "#009E73"}
 SPLIT_STYLES = {"train": "-", "member": "-.", "nonmember": "--", "dev": ":"}
 _ETA_AXIS = {"gaussian": "η (loss at w + η·d, d ~ N(0, I))",
-             "filter": "η (loss at w + η·d, d filter-normalised, Li et al. 2018)"}
+             "filter": "η (w + η·d, d filter-normalised)"}
 
 
 def _panels(curves: Sequence[tuple[str, CurveView]]) -> list[tuple[str, list[int]]]:
@@ -259,7 +259,8 @@ def landscape_figure(curves: Sequence[tuple[str, CurveView]], *, salt: str = "la
     panels = _panels(curves)
     cols = min(len(panels), 2)
     rows = math.ceil(len(panels) / cols)
-    fig = _new(3.0 * rows + 0.5, salt=salt)
+    n_labels = len({label for label, _ in curves})
+    fig = _new(3.0 * rows + 0.6 + 0.2 * math.ceil(n_labels / 4), salt=salt)
     with _style(salt):
         axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
         for ax, (panel, idx) in zip(axes, panels):
@@ -277,9 +278,14 @@ def landscape_figure(curves: Sequence[tuple[str, CurveView]], *, salt: str = "la
             ax.set_title(f"{panel}" + (f" ({k} directions)" if k else ""), loc="left")
             ax.set_xlabel(_ETA_AXIS.get(kind, "η (perturbation size)"))
             ax.set_ylabel("mean loss (cross-entropy, nats)")
-            ax.legend(loc="best", frameon=False, title="band: ±1 SE", title_fontsize=8)
         for ax in axes[len(panels):]:
             ax.set_visible(False)
+        handles: dict[str, Line2D] = {}
+        for ax in axes[:len(panels)]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                   ncols=min(4, len(handles)), frameon=False, title="band: ±1 SE", title_fontsize=8)
     return fig
 
 
@@ -306,7 +312,7 @@ def report_figures(view: ReportView) -> list[FigureSpec]:
         out.append(FigureSpec("landscape", "Loss landscape",
                               "Loss along random directions (one panel per probe), mean over directions "
                               "±1 SE (the SE includes the subsampling of examples); colour: data split.",
-                              landscape_figure([(c.label, c) for c in view.landscapes.curves])))
+                              landscape_figure([(c.split, c) for c in view.landscapes.curves])))
     return out
 
 

@@ -243,7 +243,8 @@ def test_report_draws_the_stage_output_and_comparison_overlays_runs(audited, che
     assert any(k.startswith("signal.") for k, _ in view.landscapes.summary)
     figs = {f.key: f for f in report_figures(view)}
     ax = figs["landscape"].figure.axes[0]
-    assert {t.get_text() for t in ax.get_legend().get_texts()} >= {"member (gaussian)", "nonmember (gaussian)"}
+    legend = figs["landscape"].figure.legends[0]
+    assert {t.get_text() for t in legend.get_texts()} == {"member", "nonmember"}  # the panel names the probe
     assert len(ax.collections) == 2  # one ±1 SE band per split
     html = render_run(out, formats=("html",), out_dir=tmp_path / "one")["html"].read_text()
     assert 'id="landscapes"' in html and "<svg" in html.split('id="landscapes"')[1].split("</section>")[0]
@@ -252,7 +253,7 @@ def test_report_draws_the_stage_output_and_comparison_overlays_runs(audited, che
     audit_external(checkpoint, other, {**PROBES, "seed": 5})
     cmp = build_comparison([out, other])
     spec = {f.key: f for f in comparison_figures(cmp.views)}["landscape"]
-    labels = {t.get_text() for t in spec.figure.axes[0].get_legend().get_texts()}
+    labels = {t.get_text() for t in spec.figure.legends[0].get_texts()}
     assert labels == {"run: member", "run: nonmember", "other: member", "other: nonmember"}
     page = render_comparison([out, other], out_dir=tmp_path / "cmp", formats=("html",))["html"].read_text()
     assert page.count("<figure") == 2
