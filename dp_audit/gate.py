@@ -40,6 +40,9 @@ class GatePolicy:
     ``exposure_bound`` (default true): an attack whose audit.json entry has
     ``details.bound == "exposure"`` (the Secret Sharer exposures of secret canaries) also gets
     the exposure bound P[exposure >= k] <= e^ε 2^(-k) + δ, counted as one more test in K.
+    ``fdp_null``: the null of the ``fdp`` estimator: ``"eps-delta"`` (default; valid for every
+    (ε, δ)-DP mechanism) or ``"gdp"`` (refutes a μ-GDP reading of the claim: only for
+    Gaussian-shaped mechanisms; it can refute a correct pure-ε claim, docs/estimators.md).
     """
 
     attacks: tuple[str, ...] | str = "all"
@@ -49,6 +52,7 @@ class GatePolicy:
     threshold: str = "bonferroni"
     seed: int = 0
     exposure_bound: bool = True
+    fdp_null: str = "eps-delta"
 
     def __post_init__(self) -> None:
         attacks = self.attacks
@@ -68,13 +72,15 @@ class GatePolicy:
             raise UsageError(f"alpha must be in (0, 0.5), got {self.alpha}")
         if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
             raise UsageError(f"tolerance must be a finite number >= 0, got {self.tolerance}")
+        if self.fdp_null not in ("eps-delta", "gdp"):
+            raise UsageError(f"fdp_null must be 'eps-delta' or 'gdp', got {self.fdp_null!r}")
         if self.threshold not in STRATEGIES or self.threshold == "fixed":
             raise UsageError(f"threshold must be 'bonferroni' or 'heldout' in a gate policy, got {self.threshold!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"attacks": list(self.attacks), "estimators": list(self.estimators), "alpha": self.alpha,
                 "tolerance": self.tolerance, "threshold": self.threshold, "seed": self.seed,
-                "exposure_bound": self.exposure_bound}
+                "exposure_bound": self.exposure_bound, "fdp_null": self.fdp_null}
 
 
 def load_policy(path: str | Path | None) -> GatePolicy:
@@ -174,7 +180,7 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
             i += 1
             est = estimate_epsilon(scores, member, method=method, alpha=level if est_cls.is_bound else policy.alpha,
                                    delta=delta, threshold=policy.threshold, threat_model=threat_model, rng=rng,
-                                   attack=name)
+                                   attack=name, fdp_null=policy.fdp_null)
             estimates.append(est)
         if name in exposure:
             from dp_audit.attacks.exposure import exposure_epsilon_bound

@@ -96,8 +96,20 @@ def test_perfect_separation_gives_large_bounds():
 def test_fdp_tighter_than_steinke_on_same_scores():
     scores, member = gaussian(mu=3.0, m=1000, seed=3)
     s = estimate_epsilon(scores, member, method="steinke").epsilon_lb
-    f = estimate_epsilon(scores, member, method="fdp").epsilon_lb
-    assert f >= 1.4 * s > 0
+    f_ed = estimate_epsilon(scores, member, method="fdp").epsilon_lb  # (ε, δ) null: valid for any mechanism
+    f_gdp = estimate_epsilon(scores, member, method="fdp", fdp_null="gdp").epsilon_lb
+    assert f_gdp >= 1.4 * s > 0  # the GDP null (this mechanism is μ-GDP)
+    assert f_ed >= s  # the recursion handles δ better than Steinke's 2mδ·a term
+    assert f_gdp > f_ed
+
+
+def test_fdp_null_is_recorded_and_checked():
+    scores, member = gaussian(mu=2.0, m=200, seed=1)
+    est = estimate_epsilon(scores, member, method="fdp", fdp_null="gdp")
+    assert est.details["null"] == "gdp"
+    assert estimate_epsilon(scores, member, method="fdp").details["null"] == "eps-delta"
+    with pytest.raises(UsageError, match="null"):
+        estimate_epsilon(scores, member, method="fdp", fdp_null="laplace")
 
 
 def test_no_torch_import():

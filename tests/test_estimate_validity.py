@@ -23,7 +23,12 @@ pytestmark = pytest.mark.statistical
 
 ALPHA, DELTA, SEEDS = 0.05, 1e-5, 500
 MUS = (0.0, 0.5, 1.0, 2.0, 4.0)
-COMBOS = [(m, t) for m in ("steinke", "fdp", "clopper-pearson", "gdp") for t in ("bonferroni", "heldout", "fixed")]
+METHODS = ("steinke", "fdp", "fdp-gdp", "clopper-pearson", "gdp")  # fdp-gdp: method fdp, null "gdp"
+COMBOS = [(m, t) for m in METHODS for t in ("bonferroni", "heldout", "fixed")]
+
+
+def _method(name: str) -> dict:
+    return {"method": "fdp", "fdp_null": "gdp"} if name == "fdp-gdp" else {"method": name}
 
 
 def simulate(method: str, strategy: str, mu: float, m: int, seeds: int = SEEDS) -> np.ndarray:
@@ -34,8 +39,8 @@ def simulate(method: str, strategy: str, mu: float, m: int, seeds: int = SEEDS) 
         scores = rng.normal(mu * member, 1.0)
         kw = {}
         if strategy == "fixed":  # a rule fixed before seeing the data
-            kw = {"fixed_k": (m // 8, m // 8)} if method in ("steinke", "fdp") else {"fixed_threshold": mu / 2}
-        out[s] = estimate_epsilon(scores, member, method=method, alpha=ALPHA, delta=DELTA, threshold=strategy,
+            kw = {"fixed_k": (m // 8, m // 8)} if method.startswith(("steinke", "fdp")) else {"fixed_threshold": mu / 2}
+        out[s] = estimate_epsilon(scores, member, **_method(method), alpha=ALPHA, delta=DELTA, threshold=strategy,
                                   rng=rng, **kw).epsilon_lb
     return out
 
@@ -78,3 +83,46 @@ def test_uncorrected_search_is_invalid():
                    for k in range(1, 201))
         hits += best > 0
     assert hits / 200 > ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / 200)
+
+
+# ---------------------------------------------------------------------------------------------
+# a pure-ε mechanism: randomized response
+
+
+def rr_true_epsilon(eps: float, delta: float) -> float:
+    """The smallest ε' with randomized response RR_ε (ε, δ)-DP at δ: p − e^{ε'}(1 − p) = δ,
+    p = e^ε/(1 + e^ε) (its privacy profile has one atom at the output that matches the bit)."""
+    p = math.exp(eps) / (1 + math.exp(eps))
+    return math.log((p - delta) / (1 - p))
+
+
+def rr_bounds(eps: float, m: int, seeds: int, **kw) -> np.ndarray:
+    p = math.exp(eps) / (1 + math.exp(eps))
+    out = np.empty(seeds)
+    for s in range(seeds):
+        rng = np.random.default_rng([s, 7, m])
+        member = rng.random(m) < 0.5
+        keep = rng.random(m) < p  # report the true bit with probability p
+        scores = np.where(keep, member, ~member).astype(float)
+        out[s] = estimate_epsilon(scores, member, alpha=ALPHA, delta=DELTA, rng=rng, **kw).epsilon_lb
+    return out
+
+
+@pytest.mark.parametrize("method", ["steinke", "fdp"])
+def test_bounds_are_valid_for_randomized_response(method):
+    """Every canary released by ε-randomized response (pure ε-DP, not Gaussian-shaped): the
+    (ε, δ) tests must stay valid. m = 400 canaries, ε = 2, 300 seeds."""
+    true = rr_true_epsilon(2.0, DELTA)
+    lbs = rr_bounds(2.0, 400, 300, method=method)
+    slack = 3 * math.sqrt(ALPHA * (1 - ALPHA) / 300)
+    assert np.mean(lbs > true + 1e-9) <= ALPHA + slack
+    assert np.median(lbs) > 0.5 * true  # and the audit has power: RR is easy to attack
+
+
+def test_gdp_null_refutes_a_true_pure_dp_claim():
+    """Why the fdp default null is "eps-delta": the μ-GDP null "refutes" randomized response's
+    true (ε, δ) claim in most seeds (RR's power at small FPR far exceeds the matching GDP
+    curve's). A gate using it would fail a correct Laplace DP-ZO pipeline."""
+    true = rr_true_epsilon(2.0, DELTA)
+    lbs = rr_bounds(2.0, 400, 40, method="fdp", fdp_null="gdp")
+    assert np.mean(lbs > true) > 0.5

@@ -145,3 +145,26 @@ def test_example_policy_parses():
 
     p = load_policy(Path(__file__).resolve().parents[1] / "examples" / "gate.toml")
     assert p.alpha == 0.05 and "steinke" in p.estimators
+
+
+def test_default_gate_passes_a_correct_pure_dp_claim_that_the_gdp_null_refutes(tmp_path):
+    """Randomized response at ε = 2 (pure ε-DP, every canary's bit kept with p = e²/(1+e²)),
+    claiming ε = 2: the default policy (fdp with the (ε, δ) null) must pass it; the μ-GDP null
+    refutes the true claim (docs/estimators.md: "What the f-DP null means")."""
+    m, eps = 2000, 2.0
+    rng = np.random.default_rng(5)
+    member = rng.random(m) < 0.5
+    keep = rng.random(m) < math.exp(eps) / (1 + math.exp(eps))
+    root = tmp_path / "rr"
+    save_npz(root / "scores/rr.npz", scores=np.where(keep, member, ~member).astype(float), member=member)
+    claim = {"epsilon": eps, "delta": 1e-5, "accountant": "pure", "unaccounted": []}
+    atomic_write_json(root / "audit.json", {"schema_version": 1, "claim": claim, "threat_model": "black-box",
+                                            "attacks": [{"name": "rr", "scores_file": "scores/rr.npz"}],
+                                            "estimates": []})
+    write_manifest(root, kind="train", config={}, seeds={}, claim=claim, artifacts=["scores/rr.npz", "audit.json"])
+    default = evaluate_gate(root)
+    assert default.verdict.status == "pass"
+    assert 1.0 < default.verdict.epsilon_lb_max <= eps  # the audit has power, and stays below the truth
+    assert evaluate_gate(root, GatePolicy(fdp_null="gdp")).verdict.status == "fail"
+    with pytest.raises(UsageError, match="fdp_null"):
+        GatePolicy(fdp_null="laplace")

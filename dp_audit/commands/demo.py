@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[demo] auditing {name} ...", flush=True)
         audit = run_audit(target_from_run(run_dir), audit_cfg, progress=not args.quiet)
         print_summary(audit, run_dir)
-        gate = evaluate_gate(run_dir, GatePolicy(estimators=audit_cfg.estimators, alpha=audit_cfg.alpha))
+        gate = evaluate_gate(run_dir, GatePolicy(estimators=audit_cfg.estimators, alpha=audit_cfg.alpha,
+                                                   fdp_null=audit_cfg.fdp_null))
         write_outputs(gate, summary=run_dir / "summary.md", junit=run_dir / "gate.junit.xml")
         v = gate.verdict
         verdicts.append((name, v.status, v.epsilon_lb_max, v.claimed_epsilon))

@@ -12,11 +12,14 @@ EPILOG = """examples:
   dp-audit estimate --scores runs/r1/scores/loss.npz --method steinke --alpha 0.05 --delta 1e-5
   dp-audit estimate --scores trials.npz --method gdp --threshold heldout --json
   dp-audit estimate --scores s.npz --method fdp --threshold fixed --fixed-k 100,100
+  dp-audit estimate --scores s.npz --method fdp --fdp-null gdp     # refutes μ-GDP only
   dp-audit estimate --list
 
 scores.npz holds 'scores' (float, higher = more likely member) and 'member' (bool).
 steinke/fdp: one training run, canary membership Bernoulli(1/2). clopper-pearson/gdp: one score
-per independent run. raw: ln(TPR/FPR), an estimate, not a bound. docs/estimators.md."""
+per independent run. raw: ln(TPR/FPR), an estimate, not a bound. fdp's null: eps-delta (default,
+valid for any (ε, δ)-DP mechanism) or gdp (tighter, valid only for Gaussian-shaped mechanisms).
+docs/estimators.md."""
 
 
 def add_parser(sub) -> None:
@@ -29,6 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threshold", default="bonferroni", help="bonferroni | heldout | fixed")
     p.add_argument("--fixed-k", help="with --threshold fixed (one-run): K or K_PLUS,K_MINUS")
     p.add_argument("--fixed-threshold", type=float, help="with --threshold fixed: member iff score >= T")
+    p.add_argument("--fdp-null", default="eps-delta", help="fdp only: eps-delta (default) | gdp")
     p.add_argument("--sided", default="two-sided", help="two-sided | one-sided guesses / tests")
     p.add_argument("--threat-model", default="black-box", help="black-box | white-box | step-level")
     p.add_argument("--seed", type=int, default=0, help="seed of tie-breaking and held-out splits")
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     scores, member = load_scores(args.scores)
     est = estimate_epsilon(scores, member, method=args.method, alpha=args.alpha, delta=args.delta,
                            threshold=args.threshold, threat_model=args.threat_model, fixed_k=_fixed_k(args.fixed_k),
-                           fixed_threshold=args.fixed_threshold, sided=args.sided,
+                           fixed_threshold=args.fixed_threshold, sided=args.sided, fdp_null=args.fdp_null,
                            rng=np.random.default_rng(args.seed))
     if args.json:
         sys.stdout.write(dumps_json(est))
@@ -74,5 +78,7 @@ def run(args: argparse.Namespace) -> int:
     kind = f"ε_LB = {est.epsilon_lb:.4f} at {100 * (1 - est.alpha):g}% confidence" if est.is_bound else \
         f"ε ≈ {est.epsilon_lb:.4f} (estimate, not a bound)"
     counts = f"m={est.m}" + (f", r={est.r}, v={est.v}" if est.r is not None else "")
+    if est.method == "fdp":
+        counts += f"; null {est.details.get('null')}"
     print(f"{est.method}: {kind} (δ={est.delta:g}; {counts}; threshold {est.threshold}; {est.threat_model})")
     return 0

@@ -26,8 +26,9 @@ BOUND_METHODS = tuple(n for n in METHODS if ESTIMATORS.get(n).is_bound)
 SIDED = ("two-sided", "one-sided")
 
 
-def get_estimator(method: str) -> Estimator:
-    return ESTIMATORS.get(method)()
+def get_estimator(method: str, *, fdp_null: str = "eps-delta") -> Estimator:
+    cls = ESTIMATORS.get(method)
+    return cls(null=fdp_null) if method == "fdp" else cls()
 
 
 def _check(alpha: float, delta: float, threshold: str, threat_model: str, sided: str) -> None:
@@ -56,6 +57,7 @@ def estimate_epsilon(
     fixed_threshold: float | tuple[float | None, float | None] | None = None,
     heldout_fraction: float = 0.5,
     sided: str = "two-sided",
+    fdp_null: str = "eps-delta",
     rng: np.random.Generator | None = None,
     attack: str | None = None,
 ) -> EpsilonEstimate:
@@ -63,10 +65,12 @@ def estimate_epsilon(
 
     ``epsilon_lb`` holds with probability >= 1 − ``alpha`` for every method with ``is_bound``.
     ``rng`` breaks score ties and draws the held-out split (default: ``default_rng(0)``, so the
-    result is a deterministic function of the inputs). Bad inputs raise :class:`UsageError`.
+    result is a deterministic function of the inputs). ``fdp_null`` (method ``fdp`` only):
+    ``"eps-delta"`` tests the (ε, δ)-DP curve (valid for any mechanism), ``"gdp"`` tests μ-GDP
+    (tighter; refutes only Gaussian-shaped claims). Bad inputs raise :class:`UsageError`.
     """
     scores, member = validate_scores(scores, member)
-    estimator = get_estimator(method)
+    estimator = get_estimator(method, fdp_null=fdp_null)
     _check(alpha, delta, threshold, threat_model, sided)
     if not member.any() or member.all():
         raise UsageError("scores need both members and non-members")
@@ -75,6 +79,8 @@ def estimate_epsilon(
                    fixed_threshold=fixed_threshold, heldout_fraction=heldout_fraction, sided=sided)
     res = estimator.estimate(scores, member, opts, rng)
     details = {"design": estimator.design, "reference": estimator.reference, **res.details}
+    if method == "fdp":
+        details["null"] = fdp_null
     if not estimator.is_bound:
         details["note"] = "estimate, not a bound"
     return EpsilonEstimate(
@@ -85,10 +91,10 @@ def estimate_epsilon(
 
 
 def epsilon_ceiling(m: int, *, method: str = "steinke", alpha: float = 0.05, delta: float = 1e-5,
-                    threshold: str = "bonferroni", sided: str = "two-sided") -> float:
+                    threshold: str = "bonferroni", sided: str = "two-sided", fdp_null: str = "eps-delta") -> float:
     """The audit's power: the ε_LB of a perfect attack (every guess right) with m scores, half of
     them members, at the same α, δ and threshold strategy (``fixed``: all m guesses made)."""
-    estimator = get_estimator(method)
+    estimator = get_estimator(method, fdp_null=fdp_null)
     if not estimator.is_bound:
         raise UsageError(f"method {method!r} is not a bound; it has no ceiling")
     if m < 2:
@@ -100,7 +106,7 @@ def epsilon_ceiling(m: int, *, method: str = "steinke", alpha: float = 0.05, del
     if threshold == "fixed":
         kw = {"fixed_k": (m // 2, m - m // 2)} if estimator.design == "one-run" else {"fixed_threshold": 0.5}
     est = estimate_epsilon(scores, member, method=method, alpha=alpha, delta=delta, threshold=threshold,
-                           sided=sided, rng=np.random.default_rng(0), **kw)
+                           sided=sided, fdp_null=fdp_null, rng=np.random.default_rng(0), **kw)
     return est.epsilon_lb
 
 

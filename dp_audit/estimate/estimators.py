@@ -38,6 +38,7 @@ class Options:
     fixed_threshold: Any = None
     heldout_fraction: float = 0.5
     sided: str = "two-sided"
+    fdp_null: str = "eps-delta"
 
 
 @dataclass
@@ -170,10 +171,21 @@ class Steinke(OneRunEstimator):
 
 @ESTIMATORS.register("fdp")
 class FDP(OneRunEstimator):
+    """One-run f-DP. ``null="eps-delta"`` (default) tests the (ε, δ)-DP trade-off curve, valid for
+    any mechanism; ``null="gdp"`` tests μ-GDP (valid only for Gaussian-shaped mechanisms)."""
+
     name = "fdp"
-    reference = "Mahloujifar, Melis & Chaudhuri 2024, arXiv 2410.22235 (μ-GDP null)"
-    bound = staticmethod(onerun.fdp_epsilon)
-    rejects = staticmethod(onerun.fdp_rejects)
+    reference = "Mahloujifar, Melis & Chaudhuri 2024, arXiv 2410.22235"
+
+    def __init__(self, null: str = "eps-delta") -> None:
+        onerun._check_null(null)
+        self.null = null
+
+    def _bound(self, m, r, v, alpha, delta):
+        return onerun.fdp_epsilon(m=m, r=r, v=v, alpha=alpha, delta=delta, null=self.null)
+
+    def _rejects(self, eps, m, r, v, alpha, delta):
+        return onerun.fdp_rejects(eps, m=m, r=r, v=v, alpha=alpha, delta=delta, null=self.null)
 
 
 # ---------------------------------------------------------------------------------------------

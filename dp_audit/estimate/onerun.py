@@ -6,9 +6,13 @@
   (ε, δ)-DP is rejected at level α when p(ε) < α; ε_LB is the largest such ε.
 - ``fdp``: Mahloujifar, Melis & Chaudhuri 2024, "Auditing f-Differential Privacy in One Run"
   (arXiv 2410.22235, ICML 2025), the recursive bound on the number of correct guesses of an
-  f-DP mechanism, with f the μ-GDP trade-off curve. The null is "the mechanism is μ-GDP", and the
-  result is reported as the ε at δ of the largest rejected μ (docs/estimators.md discusses what
-  this does and does not refute).
+  f-DP mechanism. Their theorem holds for any trade-off function f; two nulls are offered:
+  ``null="eps-delta"`` (default): f = f_{ε,δ}(x) = max(0, 1−δ−e^ε x, e^{−ε}(1−δ−x)), the trade-off
+  curve of (ε, δ)-DP itself, so the test is valid for *every* (ε, δ)-DP mechanism;
+  ``null="gdp"``: f = the μ-GDP curve, "the mechanism is μ-GDP", reported as the ε at δ of the
+  largest rejected μ. The GDP null is much tighter but refutes only μ-GDP: a pure-ε mechanism
+  (randomized response, Laplace) that keeps its (ε, δ) claim can be "refuted" by it
+  (tests/test_estimate_validity.py shows it; docs/estimators.md).
 
 Both are pure functions of (m, r, v, α, δ), cached, so simulations over many seeds that produce
 the same counts cost nothing extra.
@@ -92,7 +96,9 @@ def steinke_rejects(epsilon: float, *, m: int, r: int, v: int, alpha: float, del
 
 
 # ---------------------------------------------------------------------------------------------
-# f-DP (GDP null), Mahloujifar et al. 2024
+# f-DP, Mahloujifar et al. 2024: GDP null and (ε, δ) null
+
+FDP_NULLS = ("eps-delta", "gdp")
 
 
 def _gdp_inverse_tradeoff(mu: float):
@@ -104,17 +110,24 @@ def _gdp_inverse_tradeoff(mu: float):
     return lambda x: float(ndtr(ndtri(min(max(x, 0.0), 1.0)) - mu))
 
 
-def fdp_rejects_mu(mu: float, *, m: int, r: int, v: int, alpha: float) -> bool:
-    """Does v correct out of r guesses on m canaries reject "μ-GDP" at level α?
+def _eps_delta_inverse_tradeoff(epsilon: float, delta: float):
+    """x -> f_{ε,δ}(1 − x) = max(0, 1 − δ − e^ε (1 − x), e^{−ε} (x − δ)), with f_{ε,δ} the
+    trade-off curve of (ε, δ)-DP (Kairouz et al. 2015; Dong, Roth & Su 2022, Prop. 2.5)."""
+    e = math.exp(min(epsilon, 700.0))
+    return lambda x: max(0.0, 1.0 - delta - e * (1.0 - x), (x - delta) / e)
+
+
+def fdp_rejects_curve(g, *, m: int, r: int, v: int, alpha: float) -> bool:
+    """Does v correct out of r guesses on m canaries reject "f-DP" at level α, with
+    g(x) = f(1 − x)?
 
     The recursion of Mahloujifar et al. 2024 (their bound on the probability of at least v
     correct guesses of an f-DP mechanism, run backwards from the last correct guess): start with
     mass α·v/m on "correct" and α·(r−v)/m on "wrong" and push it through the trade-off curve;
-    μ-GDP is rejected when the mass that the curve forces exceeds r/m.
+    f-DP is rejected when the mass that the curve forces exceeds r/m.
     """
     if v <= 0 or r <= 0:
         return False
-    g = _gdp_inverse_tradeoff(mu)
     right = alpha * v / m
     wrong = alpha * (r - v) / m
     for i in range(v - 1, -1, -1):
@@ -126,21 +139,46 @@ def fdp_rejects_mu(mu: float, *, m: int, r: int, v: int, alpha: float) -> bool:
     return right + wrong > r / m
 
 
+def fdp_rejects_mu(mu: float, *, m: int, r: int, v: int, alpha: float) -> bool:
+    """Does v correct out of r guesses on m canaries reject "μ-GDP" at level α?"""
+    return fdp_rejects_curve(_gdp_inverse_tradeoff(mu), m=m, r=r, v=v, alpha=alpha)
+
+
+def fdp_rejects_eps_delta(epsilon: float, *, m: int, r: int, v: int, alpha: float, delta: float) -> bool:
+    """Does v correct out of r guesses reject "(ε, δ)-DP" at level α (f = f_{ε,δ})?"""
+    return fdp_rejects_curve(_eps_delta_inverse_tradeoff(epsilon, delta), m=m, r=r, v=v, alpha=alpha)
+
+
 @functools.lru_cache(maxsize=200_000)
 def fdp_mu(*, m: int, r: int, v: int, alpha: float) -> float:
     """μ_LB: the largest μ rejected by the one-run f-DP test (0 when none)."""
     return _largest_rejected(lambda mu: fdp_rejects_mu(mu, m=m, r=r, v=v, alpha=alpha), hi0=1.0)
 
 
+def _check_null(null: str) -> None:
+    if null not in FDP_NULLS:
+        from dp_audit.errors import UsageError
+
+        raise UsageError(f"fdp null must be one of {', '.join(FDP_NULLS)}, got {null!r}")
+
+
 @functools.lru_cache(maxsize=200_000)
-def fdp_epsilon(*, m: int, r: int, v: int, alpha: float, delta: float) -> float:
-    """ε_LB of the one-run f-DP audit: the ε at δ of the largest rejected μ-GDP curve."""
+def fdp_epsilon(*, m: int, r: int, v: int, alpha: float, delta: float, null: str = "eps-delta") -> float:
+    """ε_LB of the one-run f-DP audit: the largest ε whose (ε, δ) curve is rejected
+    (``null="eps-delta"``), or the ε at δ of the largest rejected μ-GDP curve (``"gdp"``)."""
+    _check_null(null)
+    if null == "eps-delta":
+        return _largest_rejected(lambda e: fdp_rejects_eps_delta(e, m=m, r=r, v=v, alpha=alpha, delta=delta))
     mu = fdp_mu(m=m, r=r, v=v, alpha=alpha)
     if mu <= 0:
         return 0.0
     return gdp_epsilon(delta, mu)
 
 
-def fdp_rejects(epsilon: float, *, m: int, r: int, v: int, alpha: float, delta: float) -> bool:
+def fdp_rejects(epsilon: float, *, m: int, r: int, v: int, alpha: float, delta: float,
+                null: str = "eps-delta") -> bool:
+    _check_null(null)
+    if null == "eps-delta":
+        return fdp_rejects_eps_delta(max(epsilon, 0.0), m=m, r=r, v=v, alpha=alpha, delta=delta)
     return fdp_rejects_mu(gdp_mu(epsilon, delta), m=m, r=r, v=v, alpha=alpha) if epsilon > 0 else \
         fdp_rejects_mu(0.0, m=m, r=r, v=v, alpha=alpha)
