@@ -141,3 +141,14 @@ def test_reference_attack_without_references_exits_2(audited, capsys):
     err = one_line_error(capsys, 2, main(["run", "--run", str(audited), "--quiet", "--no-report",
                                           "--set", 'attacks=["lira-online"]']))
     assert "reference_models" in err
+
+
+def test_example_audit_config_loads_and_selects_reference_attacks():
+    from pathlib import Path
+
+    from dp_audit.config import load_audit_config
+
+    cfg = load_audit_config(Path(__file__).resolve().parents[1] / "examples" / "audit.toml")
+    assert cfg.attacks == ("all",) and cfg.reference_models > 0
+    assert list(resolve_attacks(cfg.attacks, kind="classifier", n_references=cfg.reference_models,
+                                has_candidates=False, source="dp-audit")) == CLS_REF
