@@ -211,6 +211,13 @@ def _ceilings(m: int, cfg: AuditConfig, claim: dict[str, Any], attacks: list[Any
         if method in ("steinke", "fdp"):
             out[method] = float(epsilon_ceiling(m, method=method, alpha=cfg.alpha / k, delta=float(claim["delta"]),
                                                 threshold=cfg.threshold))
+    for a in attacks:  # the exposure bound's ceiling: every member at the largest exposure log2(K + 1)
+        if has_exposure_bound(a.to_dict()):
+            from dp_audit.attacks.exposure import exposure_epsilon_bound
+
+            top = np.full(a.n_members, float(a.details["max_exposure"]))
+            out["exposure"] = float(exposure_epsilon_bound(top, delta=float(claim["delta"]), alpha=cfg.alpha / k,
+                                                           attack=a.name).epsilon_lb)
     return out
 
 

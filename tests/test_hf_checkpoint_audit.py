@@ -149,6 +149,7 @@ def test_causal_lm_checkpoint_with_exposure(checkpoints):
     assert "candidates.txt" in manifest["artifacts"]
     # the memorised secrets refute ε = 1; the exposure bound alone does too
     assert bounds[0]["epsilon_lb"] > 1.0
+    assert bounds[0]["epsilon_lb"] <= audit["ceiling"]["exposure"] + 1e-9 < np.log(4096)  # limited by K
     assert main(["gate", "--run", str(out)]) == 1
     assert main(["gate", "--run", str(out), "--policy", str(write_policy(out))]) == 1
 
