@@ -163,7 +163,7 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     }
     _write_audit(run_dir, audit, written)
     policy = GatePolicy(attacks=tuple(a.name for a in attacks), estimators=tuple(cfg.estimators), alpha=cfg.alpha,
-                        threshold=cfg.threshold)
+                        threshold=cfg.threshold, fdp_null=cfg.fdp_null)
     gate = evaluate_gate(run_dir, policy)
     audit["estimates"] = [e.to_dict() for e in gate.estimates]
     audit["verdict"] = gate.verdict.to_dict()
@@ -210,7 +210,7 @@ def _ceilings(m: int, cfg: AuditConfig, claim: dict[str, Any], attacks: list[Any
     for method in cfg.estimators:
         if method in ("steinke", "fdp"):
             out[method] = float(epsilon_ceiling(m, method=method, alpha=cfg.alpha / k, delta=float(claim["delta"]),
-                                                threshold=cfg.threshold))
+                                                threshold=cfg.threshold, fdp_null=cfg.fdp_null))
     for a in attacks:  # the exposure bound's ceiling: every member at the largest exposure log2(K + 1)
         if has_exposure_bound(a.to_dict()):
             from dp_audit.attacks.exposure import exposure_epsilon_bound

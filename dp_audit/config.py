@@ -206,6 +206,7 @@ class AuditConfig:
     estimators: tuple[str, ...] = ("steinke", "fdp")
     alpha: float = 0.05
     threshold: str = "bonferroni"
+    fdp_null: str = "eps-delta"  # eps-delta (valid for any mechanism) | gdp (μ-GDP claims only; docs/estimators.md)
     probes: tuple[str, ...] = ()
     reference_models: int = 0  # > 0: train reference (shadow) models for ref-loss / LiRA / RMIA (dp-audit runs)
     reference_private: str = "all"  # private data of each reference model: all | half (dp_audit.reference)
@@ -307,15 +308,21 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def load_toml(path: str | Path, cls: type) -> Any:
+def read_toml(path: str | Path | None) -> dict[str, Any]:
+    """A TOML file as a dict ({} for None); a missing file or bad TOML is a one-line UsageError."""
+    if path is None:
+        return {}
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: invalid TOML: {exc}") from None
-    return from_mapping(cls, data)
+
+
+def load_toml(path: str | Path, cls: type) -> Any:
+    return from_mapping(cls, read_toml(path))
 
 
 def load_run_config(path: str | Path) -> RunConfig:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import tomllib
 from pathlib import Path
 
-from dp_audit.config import AuditConfig, from_mapping
+from dp_audit.config import AuditConfig, from_mapping, read_toml
 from dp_audit.errors import UsageError
 from dp_audit.overrides import apply_overrides
 
@@ -65,14 +64,7 @@ def add_parser(sub) -> None:
 
 
 def load_audit_config(path: Path | None, overrides: list[str]) -> AuditConfig:
-    data: dict = {}
-    if path is not None:
-        if not path.is_file():
-            raise UsageError(f"config file not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"{path}: invalid TOML: {exc}") from None
+    data = read_toml(path)
     return from_mapping(AuditConfig, apply_overrides(data, overrides))
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import tomllib
 from pathlib import Path
 
-from dp_audit.config import RunConfig, from_mapping
-from dp_audit.errors import UsageError
+from dp_audit.config import RunConfig, from_mapping, read_toml
 from dp_audit.overrides import apply_overrides
 
 EPILOG = """examples:
@@ -33,14 +31,7 @@ def add_parser(sub) -> None:
 
 
 def load_config(path: Path | None, overrides: list[str], *, quiet: bool = False) -> RunConfig:
-    data: dict = {}
-    if path is not None:
-        if not path.is_file():
-            raise UsageError(f"config file not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"{path}: invalid TOML: {exc}") from None
+    data = read_toml(path)
     if quiet:
         overrides = [*overrides, "train.progress=false"]
     return from_mapping(RunConfig, apply_overrides(data, overrides))
