@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--tuning", default="full,prefix")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--grad-sample-mode", default="auto", help="Opacus per-sample mode: auto | hooks | ghost")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dp-audit-bench-cache")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -34,7 +35,8 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}; expected batch size {args.batch_size}; {args.steps} steps each")
     for tuning in args.tuning.split(","):
         cfg = run_config_from_dict({"trainer": "dpsgd", "model": {"tuning": tuning, "cache_dir": str(args.cache)},
-                                    "canaries": {"m": 0}, "train": {"batch_size": args.batch_size, "progress": False}})
+                                    "canaries": {"m": 0}, "train": {"batch_size": args.batch_size, "progress": False},
+                                    "privacy": {"grad_sample_mode": args.grad_sample_mode}})
         prep = prepare(cfg, cache_root=args.cache, progress=False)
         g = torch.Generator().manual_seed(0)
         plain = build_classifier(prep.backbone_dir, cfg.model, generator=g)

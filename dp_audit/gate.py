@@ -170,7 +170,8 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
     for name in names:
         entry = by_name[name]
         scores, member = load_scores(_scores_path(run_dir, entry.get("scores_file"), manifest, name), integrity=True)
-        design = (entry.get("details") or {}).get("design") or ("multi-run" if threat_model == "step-level" else "one-run")
+        attack_tm = entry.get("threat_model") or threat_model  # each attack's own adversary (docs/formats.md)
+        design = (entry.get("details") or {}).get("design") or ("multi-run" if attack_tm == "step-level" else "one-run")
         for method in policy.estimators:
             est_cls = ESTIMATORS.get(method)
             if est_cls.design == "multi-run" and design != "multi-run":
@@ -179,21 +180,22 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
             rng = np.random.default_rng([policy.seed, i])
             i += 1
             est = estimate_epsilon(scores, member, method=method, alpha=level if est_cls.is_bound else policy.alpha,
-                                   delta=delta, threshold=policy.threshold, threat_model=threat_model, rng=rng,
+                                   delta=delta, threshold=policy.threshold, threat_model=attack_tm, rng=rng,
                                    attack=name, fdp_null=policy.fdp_null)
             estimates.append(est)
         if name in exposure:
             from dp_audit.attacks.exposure import exposure_epsilon_bound
 
             estimates.append(exposure_epsilon_bound(scores, member=member, delta=delta, alpha=level, attack=name,
-                                                    threat_model=threat_model))
+                                                    threat_model=attack_tm))
 
     counted = [e for e in estimates if e.is_bound]
     best = max(counted, key=lambda e: e.epsilon_lb)
     fail = math.isfinite(eps_claim) and best.epsilon_lb > eps_claim + policy.tolerance
     verdict = Verdict(status="fail" if fail else "pass", claimed_epsilon=eps_claim, epsilon_lb_max=best.epsilon_lb,
                       alpha=policy.alpha, alpha_per_test=level, n_tests=k, tolerance=policy.tolerance,
-                      best_attack=best.attack, best_method=best.method, threat_model=threat_model)
+                      best_attack=best.attack, best_method=best.method,
+                      threat_model=best.threat_model if best.epsilon_lb > 0 else threat_model)
     return GateResult(verdict=verdict, estimates=estimates, policy=policy, run_id=manifest.get("run_id"),
                       claimed_delta=delta)
 

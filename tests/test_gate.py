@@ -168,3 +168,21 @@ def test_default_gate_passes_a_correct_pure_dp_claim_that_the_gdp_null_refutes(t
     assert evaluate_gate(root, GatePolicy(fdp_null="gdp")).verdict.status == "fail"
     with pytest.raises(UsageError, match="fdp_null"):
         GatePolicy(fdp_null="laplace")
+
+
+def test_each_attack_keeps_its_own_threat_model(tmp_path):
+    """A black-box attack and a white-box one in the same audit: each bound carries its attack's
+    threat model, and the verdict names the one of the bound that decided it."""
+    run = make_run(tmp_path / "r", mu=math.inf, epsilon=1.0, attacks=("loss", "landscape"))
+    audit = json.loads((run / "audit.json").read_text())
+    audit["threat_model"] = "white-box"  # the strongest adversary among the attacks
+    audit["attacks"][0]["threat_model"] = "black-box"
+    audit["attacks"][1]["threat_model"] = "white-box"
+    atomic_write_json(run / "audit.json", audit)
+    write_manifest(run, kind="train", config={}, seeds={}, claim=audit["claim"],
+                   artifacts=["scores/loss.npz", "scores/landscape.npz", "audit.json"])
+    res = evaluate_gate(run)
+    tm = {(e.attack, e.method): e.threat_model for e in res.estimates}
+    assert tm[("loss", "steinke")] == "black-box" and tm[("landscape", "fdp")] == "white-box"
+    best = max(res.estimates, key=lambda e: e.epsilon_lb)
+    assert res.verdict.threat_model == best.threat_model
