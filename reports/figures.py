@@ -197,7 +197,7 @@ def epsilon_figure(view: ReportView, *, salt: str = "eps") -> Figure:
     claimed = view.claimed_epsilon
     with _style(salt):
         ax = fig.add_subplot()
-        labels = [f"{e.method} on {e.attack or '-'}" + ("" if e.is_bound else " (estimate)") for e in ests]
+        labels = [f"{e.display} on {e.attack or '-'}" + ("" if e.is_bound else " (estimate)") for e in ests]
         y = np.arange(len(ests))[::-1]
         finite = [e.epsilon_lb for e in ests if math.isfinite(e.epsilon_lb)]
         finite += [e.ceiling for e in ests if e.ceiling is not None and math.isfinite(e.ceiling)]

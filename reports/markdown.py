@@ -31,7 +31,7 @@ def render_markdown(view: ReportView) -> str:
         lines += ["| estimator | attack | ε_LB | α | kind | ceiling | vs claim |", "|---|---|---:|---:|---|---:|---|"]
         for e in view.estimates:
             vs = "not counted" if not e.is_bound else ("**exceeds**" if e.exceeds_claim else "below")
-            lines.append(f"| {_cell(e.method)} | {_cell(e.attack or '-')} | {fmt_eps(e.epsilon_lb)} | {e.alpha:.3g} | "
+            lines.append(f"| {_cell(e.display)} | {_cell(e.attack or '-')} | {fmt_eps(e.epsilon_lb)} | {e.alpha:.3g} | "
                          f"{e.label} | {fmt_eps(ceil.get(e.method)) if e.is_bound else '-'} | {vs} |")
         lines.append("")
     else:

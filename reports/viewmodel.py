@@ -128,10 +128,18 @@ class EstimateView:
     v: int | None
     ceiling: float | None
     exceeds_claim: bool
+    null: str | None = None  # fdp's null hypothesis: eps-delta | gdp
 
     @property
     def label(self) -> str:
         return "lower bound" if self.is_bound else ESTIMATE_LABEL
+
+    @property
+    def display(self) -> str:
+        """The method as a reader should see it: fdp names its null (docs/estimators.md)."""
+        if self.method == "fdp" and self.null:
+            return "fdp (μ-GDP null)" if self.null == "gdp" else "fdp ((ε, δ) null)"
+        return self.method
 
     @property
     def versus_claim(self) -> str:
@@ -423,8 +431,15 @@ def _estimates(audit: dict[str, Any], claimed: float, ceiling: dict[str, float],
             threat_model=_str(e.get("threat_model", threat_model), f"{w}.threat_model"), is_bound=is_bound,
             r=_int(e.get("r"), f"{w}.r", optional=True), v=_int(e.get("v"), f"{w}.v", optional=True),
             ceiling=ceiling.get(method) if is_bound else None,
-            exceeds_claim=bool(is_bound and math.isfinite(claimed) and lb > claimed)))
+            exceeds_claim=bool(is_bound and math.isfinite(claimed) and lb > claimed),
+            null=_null(e)))
     return tuple(out)
+
+
+def _null(e: dict[str, Any]) -> str | None:
+    details = e.get("details")
+    null = details.get("null") if isinstance(details, dict) else None
+    return null if isinstance(null, str) else None
 
 
 def _accounting(audit: dict[str, Any]) -> AccountingView | None:

@@ -155,3 +155,22 @@ def test_infinite_claim_renders(tmp_path):
     assert v.claimed_epsilon == float("inf") and not any(e.exceeds_claim for e in v.estimates)
     md = render_run(run, formats=("md", "html"), out_dir=tmp_path / "out", verify=False)["md"].read_text()
     assert "claimed ε ∞" in md
+
+
+def test_fdp_estimates_name_their_null(tmp_path):
+    """docs/estimators.md: a μ-GDP-null bound refutes only Gaussian-shaped claims, so the report
+    says which null each fdp bound used."""
+    def edit(audit):
+        fdp = [e for e in audit["estimates"] if e["method"] == "fdp"]
+        assert fdp
+        fdp[0].setdefault("details", {})["null"] = "gdp"
+        for e in fdp[1:]:
+            e.setdefault("details", {})["null"] = "eps-delta"
+
+    run = copy_run(tmp_path, edit)
+    shown = [e.display for e in build_view(run).estimates if e.method == "fdp"]
+    assert shown[0] == "fdp (μ-GDP null)"
+    assert all(s == "fdp ((ε, δ) null)" for s in shown[1:])
+    render_run(run, formats=("html", "md"))
+    assert "fdp (μ-GDP null)" in (run / "report.html").read_text()
+    assert "fdp (μ-GDP null)" in (run / "report.md").read_text()
