@@ -17,18 +17,12 @@ EPILOG = """example:
   dp-audit demo --out demo-run          # about 2-4 minutes on 2 CPU cores
   then open demo-run/report.html (comparison) and demo-run/<run>/report.html"""
 
-# DP runs: plain SGD with large Poisson batches. With the noise of ε = 1 on a few thousand
-# examples, DP-Adam normalises each coordinate's mostly-noise gradient into a random sign and
-# stays at chance on this task (measured: 0.47 test accuracy for every lr tried); DP-SGD proper
-# learns (docs/trainers.md, "The demo's settings").
-DP_TRAIN = {"optimizer": "sgd", "lr": 0.5, "batch_size": 512, "epochs": 20}
-
 SCENARIOS: tuple[tuple[str, dict], ...] = (
     ("nondp-claims-eps1", {"trainer": "nondp", "privacy": {"claimed_epsilon": 1.0}}),
-    ("dpsgd", {"trainer": "dpsgd", "train": DP_TRAIN}),
-    ("dpsgd-no-noise-bug", {"trainer": "dpsgd", "train": DP_TRAIN, "privacy": {"inject_bug": "no-noise"}}),
-    ("dpflat-paper", {"trainer": "dpflat", "train": DP_TRAIN, "model": {"tuning": "prefix"}}),
-    ("dpflat-private", {"trainer": "dpflat", "train": DP_TRAIN, "model": {"tuning": "prefix"},
+    ("dpsgd", {"trainer": "dpsgd"}),
+    ("dpsgd-no-noise-bug", {"trainer": "dpsgd", "privacy": {"inject_bug": "no-noise"}}),
+    ("dpflat-paper", {"trainer": "dpflat", "model": {"tuning": "prefix"}}),
+    ("dpflat-private", {"trainer": "dpflat", "model": {"tuning": "prefix"},
                         "dpflat": {"awp_mode": "dpsat", "sparse_mode": "public", "distill_mode": "public"}}),
 )
 
@@ -41,8 +35,10 @@ AUDIT = {  # the audit config of every demo run (audit.toml keys)
     "landscape": {"splits": ["member", "nonmember", "dev"], "max_examples": 250},
 }
 
+# At ε = 1 on 2 000 private examples the DP runs stay near chance on this task (DP-AdamW and
+# DP-SGD alike; docs/trainers.md, "The demo's settings"): the demo prints each run's test
+# accuracy so that a PASS is read as "no leak found", never as "private and useful".
 BASE = {
-    "data": {"n_train": 4000},
     "canaries": {"m": 500, "kind": "rare-token"},
     "train": {"epochs": 15, "batch_size": 64, "lr": 1e-3},
     "privacy": {"epsilon": 1.0, "delta": 1e-5, "max_grad_norm": 1.0},
