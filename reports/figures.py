@@ -260,7 +260,8 @@ def landscape_figure(curves: Sequence[tuple[str, CurveView]], *, salt: str = "la
     cols = min(len(panels), 2)
     rows = math.ceil(len(panels) / cols)
     n_labels = len({label for label, _ in curves})
-    fig = _new(3.0 * rows + 0.6 + 0.2 * math.ceil(n_labels / 4), salt=salt)
+    widest = max((len(label) for label, _ in curves), default=1)
+    fig = _new(3.0 * rows + 0.6 + 0.2 * math.ceil(n_labels / max(1, min(4, 96 // (widest + 8)))), salt=salt)
     with _style(salt):
         axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
         for ax, (panel, idx) in zip(axes, panels):
@@ -284,8 +285,11 @@ def landscape_figure(curves: Sequence[tuple[str, CurveView]], *, salt: str = "la
         for ax in axes[:len(panels)]:
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(lab, h)
+        # as many columns as the figure's width holds (~96 characters at legend size 8)
+        widest = max((len(lab) for lab in handles), default=1)
+        ncols = max(1, min(4, len(handles), 96 // (widest + 8)))
         fig.legend(list(handles.values()), list(handles), loc="outside lower center",
-                   ncols=min(4, len(handles)), frameon=False, title="band: ±1 SE", title_fontsize=8)
+                   ncols=ncols, frameon=False, title="band: ±1 SE", title_fontsize=8)
     return fig
 
 
