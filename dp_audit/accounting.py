@@ -159,4 +159,57 @@ def cross_check(ledger: Mapping[str, Any], *, claimed_epsilon: float, delta: flo
             "flags": flags, "rtol": rtol}
 
 
-__all__ = ["cross_check", "epsilon_from_ledger", "laplace_pure_epsilon", "ACCOUNTANTS"]
+# ---------------------------------------------------------------------------------------------
+# the mechanism as run
+
+
+def observed_events(ledger: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The Gaussian events' ``observed`` records (what the optimizer and the data loader actually
+    used, written by dp-audit's own trainers), or None when the ledger has none."""
+    events = _events(ledger)
+    obs = [e.get("observed") for e in events if e["mechanism"] == "subsampled_gaussian"]
+    if not obs or any(not isinstance(o, Mapping) for o in obs) or len(obs) != len(events):
+        return None
+    for i, o in enumerate(obs):
+        for k in ("noise_multiplier", "sample_rate", "steps"):
+            if not isinstance(o.get(k), (int, float)) or isinstance(o.get(k), bool):
+                raise UsageError(f"ledger event {i}: observed.{k} must be a number")
+    return [dict(o) for o in obs]
+
+
+SIGMA_FLOOR = 0.2  # noise multipliers below it are bounded as if they were 0.2 (a valid, looser bound)
+
+
+def observed_epsilon_lower(ledger: Mapping[str, Any], *, delta: float,
+                           discretization: float = 1e-3) -> float | None:
+    """A lower bound on the ε at δ of the mechanism *as run* (the ``observed`` records): the
+    optimistic privacy-loss distribution of dp_accounting (``pessimistic_estimate=False``: its
+    rounding and truncation under-estimate every hockey-stick divergence), composed over the
+    events. The subsampled Gaussian's dominating pair is realised by an adversary who chooses the
+    data (a canary whose clipped gradient is orthogonal to the others'), so ε above the claim
+    refutes the claim in the step-level threat model, exactly (no α spent). None: no records."""
+    obs = observed_events(ledger)
+    if obs is None:
+        return None
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+    pld = None
+    for o in obs:
+        sigma, q, steps = float(o["noise_multiplier"]), float(o["sample_rate"]), int(o["steps"])
+        if steps <= 0:
+            continue
+        if sigma <= 0:
+            return math.inf  # no noise: the released sum reveals the canary's presence exactly
+        # ε grows as σ shrinks, so the bound at max(σ, SIGMA_FLOOR) is still a lower bound; below it
+        # the privacy losses span a range that the discretisation would take minutes to cover
+        sigma = max(sigma, SIGMA_FLOOR)
+        one = pld_lib.from_gaussian_mechanism(standard_deviation=sigma, sensitivity=1.0, pessimistic_estimate=False,
+                                              sampling_prob=min(q, 1.0), value_discretization_interval=discretization,
+                                              use_connect_dots=False)  # the optimistic estimate needs privacy buckets
+        one = one.self_compose(steps)
+        pld = one if pld is None else pld.compose(one)
+    return 0.0 if pld is None else float(pld.get_epsilon_for_delta(delta))
+
+
+__all__ = ["cross_check", "epsilon_from_ledger", "laplace_pure_epsilon", "observed_epsilon_lower",
+           "observed_events", "ACCOUNTANTS"]

@@ -40,6 +40,9 @@ class GatePolicy:
     ``exposure_bound`` (default true): an attack whose audit.json entry has
     ``details.bound == "exposure"`` (the Secret Sharer exposures of secret canaries) also gets
     the exposure bound P[exposure >= k] <= e^ε 2^(-k) + δ, counted as one more test in K.
+    ``observed_mechanism`` (default true): when the ledger records the mechanism as run
+    (``observed``, written by dp-audit's trainers), its ε from an optimistic PLD (a lower bound,
+    exact: no α spent) is one more estimate, ``method = "observed-mechanism"`` (step-level).
     ``fdp_null``: the null of the ``fdp`` estimator: ``"eps-delta"`` (default; valid for every
     (ε, δ)-DP mechanism) or ``"gdp"`` (refutes a μ-GDP reading of the claim: only for
     Gaussian-shaped mechanisms; it can refute a correct pure-ε claim, docs/estimators.md).
@@ -53,6 +56,7 @@ class GatePolicy:
     seed: int = 0
     exposure_bound: bool = True
     fdp_null: str = "eps-delta"
+    observed_mechanism: bool = True
 
     def __post_init__(self) -> None:
         attacks = self.attacks
@@ -80,7 +84,8 @@ class GatePolicy:
     def to_dict(self) -> dict[str, Any]:
         return {"attacks": list(self.attacks), "estimators": list(self.estimators), "alpha": self.alpha,
                 "tolerance": self.tolerance, "threshold": self.threshold, "seed": self.seed,
-                "exposure_bound": self.exposure_bound, "fdp_null": self.fdp_null}
+                "exposure_bound": self.exposure_bound, "fdp_null": self.fdp_null,
+                "observed_mechanism": self.observed_mechanism}
 
 
 def load_policy(path: str | Path | None) -> GatePolicy:
@@ -189,6 +194,11 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
             estimates.append(exposure_epsilon_bound(scores, member=member, delta=delta, alpha=level, attack=name,
                                                     threat_model=attack_tm))
 
+    if policy.observed_mechanism:
+        observed = _observed_estimate(run_dir, manifest, delta)
+        if observed is not None:
+            estimates.append(observed)
+
     counted = [e for e in estimates if e.is_bound]
     best = max(counted, key=lambda e: e.epsilon_lb)
     fail = math.isfinite(eps_claim) and best.epsilon_lb > eps_claim + policy.tolerance
@@ -198,6 +208,30 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
                       threat_model=best.threat_model if best.epsilon_lb > 0 else threat_model)
     return GateResult(verdict=verdict, estimates=estimates, policy=policy, run_id=manifest.get("run_id"),
                       claimed_delta=delta)
+
+
+def _observed_estimate(run_dir: Path, manifest: dict[str, Any], delta: float) -> EpsilonEstimate | None:
+    """ε (lower bound) of the DP mechanism as run, from ledger.json's ``observed`` records; None
+    when the run has no hashed ledger with such records (external checkpoints, DP-ZO)."""
+    if "ledger.json" not in manifest["artifacts"] or not (run_dir / "ledger.json").is_file():
+        return None
+    from dp_audit.accounting import observed_epsilon_lower, observed_events
+
+    ledger = read_json(run_dir / "ledger.json", what="ledger", integrity=True)
+    try:
+        obs = observed_events(ledger)
+        if obs is None:
+            return None
+        eps = observed_epsilon_lower(ledger, delta=delta)
+    except UsageError as exc:
+        raise IntegrityError(f"{run_dir / 'ledger.json'}: {exc}") from None
+    return EpsilonEstimate(
+        method="observed-mechanism", epsilon_lb=float(eps), alpha=0.0, delta=delta, m=0, threshold="exact",
+        threat_model="step-level", is_bound=True, attack="ledger",
+        details={"source": "ledger.json 'observed': the optimizer's noise multiplier and clip norm and the data "
+                           "loader's Poisson rate after training", "accountant": "dp_accounting PLD, optimistic "
+                           "(pessimistic_estimate=False): a lower bound on the ε of the mechanism as run",
+                 "observed": obs})
 
 
 def has_exposure_bound(entry: dict[str, Any]) -> bool:

@@ -69,3 +69,27 @@ def test_bad_ledgers_are_usage_errors():
                     delta=1e-5)
     with pytest.raises(UsageError):
         epsilon_from_ledger(gauss(1, 0.1, 1), delta=1e-5, accountant="moments")
+
+
+def test_observed_mechanism_lower_bound_closed_form_and_order():
+    """One unsampled Gaussian step with noise multiplier σ is exactly (1/σ)-GDP (Dong, Roth & Su
+    2022): the optimistic PLD ε must sit at or just below the closed form; with subsampling it
+    must not exceed the pessimistic PLD (the cross-check's) and stay within 5% of it."""
+    from dp_audit.accounting import epsilon_from_ledger, observed_epsilon_lower
+    from dp_audit.estimate.gdp_math import gdp_epsilon
+
+    def ledger(sigma, q, steps):
+        ev = {"mechanism": "subsampled_gaussian", "noise_multiplier": 9.9, "sample_rate": 0.5, "steps": 1,
+              "observed": {"noise_multiplier": sigma, "sample_rate": q, "steps": steps}}
+        return {"events": [ev]}
+
+    for sigma in (0.8, 2.0):
+        lo = observed_epsilon_lower(ledger(sigma, 1.0, 1), delta=1e-5)
+        assert gdp_epsilon(1e-5, 1 / sigma) * 0.99 <= lo <= gdp_epsilon(1e-5, 1 / sigma) + 1e-9
+    lo = observed_epsilon_lower(ledger(1.1, 0.05, 300), delta=1e-5)
+    hi = epsilon_from_ledger({"events": [{"mechanism": "subsampled_gaussian", "noise_multiplier": 1.1,
+                                          "sample_rate": 0.05, "steps": 300}]}, delta=1e-5, accountant="pld")
+    assert 0.95 * hi <= lo <= hi  # optimistic vs pessimistic at a 1e-3 grid: they bracket the truth
+    assert observed_epsilon_lower(ledger(0.0, 0.05, 10), delta=1e-5) == float("inf")
+    assert observed_epsilon_lower({"events": [{"mechanism": "subsampled_gaussian", "noise_multiplier": 1.0,
+                                               "sample_rate": 0.1, "steps": 5}]}, delta=1e-5) is None

@@ -29,7 +29,8 @@ from dp_audit.trainers.dpflat_awp import AWP
 from dp_audit.trainers.dpflat_distill import Distill, distill_value
 from dp_audit.trainers.dpflat_prefix import PrefixHook, layout_of, prefix_weight
 from dp_audit.trainers.dpflat_sparse import select_layers
-from dp_audit.trainers.dpsgd import claim_for, ledger_for, make_private, plan, run_steps, unwrap
+from dp_audit.trainers.dpsgd import (claim_for, ledger_for, make_private, observed_mechanism, plan, run_steps,
+                                     unwrap)
 from dp_audit.trainers.dpzo import claim_zo, ledger_zo, plan_zo, train_dpzo, zo_metrics
 from dp_audit.trainers.modeling import Batch, subset, trainable_parameters
 from dp_audit.trainers.nondp import fit_nonprivate
@@ -219,7 +220,8 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
         notes["distill"]["final_distance"] = distill_value(prefix_weight(model), distill.anchor)
     unacc = unaccounted_whitebox(cfg, removed=removed)
     return TrainResult(
-        model=model, ledger=ledger_for(setup, component="dpflat-dpsgd", unaccounted=unacc),
+        model=model, ledger=ledger_for(setup, component="dpflat-dpsgd", unaccounted=unacc,
+                                       observed=observed_mechanism(optimizer, loader, steps=setup.steps)),
         claim=claim_for(setup, cfg, unaccounted=unacc),
         metrics={"final_train_loss": losses[-1] if losses else float("nan"), "steps": setup.steps},
         extra={"dp": dict(setup.__dict__), "dpflat": notes},

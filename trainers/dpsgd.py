@@ -105,13 +105,24 @@ def _inject_bug(optimizer, cfg: RunConfig, setup: DPSetup) -> None:
         optimizer.noise_multiplier = 1.0
 
 
-def ledger_for(setup: DPSetup, *, component: str = "dpsgd", unaccounted: list[dict[str, Any]] | None = None) -> dict:
-    return {
-        "events": [{"mechanism": "subsampled_gaussian", "component": component,
-                    "noise_multiplier": setup.noise_multiplier, "sample_rate": setup.accounted_sample_rate,
-                    "steps": setup.steps, "sensitivity": setup.max_grad_norm}],
-        "unaccounted": list(unaccounted or []),
-    }
+def observed_mechanism(optimizer, loader, *, steps: int) -> dict[str, Any]:
+    """The mechanism as run, read back from Opacus after training: the noise std is
+    ``noise_multiplier·max_grad_norm`` on a sum of gradients clipped to ``max_grad_norm``, so
+    the effective σ is the optimizer's ``noise_multiplier``; the Poisson rate is the data
+    loader's. The ledger's accounted fields say what the pipeline believed (DESIGN.md §6)."""
+    return {"noise_multiplier": float(optimizer.noise_multiplier), "max_grad_norm": float(optimizer.max_grad_norm),
+            "sample_rate": float(getattr(loader, "sample_rate", float("nan"))), "steps": int(steps),
+            "source": "opacus DPOptimizer and DPDataLoader after training"}
+
+
+def ledger_for(setup: DPSetup, *, component: str = "dpsgd", unaccounted: list[dict[str, Any]] | None = None,
+               observed: dict[str, Any] | None = None) -> dict:
+    event = {"mechanism": "subsampled_gaussian", "component": component,
+             "noise_multiplier": setup.noise_multiplier, "sample_rate": setup.accounted_sample_rate,
+             "steps": setup.steps, "sensitivity": setup.max_grad_norm}
+    if observed is not None:
+        event["observed"] = observed
+    return {"events": [event], "unaccounted": list(unaccounted or [])}
 
 
 def claim_for(setup: DPSetup, cfg: RunConfig, *, unaccounted: list[dict[str, Any]] | None = None) -> PrivacyClaim:
@@ -185,7 +196,8 @@ class DPSGDTrainer:
         unacc = ([{"component": "implementation", "reason": f"injected bug: {cfg.privacy.inject_bug}"}]
                  if cfg.privacy.inject_bug != "none" else [])
         return TrainResult(
-            model=unwrap(gsm), ledger=ledger_for(setup), claim=claim_for(setup, cfg),
+            model=unwrap(gsm), ledger=ledger_for(setup, observed=observed_mechanism(optimizer, loader, steps=setup.steps)),
+            claim=claim_for(setup, cfg),
             metrics={"final_train_loss": losses[-1] if losses else float("nan"), "steps": setup.steps},
             extra={"dp": {**setup.__dict__, "inject_bug": cfg.privacy.inject_bug}},
         )
