@@ -177,11 +177,11 @@ def observed_events(ledger: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     return [dict(o) for o in obs]
 
 
-SIGMA_FLOOR = 0.2  # noise multipliers below it are bounded as if they were 0.2 (a valid, looser bound)
+SIGMA_FLOOR = 0.5  # noise multipliers below it are bounded as if they were 0.5 (a valid, looser bound)
 
 
 def observed_epsilon_lower(ledger: Mapping[str, Any], *, delta: float,
-                           discretization: float = 1e-3) -> float | None:
+                           discretization: float = 1e-4) -> float | None:
     """A lower bound on the ε at δ of the mechanism *as run* (the ``observed`` records): the
     optimistic privacy-loss distribution of dp_accounting (``pessimistic_estimate=False``: its
     rounding and truncation under-estimate every hockey-stick divergence), composed over the

@@ -89,7 +89,7 @@ def test_observed_mechanism_lower_bound_closed_form_and_order():
     lo = observed_epsilon_lower(ledger(1.1, 0.05, 300), delta=1e-5)
     hi = epsilon_from_ledger({"events": [{"mechanism": "subsampled_gaussian", "noise_multiplier": 1.1,
                                           "sample_rate": 0.05, "steps": 300}]}, delta=1e-5, accountant="pld")
-    assert 0.95 * hi <= lo <= hi  # optimistic vs pessimistic at a 1e-3 grid: they bracket the truth
+    assert 0.95 * hi <= lo <= hi  # optimistic (1e-4 grid) vs the pessimistic cross-check (1e-3): they bracket the truth
     assert observed_epsilon_lower(ledger(0.0, 0.05, 10), delta=1e-5) == float("inf")
     assert observed_epsilon_lower({"events": [{"mechanism": "subsampled_gaussian", "noise_multiplier": 1.0,
                                                "sample_rate": 0.1, "steps": 5}]}, delta=1e-5) is None
