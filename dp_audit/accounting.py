@@ -189,8 +189,11 @@ def observed_epsilon_lower(ledger: Mapping[str, Any], *, delta: float,
     data (a canary whose clipped gradient is orthogonal to the others'), so ε above the claim
     refutes the claim in the step-level threat model, exactly (no α spent). None: no records."""
     obs = observed_events(ledger)
-    if obs is None:
-        return None
+    return None if obs is None else epsilon_lower_of_observed(obs, delta=delta, discretization=discretization)
+
+
+def epsilon_lower_of_observed(obs: list[dict[str, Any]], *, delta: float, discretization: float = 1e-4) -> float:
+    """:func:`observed_epsilon_lower` on records already read by :func:`observed_events`."""
     from dp_accounting.pld import privacy_loss_distribution as pld_lib
 
     pld = None
@@ -211,5 +214,5 @@ def observed_epsilon_lower(ledger: Mapping[str, Any], *, delta: float,
     return 0.0 if pld is None else float(pld.get_epsilon_for_delta(delta))
 
 
-__all__ = ["cross_check", "epsilon_from_ledger", "laplace_pure_epsilon", "observed_epsilon_lower",
-           "observed_events", "ACCOUNTANTS"]
+__all__ = ["cross_check", "epsilon_from_ledger", "epsilon_lower_of_observed", "laplace_pure_epsilon",
+           "observed_epsilon_lower", "observed_events", "ACCOUNTANTS"]

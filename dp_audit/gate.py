@@ -215,14 +215,14 @@ def _observed_estimate(run_dir: Path, manifest: dict[str, Any], delta: float) ->
     when the run has no hashed ledger with such records (external checkpoints, DP-ZO)."""
     if "ledger.json" not in manifest["artifacts"] or not (run_dir / "ledger.json").is_file():
         return None
-    from dp_audit.accounting import observed_epsilon_lower, observed_events
+    from dp_audit.accounting import epsilon_lower_of_observed, observed_events
 
     ledger = read_json(run_dir / "ledger.json", what="ledger", integrity=True)
     try:
         obs = observed_events(ledger)
         if obs is None:
             return None
-        eps = observed_epsilon_lower(ledger, delta=delta)
+        eps = epsilon_lower_of_observed(obs, delta=delta)
     except UsageError as exc:
         raise IntegrityError(f"{run_dir / 'ledger.json'}: {exc}") from None
     return EpsilonEstimate(

@@ -15,23 +15,15 @@ from typing import Iterator, Sequence
 
 import torch
 
-from dp_audit.landscapes.evaluation import Evaluator
+from dp_audit.landscapes.evaluation import Evaluator, mean_loss_and_grad
 from dp_audit.landscapes.params import Selection, requiring_grad
 
 
 def selection_grad(model: torch.nn.Module, evaluator: Evaluator, selection: Selection, *,
                    indices: torch.Tensor | None = None) -> tuple[float, list[torch.Tensor]]:
     """The mean loss at the current weights and its (masked) gradient over ``selection``."""
-    params = [e.param for e in selection]
-    grads = [torch.zeros_like(p) for p in params]
-    total = 0.0
     with requiring_grad(selection):
-        for term in evaluator.loss_terms(model, indices=indices):
-            gs = torch.autograd.grad(term, params, allow_unused=True)
-            for acc, g in zip(grads, gs):
-                if g is not None:
-                    acc.add_(g.detach())
-            total += float(term.detach())
+        total, grads = mean_loss_and_grad(model, evaluator, [e.param for e in selection], indices=indices)
     return total, [e.masked(g) for e, g in zip(selection, grads)]
 
 
