@@ -1,7 +1,9 @@
 """Errors that map to the CLI's documented exit codes (DESIGN.md §2).
 
 Exit codes: 0 success / gate pass, 1 gate violation, 2 usage (bad arguments, config typo,
-missing or malformed input), 3 integrity (hash mismatch, corrupt artifact, edited manifest).
+missing or malformed input, an output path that cannot be written), 3 integrity (hash mismatch,
+corrupt artifact, edited manifest), 4 internal error (an exception dp-audit did not foresee: a bug;
+the traceback goes to a log file). An unforeseen error never exits 1, the gate's "claim refuted".
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ EXIT_OK = 0
 EXIT_VIOLATION = 1
 EXIT_USAGE = 2
 EXIT_INTEGRITY = 3
+EXIT_INTERNAL = 4
 
 
 class DPAuditError(Exception):
