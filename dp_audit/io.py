@@ -135,16 +135,26 @@ def load_scores(path: str | os.PathLike, *, integrity: bool = False) -> tuple[np
     missing = [k for k in ("scores", "member") if k not in z]
     if missing:
         raise UsageError(f"{path}: missing array(s) {', '.join(missing)} (need 'scores' and 'member')")
-    scores = np.asarray(z["scores"], dtype=float).ravel()
-    member = np.asarray(z["member"]).ravel()
-    return validate_scores(scores, member, source=str(path))
+    return validate_scores(z["scores"], z["member"], source=str(path))
+
+
+_REAL_KINDS = "iuf"  # signed, unsigned, floating; never complex, strings, dates or records
 
 
 def validate_scores(scores: Any, member: Any, *, source: str = "scores") -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=float).ravel()
-    member_arr = np.asarray(member).ravel()
-    if scores.shape != member_arr.shape:
-        raise UsageError(f"{source}: 'scores' has {scores.size} entries but 'member' has {member_arr.size}")
+    """Scores: a 1-D real array; member: 1-D bool (or 0/1) of the same shape. Nothing is coerced."""
+    raw = np.asarray(scores)
+    member_arr = np.asarray(member)
+    if raw.dtype.kind not in _REAL_KINDS:
+        raise UsageError(f"{source}: 'scores' must be real numbers, got dtype {raw.dtype}")
+    if member_arr.dtype.kind not in "biu":
+        raise UsageError(f"{source}: 'member' must be boolean (or 0/1), got dtype {member_arr.dtype}")
+    if raw.shape != member_arr.shape:
+        raise UsageError(f"{source}: 'scores' has shape {raw.shape} but 'member' has shape {member_arr.shape}")
+    if raw.ndim != 1:
+        raise UsageError(f"{source}: 'scores' and 'member' must be 1-D, got shape {raw.shape}")
+    scores = raw.astype(float)
+    member_arr = member_arr.ravel()
     if scores.size == 0:
         raise UsageError(f"{source}: no scores")
     if not np.all(np.isfinite(scores)):

@@ -34,7 +34,7 @@ def test_scores_validation(tmp_path):
     with pytest.raises(UsageError, match="NaN"):
         load_scores(tmp_path / "nan.npz")
     save_npz(tmp_path / "len.npz", scores=np.zeros(3), member=np.zeros(2, bool))
-    with pytest.raises(UsageError, match="entries"):
+    with pytest.raises(UsageError, match="shape"):
         load_scores(tmp_path / "len.npz")
     with pytest.raises(UsageError, match="not found"):
         load_scores(tmp_path / "missing.npz")
@@ -135,3 +135,23 @@ def test_add_artifacts_updates_hashes(tmp_path):
     m = add_artifacts(tmp_path, ["audit.json"])
     assert "audit.json" in m["artifacts"]
     assert load_manifest(tmp_path)["artifacts"] == m["artifacts"]
+
+
+@pytest.mark.parametrize("scores, member, needle", [
+    # bug caught: complex scores silently lost their imaginary part (astype(float) warns, not raises)
+    (np.array([1 + 2j, 0.5]), np.array([True, False]), "real numbers"),
+    # bug caught: numeric strings were parsed as floats
+    (np.array(["0.3", "0.1"]), np.array([True, False]), "real numbers"),
+    # bug caught: datetimes were read as their integer epoch
+    (np.array(["2026-01-01", "2026-01-02"], dtype="datetime64[D]"), np.array([True, False]), "real numbers"),
+    # bug caught: a structured dtype raised an uncaught TypeError (exit 1)
+    (np.zeros(2, dtype=[("a", float), ("b", float)]), np.array([True, False]), "real numbers"),
+    # bug caught: a (20, 10) scores array and a (10, 20) member array were both ravelled to 200 and paired
+    (np.zeros((20, 10)), np.zeros((10, 20), bool), "shape"),
+    # bug caught: member as strings "1"/"0"
+    (np.zeros(2), np.array(["1", "0"]), "boolean"),
+])
+def test_scores_are_never_coerced(tmp_path, scores, member, needle):
+    save_npz(tmp_path / "s.npz", scores=scores, member=member)
+    with pytest.raises(UsageError, match=needle):
+        load_scores(tmp_path / "s.npz")
