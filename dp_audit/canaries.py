@@ -82,6 +82,27 @@ def write_canaries(path: str | Path, canaries: Sequence[Canary]) -> Path:
     return atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
+def _canary_from_json(obj: Any) -> Canary:
+    """Strict: ids and texts are strings, labels integers, membership a JSON boolean; nothing is
+    coerced (``null`` would become "None", a dict its repr, 0.7 the label 0)."""
+    if not isinstance(obj, dict):
+        raise TypeError(f"a canary is a JSON object, got {type(obj).__name__}")
+    for key in ("id", "text"):
+        if not isinstance(obj[key], str):
+            raise TypeError(f"{key!r} must be a string, got {_json_type(obj[key])}")
+    label = obj.get("label", 0)
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise TypeError(f"'label' must be an integer, got {_json_type(label)} {label!r}")
+    if not isinstance(obj["member"], bool):
+        raise TypeError(f"'member' must be true or false, got {_json_type(obj['member'])}")
+    return Canary(id=obj["id"], text=obj["text"], label=label, member=obj["member"])
+
+
+def _json_type(value: Any) -> str:
+    return {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
+            list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
 def read_canaries(path: str | Path) -> list[Canary]:
     """Read canaries.jsonl; a malformed line is a one-line UsageError naming the line."""
     path = Path(path)
@@ -89,16 +110,17 @@ def read_canaries(path: str | Path) -> list[Canary]:
         raise UsageError(f"canaries file not found: {path}")
     out: list[Canary] = []
     seen: set[str] = set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-            c = Canary(id=str(obj["id"]), text=str(obj["text"]), label=int(obj.get("label", 0)), member=obj["member"])
+            c = _canary_from_json(json.loads(line))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"{path}:{n}: bad canary line ({type(exc).__name__}: {exc})") from None
-        if not isinstance(c.member, bool):
-            raise UsageError(f"{path}:{n}: 'member' must be true or false")
         if c.id in seen:
             raise UsageError(f"{path}:{n}: duplicate canary id {c.id!r}")
         seen.add(c.id)

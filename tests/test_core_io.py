@@ -155,3 +155,26 @@ def test_scores_are_never_coerced(tmp_path, scores, member, needle):
     save_npz(tmp_path / "s.npz", scores=scores, member=member)
     with pytest.raises(UsageError, match=needle):
         load_scores(tmp_path / "s.npz")
+
+
+@pytest.mark.parametrize("line, needle", [
+    ('{"id": "a", "text": null, "label": 0, "member": true}', "'text' must be a string"),  # was "None"
+    ('{"id": "a", "text": {"x": 1}, "label": 0, "member": true}', "'text' must be a string"),  # was its repr
+    ('{"id": null, "text": "t", "label": 0, "member": true}', "'id' must be a string"),  # was "None"
+    ('{"id": "a", "text": "t", "label": 0.7, "member": true}', "'label' must be an integer"),  # was 0
+    ('{"id": "a", "text": "t", "label": 1e400, "member": true}', "'label' must be an integer"),  # OverflowError → exit 1
+    ('{"id": "a", "text": "t", "label": true, "member": true}', "'label' must be an integer"),
+    ('["a", "t", 0, true]', "JSON object"),  # was TypeError on obj["id"]... with an unclear message
+])
+def test_canaries_are_never_coerced(tmp_path, line, needle):
+    """Bugs caught: silent coercions (str(None), int(0.7)) and an uncaught OverflowError."""
+    (tmp_path / "c.jsonl").write_text(line + "\n")
+    with pytest.raises(UsageError, match=needle):
+        read_canaries(tmp_path / "c.jsonl")
+
+
+def test_canaries_not_utf8_is_usage(tmp_path):
+    """Bug caught: UnicodeDecodeError escaped read_canaries (exit 1 with a traceback)."""
+    (tmp_path / "c.jsonl").write_bytes(b'{"id": "a", "text": "\xff", "label": 0, "member": true}\n')
+    with pytest.raises(UsageError, match="not UTF-8"):
+        read_canaries(tmp_path / "c.jsonl")
