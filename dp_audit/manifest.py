@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from dp_audit import SCHEMA_VERSION, __version__
-from dp_audit.errors import IntegrityError
+from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.io import atomic_write_json, canonical_fingerprint, read_json, sha256_file
 
 MANIFEST = "manifest.json"
@@ -47,9 +47,10 @@ def hash_artifacts(run_dir: Path, paths: Iterable[str]) -> dict[str, str]:
     """sha256 of each relative path; a directory contributes every file below it."""
     out: dict[str, str] = {}
     for rel in paths:
-        p = run_dir / rel
+        p = inside(run_dir, rel)
         files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
         for f in files:
+            inside(run_dir, f.relative_to(run_dir).as_posix())  # a symlink below p may point out
             if f.name.startswith(".") and f.name.endswith(".tmp"):
                 continue
             out[f.relative_to(run_dir).as_posix()] = sha256_file(f)
@@ -103,9 +104,9 @@ def load_manifest(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]
     """Read and validate ``manifest.json``; with ``verify`` check every artifact's sha256."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        from dp_audit.errors import UsageError
-
         raise UsageError(f"run directory not found: {run_dir}")
+    if not (run_dir / MANIFEST).exists():
+        raise UsageError(f"{run_dir} is not a dp-audit run directory: it has no {MANIFEST}")
     manifest = read_json(run_dir / MANIFEST, what="manifest", integrity=True)
     if not isinstance(manifest, dict):
         raise IntegrityError(f"{run_dir / MANIFEST}: not a JSON object")
@@ -119,6 +120,9 @@ def load_manifest(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]
         raise IntegrityError(
             f"{run_dir / MANIFEST}: schema_version {manifest['schema_version']} is not {SCHEMA_VERSION}"
         )
+    if not isinstance(manifest["artifacts"], dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in manifest["artifacts"].items()):
+        raise IntegrityError(f"{run_dir / MANIFEST}: 'artifacts' must map relative paths to sha256 strings")
     if manifest["digest"] != manifest_digest(manifest):
         raise IntegrityError(f"{run_dir / MANIFEST} was edited: its digest does not match its content")
     if verify:
@@ -126,9 +130,20 @@ def load_manifest(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]
     return manifest
 
 
+def inside(run_dir: Path, rel: str) -> Path:
+    """``run_dir / rel``, refusing a path that leaves the run directory (``..``, an absolute path,
+    or a symlink pointing outside): a manifest can only vouch for files of its own run."""
+    root = run_dir.resolve()
+    path = run_dir / rel
+    resolved = path.resolve()
+    if Path(rel).is_absolute() or (resolved != root and root not in resolved.parents):
+        raise IntegrityError(f"artifact path leaves the run directory {run_dir}: {rel}")
+    return path
+
+
 def verify_artifacts(run_dir: Path, artifacts: Mapping[str, str]) -> None:
     for rel, expected in artifacts.items():
-        path = run_dir / rel
+        path = inside(run_dir, rel)
         if not path.is_file():
             raise IntegrityError(f"artifact listed in the manifest is missing: {path}")
         actual = sha256_file(path)

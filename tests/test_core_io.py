@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +179,55 @@ def test_canaries_not_utf8_is_usage(tmp_path):
     (tmp_path / "c.jsonl").write_bytes(b'{"id": "a", "text": "\xff", "label": 0, "member": true}\n')
     with pytest.raises(UsageError, match="not UTF-8"):
         read_canaries(tmp_path / "c.jsonl")
+
+
+def _fixture_copy(tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run_fixture", run)
+    return run
+
+
+def _rewrite_manifest(run, edit):
+    from dp_audit.manifest import MANIFEST, manifest_digest
+
+    m = json.loads((run / MANIFEST).read_text())
+    edit(m)
+    m["digest"] = manifest_digest(m)  # a consistent edit: only the path checks can catch it
+    (run / MANIFEST).write_text(json.dumps(m))
+
+
+def test_manifest_artifact_paths_stay_inside_the_run(tmp_path):
+    """Bug caught: `../../etc/hostname` (or an absolute path) in artifacts was hashed and accepted."""
+    from dp_audit.io import sha256_file
+    from dp_audit.manifest import load_manifest
+
+    run = _fixture_copy(tmp_path)
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not part of the run")
+    _rewrite_manifest(run, lambda m: m["artifacts"].update({"../outside.txt": sha256_file(secret)}))
+    with pytest.raises(IntegrityError, match="leaves the run directory"):
+        load_manifest(run)
+    run2 = _fixture_copy(tmp_path / "b")
+    (run2 / "link.txt").symlink_to(secret)
+    _rewrite_manifest(run2, lambda m: m["artifacts"].update({"link.txt": sha256_file(secret)}))
+    with pytest.raises(IntegrityError, match="leaves the run directory"):
+        load_manifest(run2)
+
+
+def test_manifest_artifacts_must_be_a_mapping(tmp_path):
+    """Bug caught: a manifest whose artifacts is a list raised AttributeError (exit 1)."""
+    from dp_audit.manifest import load_manifest
+
+    run = _fixture_copy(tmp_path)
+    _rewrite_manifest(run, lambda m: m.update({"artifacts": list(m["artifacts"])}))
+    with pytest.raises(IntegrityError, match="'artifacts' must map"):
+        load_manifest(run)
+
+
+def test_directory_without_manifest_is_usage(tmp_path):
+    """Bug caught: `gate` on a directory that is not a run exited 3 (integrity) instead of 2."""
+    from dp_audit.cli import main
+
+    assert main(["gate", "--run", str(tmp_path)]) == 2
