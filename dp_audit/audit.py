@@ -171,8 +171,9 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     if render and cfg.formats:
         from dp_audit.reports import render_run
 
-        outputs = render_run(run_dir, formats=tuple(cfg.formats))
-        add_artifacts(run_dir, [p.relative_to(run_dir).as_posix() for p in outputs.values()])
+        # Reports are renderings of hashed artifacts, not evidence: they are not listed in the
+        # manifest, so re-rendering them (`dp-audit report --run R`) never breaks R's hashes.
+        render_run(run_dir, formats=tuple(cfg.formats))
     return audit
 
 

@@ -82,6 +82,10 @@ def test_dpsgd_at_small_epsilon_passes(trained):
     assert audit["claim"]["epsilon"] == pytest.approx(1.0, abs=0.05)
     assert all(e["epsilon_lb"] <= audit["claim"]["epsilon"] for e in audit["estimates"] if e["is_bound"])
     assert main(["gate", "--run", str(run)]) == 0
+    # README workflow (issue 13 item 2): re-rendering the report must not break the run's hashes
+    # (was: report.html listed in the manifest, re-rendered with new bytes -> the next gate exit 3).
+    assert main(["report", "--run", str(run), "--format", "html,md"]) == 0
+    assert main(["gate", "--run", str(run)]) == 0
 
 
 def copy_run(src: Path, dst: Path) -> Path:

@@ -132,3 +132,18 @@ def test_rendering_imports_no_torch(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "ok"
+
+
+def test_rerendering_a_legacy_run_keeps_its_hashes_valid(tmp_path):
+    """Bug caught (issue 13 item 2): a v0.1 run lists report.html in its manifest; `report --run R`
+    re-rendered it with new bytes (the HTML shows the manifest's hash table, including its own old
+    hash) without updating the manifest, so the next gate exited 3 "sha256 mismatch"."""
+    from dp_audit.manifest import add_artifacts
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    assert main(["report", "--run", str(run), "--format", "html,md"]) == 0
+    add_artifacts(run, ["report.html", "report.md"])  # what `dp-audit run` of v0.1 did
+    assert main(["report", "--run", str(run), "--format", "html,md"]) == 0
+    assert main(["gate", "--run", str(run), "--quiet"]) == 1  # the fixture's verdict (refuted), not 3
+
