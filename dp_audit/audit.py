@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from dp_audit.config import AuditConfig
 from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from dp_audit.manifest import add_artifacts, load_manifest, new_run_id, utc_now, write_manifest
+from dp_audit.rundir import OutputChanged, claim_output, install_output
 
 AUDIT = "audit.json"
 
@@ -71,30 +73,37 @@ def target_from_checkpoint(
         raise UsageError(f"model directory not found: {model}")
     if base is not None and not Path(base).is_dir():
         raise UsageError(f"base model directory not found: {base}")
-    if not (epsilon > 0) or not (0 < delta < 1):
-        raise UsageError(f"need epsilon > 0 and 0 < delta < 1, got epsilon={epsilon}, delta={delta}")
+    if not (math.isfinite(epsilon) and epsilon > 0) or not (0 < delta < 1):
+        raise UsageError(f"need a finite epsilon > 0 and 0 < delta < 1, got epsilon={epsilon}, delta={delta}")
     cans = read_canaries(canaries)
     from dp_audit.audit_attacks import CANDIDATES, read_candidates
 
     cand_texts = read_candidates(candidates) if candidates is not None else None
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UsageError(f"output directory {out} exists and is not empty (use --overwrite)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_canaries(out / "canaries.jsonl", cans)
-    if cand_texts is not None:
-        atomic_write_text(out / CANDIDATES, "\n".join(cand_texts) + "\n")
-    model_files = {f.relative_to(model).as_posix(): sha256_file(f) for f in sorted(model.rglob("*")) if f.is_file()}
-    claim = {"epsilon": float(epsilon), "delta": float(delta), "accountant": "declared", "unaccounted": []}
-    manifest = write_manifest(
-        out, kind="external", config={"model": {"path": str(model.resolve()), "base": str(base) if base else None,
-                                                "kind": kind}},
-        seeds={}, claim=claim, artifacts=["canaries.jsonl", *([CANDIDATES] if cand_texts is not None else [])],
-        run_id=new_run_id(out.name),
-        extra={"source": {"model_path": str(model.resolve()), "model_files": model_files,
-                          "base_path": str(Path(base).resolve()) if base else None}},
-    )
+    state = claim_output(out, overwrite=overwrite, inputs=[model, base, canaries, candidates])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        write_canaries(tmp / "canaries.jsonl", cans)
+        if cand_texts is not None:
+            atomic_write_text(tmp / CANDIDATES, "\n".join(cand_texts) + "\n")
+        model_files = {f.relative_to(model).as_posix(): sha256_file(f)
+                       for f in sorted(model.rglob("*")) if f.is_file()}
+        claim = {"epsilon": float(epsilon), "delta": float(delta), "accountant": "declared", "unaccounted": []}
+        manifest = write_manifest(
+            tmp, kind="external", config={"model": {"path": str(model.resolve()), "base": str(base) if base else None,
+                                                    "kind": kind}},
+            seeds={}, claim=claim, artifacts=["canaries.jsonl", *([CANDIDATES] if cand_texts is not None else [])],
+            run_id=new_run_id(out.name),
+            extra={"source": {"model_path": str(model.resolve()), "model_files": model_files,
+                              "base_path": str(Path(base).resolve()) if base else None}},
+        )
+        install_output(tmp, out, state)
+    except OutputChanged:
+        raise  # the new run stays in tmp, as the message says
+    except BaseException:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # the temporary directory this function created
+        raise
     return Target(run_dir=out, model_path=model, base_path=Path(base) if base else None, tokenizer_path=None,
                   kind=kind or "auto", claim=claim, canaries=tuple(cans), source="external", manifest=manifest,
                   ledger=None)

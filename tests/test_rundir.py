@@ -1,0 +1,93 @@
+"""Output directories are replaced safely (issue 13 items 4, 5; dp_audit/rundir.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dp_audit.audit import target_from_checkpoint
+from dp_audit.errors import UsageError
+from dp_audit.rundir import OutputChanged, claim_output, install_output
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run_fixture"
+
+
+def _canaries(path: Path) -> Path:
+    path.write_text('{"id": "a", "text": "hello", "label": 0, "member": true}\n')
+    return path
+
+
+def _model(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(b"weights")
+    return path
+
+
+def test_overwrite_never_deletes_its_own_inputs(tmp_path):
+    """Bug caught: `run --model P/model --out P --overwrite` removed P (the model, the tokenizer,
+    unrelated files) and then failed. P is not a dp-audit run: refused, everything kept."""
+    parent = tmp_path / "P"
+    model = _model(parent / "model")
+    (parent / "notes.txt").write_text("mine")
+    cans = _canaries(tmp_path / "c.jsonl")
+    with pytest.raises(UsageError, match="not a dp-audit run"):
+        target_from_checkpoint(model=model, canaries=cans, epsilon=1.0, delta=1e-5, out=parent, overwrite=True)
+    assert (model / "model.safetensors").read_bytes() == b"weights" and (parent / "notes.txt").exists()
+
+
+def test_overwrite_refuses_a_run_that_holds_an_input(tmp_path):
+    """Bug caught: a dp-audit run directory holding the model was removed before the model was read."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    model = _model(run / "mymodel")
+    cans = _canaries(tmp_path / "c.jsonl")
+    with pytest.raises(UsageError, match="holds an input"):
+        target_from_checkpoint(model=model, canaries=cans, epsilon=1.0, delta=1e-5, out=run, overwrite=True)
+    assert (model / "model.safetensors").exists() and (run / "audit.json").exists()
+
+
+def test_overwrite_replaces_a_previous_run(tmp_path):
+    """Bug caught: --overwrite of a genuine earlier run of this command must still work."""
+    model = _model(tmp_path / "model")
+    cans = _canaries(tmp_path / "c.jsonl")
+    out = tmp_path / "out"
+    first = target_from_checkpoint(model=model, canaries=cans, epsilon=1.0, delta=1e-5, out=out)
+    second = target_from_checkpoint(model=model, canaries=cans, epsilon=2.0, delta=1e-5, out=out, overwrite=True)
+    assert first.manifest["run_id"] != second.manifest["run_id"]
+    assert json.loads((out / "manifest.json").read_text())["claim"]["epsilon"] == 2.0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+def test_files_put_in_out_meanwhile_are_never_deleted(tmp_path):
+    """Bug caught: `train` checked emptiness at the start and rmtree'd at the end: a file put into
+    --out meanwhile (or a second train's run) was deleted and both commands reported success."""
+    out = tmp_path / "out"
+    out.mkdir()
+    state = claim_output(out, overwrite=False)
+    (out / "precious.txt").write_text("written meanwhile")
+    tmp = tmp_path / ".out-new"
+    tmp.mkdir()
+    (tmp / "manifest.json").write_text(json.dumps({"run_id": "new"}))
+    with pytest.raises(OutputChanged, match="nothing was removed"):
+        install_output(tmp, out, state)
+    assert (out / "precious.txt").read_text() == "written meanwhile" and (tmp / "manifest.json").exists()
+
+
+def test_out_naming_a_file_is_usage(tmp_path):
+    """Bug caught: --out naming a file raised NotADirectoryError deep inside (exit 1)."""
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UsageError, match="not a directory"):
+        claim_output(f, overwrite=True)
+
+
+@pytest.mark.parametrize("eps", [float("nan"), float("inf"), 0.0, -1.0])
+def test_declared_epsilon_must_be_finite_and_positive(tmp_path, eps):
+    """Bug caught: epsilon = inf was accepted as a claim (nothing can refute it)."""
+    with pytest.raises(UsageError, match="finite epsilon"):
+        target_from_checkpoint(model=_model(tmp_path / "m"), canaries=_canaries(tmp_path / "c.jsonl"),
+                               epsilon=eps, delta=1e-5, out=tmp_path / "o")
