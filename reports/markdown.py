@@ -3,6 +3,7 @@ a table of ε_LB per method, the top attack metrics and the unaccounted parts of
 
 from __future__ import annotations
 
+from dp_audit.mdtext import md_code, md_text
 from dp_audit.reports.viewmodel import ComparisonView, ReportView, fmt_eps, fmt_num
 
 ICONS = {"fail": "❌", "pass": "✅"}
@@ -10,15 +11,15 @@ TOP_ATTACKS = 5
 
 
 def _cell(text: object) -> str:
-    """Text for Markdown: pipes and newlines would break a table; "<" would start raw HTML."""
-    return str(text).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
+    """Untrusted text for Markdown (and table cells): links, HTML, emphasis, pipes neutralised."""
+    return md_text(text)
 
 
 def render_markdown(view: ReportView) -> str:
     v = view.verdict
     lines = [f"## {ICONS.get(v.status, '⚪')} dp-audit: {v.label} — {_cell(view.model_name)}", "",
              _cell(v.line), "",
-             f"Run `{view.run_id}` · {_cell(view.trainer_mode)} · claimed ε {fmt_eps(view.claimed_epsilon)}, "
+             f"Run {md_code(view.run_id)} · {_cell(view.trainer_mode)} · claimed ε {fmt_eps(view.claimed_epsilon)}, "
              f"δ = {view.delta:g} ({_cell(view.accountant)}) · threat model {view.threat_model}", ""]
     if view.unaccounted:
         lines += ["**Unaccounted parts of training** (not covered by the claimed ε):", ""]

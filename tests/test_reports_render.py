@@ -132,8 +132,8 @@ def test_html_escapes_model_and_attack_names(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     p = parse(html)
     assert p.errors == [] and p.counts.get("script", 0) == 0
-    md = out["md"].read_text(encoding="utf-8")
-    assert "<script" not in md
+    md_html = _markdown_html(out["md"].read_text(encoding="utf-8"))
+    assert "<script" not in md_html and "&lt;script&gt;" in md_html
 
 
 def test_pdf_weasyprint_pages_and_text(rendered):
@@ -168,7 +168,7 @@ def test_pdf_page_count_is_deterministic(tmp_path):
 def test_markdown_summary(rendered):
     md = rendered["md"].read_text(encoding="utf-8")
     assert md.startswith("## ❌ dp-audit: FAIL")
-    assert VERDICT_TEXT in md
+    assert VERDICT_TEXT in md.replace("\\", "")  # untrusted text is backslash-escaped (ε\_LB)
     assert "| estimator | attack | ε_LB | α | kind | ceiling | vs claim |" in md
     rows = [ln for ln in md.splitlines() if ln.startswith("| ") and ("| loss |" in ln or "| zlib |" in ln)]
     assert len(rows) == 6 + 2  # 3 estimators x 2 attacks, then 2 attack-metric rows
@@ -201,3 +201,32 @@ def test_svg_is_deterministic():
     b = [to_svg(s.figure, salt=s.key) for s in report_figures(view)]
     assert a == b
     assert all(re.match(r"<svg[^>]*viewBox=", s) for s in a)
+
+
+MD_EVIL_ID = "x` [pwn](https://evil.example) ![i](https://evil.example/i.png) <b>b</b> | ` y"
+MD_EVIL_NAME = "# [pwn](https://evil.example) <img src=x> *a* | b"
+
+
+def _markdown_html(md: str) -> str:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").enable("table").render(md)
+
+
+def test_markdown_neutralises_run_id_and_names(tmp_path):
+    """Bug caught (issue 13 item 10): a backtick in the run id closed the code span in report.md (which
+    CI appends to the job summary) and let `[text](url)`, images and raw HTML through; a model name
+    opened a link. Rendered with a CommonMark parser: no link, image or HTML element survives, and the
+    run id shows verbatim inside one code element."""
+    def edit(audit):
+        audit["run_id"] = MD_EVIL_ID
+        audit["model"]["name"] = MD_EVIL_NAME
+        audit["attacks"][0]["name"] = MD_EVIL_NAME
+
+    run = copy_run(tmp_path, edit)
+    md = render_run(run, formats=("md",), out_dir=tmp_path / "out")["md"].read_text(encoding="utf-8")
+    html = _markdown_html(md)
+    for tag in ("<a ", "<img", "<b>", "<h1"):
+        assert tag not in html, tag
+    assert f"<code>{MD_EVIL_ID.replace('<', '&lt;').replace('>', '&gt;')}</code>" in html
+    assert "[pwn](https://evil.example)" in html  # shown as text
