@@ -45,9 +45,33 @@ def detect_kind(architectures: list[str] | None, *, task_type: str | None = None
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"cannot read {what} {path}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{what} {path} is not a JSON object (got a {type(obj).__name__})")
+    return obj
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_model_dir(path: Path, *, allow_pickle: bool = False) -> None:
+    """Refuse, in one line, a model directory that (a) has a symlink leaving it, or (b) holds weights
+    only in a pickle format (``pytorch_model.bin``) unless ``allow_pickle``: unpickling runs code,
+    and only torch's ``weights_only`` default stands in the way. Safetensors are always preferred."""
+    root = path.resolve()
+    files = [f for f in path.rglob("*") if f.is_file()]
+    for f in files:
+        target = f.resolve()
+        if root not in target.parents:
+            raise UsageError(f"{f} is a symlink that leaves the model directory {path} (to {target}); "
+                             "copy the file in instead")
+    has_safetensors = any(f.suffix == ".safetensors" for f in files)
+    pickles = sorted(f.name for f in files if f.suffix in PICKLE_SUFFIXES)
+    if pickles and not has_safetensors and not allow_pickle:
+        raise UsageError(f"{path} holds weights only in a pickle format ({pickles[0]}); convert them to "
+                         "safetensors, or pass --allow-pickle to load them with torch weights_only=True")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -83,6 +107,7 @@ def load_hf_model(
     kind: str | None = None,
     base: str | Path | None = None,
     tokenizer_path: str | Path | None = None,
+    allow_pickle: bool = False,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Return ``(model, tokenizer, info)`` with the model in eval mode; ``info`` has ``kind``,
     ``name``, ``architecture``, ``adapter`` (bool), ``base`` (path or None), ``tokenizer`` (path)."""
@@ -100,6 +125,10 @@ def load_hf_model(
     is_adapter = adapter_file.is_file()
     adapter_cfg = _read_json(adapter_file, "adapter config") if is_adapter else {}
     cfg_dir = _resolve_base(path, adapter_cfg, base) if is_adapter else path
+    for d in {path, cfg_dir}:
+        check_model_dir(d, allow_pickle=allow_pickle)
+    # without allow_pickle only safetensors are read (transformers/peft would fall back to a .bin)
+    safe = {} if allow_pickle else {"use_safetensors": True}
     config_file = cfg_dir / "config.json"
     if not config_file.is_file():
         raise UsageError(f"no config.json in {cfg_dir} (need a save_pretrained directory or a PEFT adapter)")
@@ -110,7 +139,7 @@ def load_hf_model(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model, report = cls.from_pretrained(str(cfg_dir), local_files_only=True, output_loading_info=True)
+            model, report = cls.from_pretrained(str(cfg_dir), local_files_only=True, output_loading_info=True, **safe)
             missing = sorted(report.get("missing_keys") or [])
             if missing:
                 raise IntegrityError(f"cannot load model weights from {cfg_dir}: {len(missing)} weight(s) missing "
@@ -122,7 +151,7 @@ def load_hf_model(
 
                 if adapter_cfg.get("peft_type") == "PREFIX_TUNING":
                     enable_prefix_tuning(model)
-                model = PeftModel.from_pretrained(model, str(path), local_files_only=True)
+                model = PeftModel.from_pretrained(model, str(path), local_files_only=True, **safe)
     except (UsageError, IntegrityError):
         raise
     except Exception as exc:  # SafetensorError, RuntimeError (shape mismatch), OSError, ValueError ...

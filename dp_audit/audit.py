@@ -42,6 +42,7 @@ class Target:
     source: str  # dp-audit | external
     manifest: dict[str, Any]
     ledger: dict[str, Any] | None
+    allow_pickle: bool = False  # load pickle weight files (with torch weights_only=True)
 
 
 def target_from_run(run_dir: str | Path) -> Target:
@@ -63,7 +64,7 @@ def target_from_run(run_dir: str | Path) -> Target:
 def target_from_checkpoint(
     *, model: str | Path, canaries: str | Path, epsilon: float, delta: float, out: str | Path,
     base: str | Path | None = None, kind: str | None = None, overwrite: bool = False,
-    candidates: str | Path | None = None,
+    candidates: str | Path | None = None, allow_pickle: bool = False,
 ) -> Target:
     """A checkpoint dp-audit did not train: create a run directory ``out`` that records it.
     ``candidates`` (a text file, one candidate secret a line) is copied to ``candidates.txt``
@@ -75,6 +76,11 @@ def target_from_checkpoint(
         raise UsageError(f"base model directory not found: {base}")
     if not (math.isfinite(epsilon) and epsilon > 0) or not (0 < delta < 1):
         raise UsageError(f"need a finite epsilon > 0 and 0 < delta < 1, got epsilon={epsilon}, delta={delta}")
+    from dp_audit.attacks.loading import check_model_dir
+
+    for d in (model, base):
+        if d is not None:
+            check_model_dir(Path(d), allow_pickle=allow_pickle)
     cans = read_canaries(canaries)
     from dp_audit.audit_attacks import CANDIDATES, read_candidates
 
@@ -95,7 +101,8 @@ def target_from_checkpoint(
             seeds={}, claim=claim, artifacts=["canaries.jsonl", *([CANDIDATES] if cand_texts is not None else [])],
             run_id=new_run_id(out.name),
             extra={"source": {"model_path": str(model.resolve()), "model_files": model_files,
-                              "base_path": str(Path(base).resolve()) if base else None}},
+                              "base_path": str(Path(base).resolve()) if base else None,
+                              "allow_pickle": bool(allow_pickle)}},
         )
         install_output(tmp, out, state)
     except OutputChanged:
@@ -106,7 +113,7 @@ def target_from_checkpoint(
         raise
     return Target(run_dir=out, model_path=model, base_path=Path(base) if base else None, tokenizer_path=None,
                   kind=kind or "auto", claim=claim, canaries=tuple(cans), source="external", manifest=manifest,
-                  ledger=None)
+                  ledger=None, allow_pickle=allow_pickle)
 
 
 def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render: bool = True) -> dict[str, Any]:
@@ -121,7 +128,7 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
         raise UsageError("no canaries to audit")
     model, tokenizer, info = load_hf_model(target.model_path, base=target.base_path,
                                            kind=None if target.kind in ("auto", None) else target.kind,
-                                           tokenizer_path=target.tokenizer_path)
+                                           tokenizer_path=target.tokenizer_path, allow_pickle=target.allow_pickle)
     kind = info.get("kind", "classifier")
     texts = [c.text for c in target.canaries]
     labels = [c.label for c in target.canaries] if kind == "classifier" else None

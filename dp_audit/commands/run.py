@@ -54,6 +54,9 @@ def add_parser(sub) -> None:
     src.add_argument("--out", type=Path, help="run directory to create for --model")
     src.add_argument("--candidates", type=Path,
                      help="with --model: candidate secrets for the exposure attack (one text a line)")
+    src.add_argument("--allow-pickle", action="store_true",
+                     help="with --model: load pickle weight files (pytorch_model.bin) with torch "
+                          "weights_only=True; default: safetensors only")
     p.add_argument("--config", type=Path, help="audit config TOML")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an audit config value, e.g. alpha=0.01 (repeatable)")
@@ -84,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--model needs {', '.join(missing)}")
         target = target_from_checkpoint(model=args.model, canaries=args.canaries, epsilon=args.epsilon,
                                         delta=args.delta, out=args.out, base=args.base, kind=args.kind,
-                                        overwrite=args.overwrite, candidates=args.candidates)
+                                        overwrite=args.overwrite, candidates=args.candidates,
+                                        allow_pickle=args.allow_pickle)
     audit = run_audit(target, cfg, progress=not args.quiet, render=not args.no_report)
     print_summary(audit, target.run_dir)
     return 0
