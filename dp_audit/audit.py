@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from dp_audit.canaries import Canary, read_canaries, write_canaries
 from dp_audit.config import AuditConfig
 from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.io import atomic_write_json, atomic_write_text, read_json, sha256_file
-from dp_audit.manifest import add_artifacts, load_manifest, new_run_id, utc_now, write_manifest
+from dp_audit.manifest import (PENDING, add_artifacts, drop_artifacts, load_manifest, new_run_id, utc_now,
+                               write_manifest)
 from dp_audit.rundir import OutputChanged, claim_output, install_output
 
 AUDIT = "audit.json"
@@ -45,10 +47,20 @@ class Target:
     allow_pickle: bool = False  # load pickle weight files (with torch weights_only=True)
 
 
+AUDIT_OUTPUT_DIRS = ("signals/", "scores/", "landscapes/", "references/")
+
+
+def is_audit_output(rel: str) -> bool:
+    """Files `dp-audit run` (re)writes; everything else in a run is training's and never rewritten."""
+    return rel == AUDIT or rel.startswith(AUDIT_OUTPUT_DIRS)
+
+
 def target_from_run(run_dir: str | Path) -> Target:
-    """A run directory written by ``dp-audit train``; every artifact hash is verified first."""
+    """A run directory written by ``dp-audit train``; every artifact hash is verified first. A run
+    whose previous audit was interrupted is accepted (the audit is redone): its training artifacts
+    are still verified, its audit outputs were already dropped from the manifest."""
     run_dir = Path(run_dir)
-    manifest = load_manifest(run_dir, verify=True)
+    manifest = load_manifest(run_dir, verify=True, allow_pending=True)
     tuning = manifest["config"].get("model", {}).get("tuning", "full")
     base = run_dir / "base_model" if tuning != "full" else None
     ledger = read_json(run_dir / "ledger.json", what="ledger", integrity=True) if (run_dir / "ledger.json").exists() else None
@@ -126,6 +138,7 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     run_dir = target.run_dir
     if not target.canaries:
         raise UsageError("no canaries to audit")
+    _validate_before_writing(cfg)
     model, tokenizer, info = load_hf_model(target.model_path, base=target.base_path,
                                            kind=None if target.kind in ("auto", None) else target.kind,
                                            tokenizer_path=target.tokenizer_path, allow_pickle=target.allow_pickle)
@@ -138,6 +151,10 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     candidates = run_candidates(run_dir) if kind == "causal-lm" else None
     attack_names = resolve_attacks(cfg.attacks, kind=kind, n_references=cfg.reference_models,
                                    has_candidates=candidates is not None, source=target.source)
+    # From here on files are rewritten: mark the audit pending (gate and report refuse the run until
+    # it finishes) and stop vouching for the old audit outputs. A rerun redoes them.
+    atomic_write_json(run_dir / PENDING, {"started": utc_now(), "pid": os.getpid()})
+    drop_artifacts(run_dir, is_audit_output)
     signals = compute_signals(model, tokenizer, texts, labels, kind=kind, batch_size=cfg.batch_size, progress=progress,
                               candidates=candidates)
     signals.save(run_dir / "signals" / "target.npz")
@@ -178,6 +195,9 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
         "reproduce": _reproduce(target),
     }
     _write_audit(run_dir, audit, written)
+    # every output is written and hashed; only the stored verdict is missing, and the gate
+    # recomputes it from the hashed scores anyway: the run is valid from here on
+    (run_dir / PENDING).unlink()
     policy = GatePolicy(attacks=tuple(a.name for a in attacks), estimators=tuple(cfg.estimators), alpha=cfg.alpha,
                         threshold=cfg.threshold, fdp_null=cfg.fdp_null)
     gate = evaluate_gate(run_dir, policy)
@@ -191,6 +211,18 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
         # manifest, so re-rendering them (`dp-audit report --run R`) never breaks R's hashes.
         render_run(run_dir, formats=tuple(cfg.formats))
     return audit
+
+
+def _validate_before_writing(cfg: AuditConfig) -> None:
+    """Every audit-config error is found before a file is written (a bogus estimator used to replace
+    audit.json with `verdict: null` and lose the previous verdict)."""
+    from dp_audit.gate import GatePolicy
+    from dp_audit.reports import parse_formats
+
+    GatePolicy(attacks="all", estimators=tuple(cfg.estimators), alpha=cfg.alpha, threshold=cfg.threshold,
+               fdp_null=cfg.fdp_null)
+    if cfg.formats:
+        parse_formats(",".join(cfg.formats))
 
 
 def _write_audit(run_dir: Path, audit: dict[str, Any], written: list[str]) -> None:

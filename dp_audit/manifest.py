@@ -17,6 +17,7 @@ from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.io import atomic_write_json, canonical_fingerprint, read_json, sha256_file
 
 MANIFEST = "manifest.json"
+PENDING = ".audit-pending.json"  # written by `dp-audit run` before it rewrites any audit output
 REQUIRED_KEYS = (
     "schema_version", "tool_version", "run_id", "created", "kind", "config", "seeds",
     "claim", "artifacts", "environment", "digest",
@@ -100,11 +101,18 @@ def write_manifest(
     return manifest
 
 
-def load_manifest(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]:
-    """Read and validate ``manifest.json``; with ``verify`` check every artifact's sha256."""
+def load_manifest(run_dir: str | Path, *, verify: bool = True, allow_pending: bool = False) -> dict[str, Any]:
+    """Read and validate ``manifest.json``; with ``verify`` check every artifact's sha256.
+
+    A run whose last ``dp-audit run`` did not finish (killed, or failed half-way: the marker
+    :data:`PENDING` is still there) is refused unless ``allow_pending``: its audit outputs may be
+    half-written or stale, so nothing may gate or render them; rerunning the audit redoes them."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run directory not found: {run_dir}")
+    if not allow_pending and (run_dir / PENDING).exists():
+        raise UsageError(f"the last `dp-audit run` on {run_dir} did not finish (interrupted or failed), so its "
+                         f"audit outputs are not valid: rerun `dp-audit run --run {run_dir}`")
     if not (run_dir / MANIFEST).exists():
         raise UsageError(f"{run_dir} is not a dp-audit run directory: it has no {MANIFEST}")
     manifest = read_json(run_dir / MANIFEST, what="manifest", integrity=True)
@@ -154,8 +162,18 @@ def verify_artifacts(run_dir: Path, artifacts: Mapping[str, str]) -> None:
 def add_artifacts(run_dir: str | Path, paths: Iterable[str]) -> dict[str, Any]:
     """Record (or refresh) the hashes of new artifacts, e.g. audit outputs, in the manifest."""
     run_dir = Path(run_dir)
-    manifest = load_manifest(run_dir, verify=False)
+    manifest = load_manifest(run_dir, verify=False, allow_pending=True)
     manifest["artifacts"].update(hash_artifacts(run_dir, paths))
     manifest["artifacts"] = dict(sorted(manifest["artifacts"].items()))
+    _save(run_dir, manifest)
+    return manifest
+
+
+def drop_artifacts(run_dir: str | Path, predicate) -> dict[str, Any]:
+    """Remove the entries whose relative path satisfies ``predicate`` from the manifest (their files
+    are about to be rewritten: the manifest stops vouching for them)."""
+    run_dir = Path(run_dir)
+    manifest = load_manifest(run_dir, verify=False, allow_pending=True)
+    manifest["artifacts"] = {k: v for k, v in manifest["artifacts"].items() if not predicate(k)}
     _save(run_dir, manifest)
     return manifest

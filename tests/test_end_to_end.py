@@ -130,3 +130,40 @@ def test_missing_inputs_are_usage_errors(tmp_path, capsys):
     one_line_error(capsys, 2, main(["run", "--run", str(tmp_path / "no-run")]))
     one_line_error(capsys, 2, main(["run", "--model", str(tmp_path), "--canaries", str(tmp_path / "c.jsonl"),
                                     "--epsilon", "1", "--delta", "1e-5", "--out", str(tmp_path / "o")]))
+
+
+def test_interrupted_audit_is_refused_then_redone(trained, tmp_path, monkeypatch, capsys):
+    """Bug caught (issue 13 item 3): a `dp-audit run` killed while it rewrote an output (here: a
+    scores file rewritten, then the process dies) left a run that exited 3 forever, while `report`
+    rendered the stale audit. Now gate and report refuse it with exit 2 and a rerun redoes it."""
+    import dp_audit.audit_attacks as aa
+
+    run = copy_run(trained["dpsgd"], tmp_path / "r")
+    assert main(["run", "--run", str(run), "--quiet", "--no-report"]) == 0
+    real = aa.run_attacks
+
+    def dies_after_writing(*args, **kwargs):
+        out = real(*args, **kwargs)
+        (run / "scores" / "loss.npz").write_bytes(b"half-written")
+        raise KeyboardInterrupt  # as a kill would: no cleanup code runs after this point
+
+    monkeypatch.setattr(aa, "run_attacks", dies_after_writing)
+    assert main(["run", "--run", str(run), "--quiet", "--no-report"]) == 130
+    monkeypatch.setattr(aa, "run_attacks", real)
+    capsys.readouterr()
+    err = one_line_error(capsys, 2, main(["gate", "--run", str(run)]))
+    assert "did not finish" in err
+    one_line_error(capsys, 2, main(["report", "--run", str(run), "--format", "md"]))
+    assert main(["run", "--run", str(run), "--quiet", "--no-report"]) == 0
+    assert main(["gate", "--run", str(run)]) == 0
+
+
+def test_bogus_estimator_is_refused_before_anything_is_written(trained, tmp_path, capsys):
+    """Bug caught (issue 13 item 9): `estimators = ["bogus"]` was found by the gate after audit.json
+    had been replaced with `verdict: null`: the previous verdict was lost."""
+    run = copy_run(trained["dpsgd"], tmp_path / "r")
+    assert main(["run", "--run", str(run), "--quiet", "--no-report"]) == 0
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    one_line_error(capsys, 2, main(["run", "--run", str(run), "--quiet", "--set", 'estimators=["bogus"]']))
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
