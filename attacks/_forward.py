@@ -23,6 +23,33 @@ def _device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
+MAX_INPUT_CAP = 512  # canaries are short; longer inputs only cost time
+
+
+def max_input_length(model: Any, tokenizer: Any = None, *, cap: int = MAX_INPUT_CAP) -> int:
+    """The longest token sequence ``model`` accepts: its position table (``max_position_embeddings``
+    or ``n_positions``) minus the virtual tokens of a PEFT prefix (they take positions too), the
+    tokenizer's own limit, and ``cap``. Inputs are truncated to it (recorded in audit.json)."""
+    limits = [cap]
+    cfg = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            prefix = 0
+            for pc in (getattr(model, "peft_config", None) or {}).values():
+                if str(getattr(pc, "peft_type", "")).endswith("PREFIX_TUNING"):
+                    prefix = max(prefix, int(getattr(pc, "num_virtual_tokens", 0) or 0))
+            limits.append(value - prefix)
+            break
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
+        limits.append(tok_limit)
+    limit = min(limits)
+    if limit < 2:
+        raise UsageError(f"the model accepts only {limit} input position(s): nothing to audit")
+    return limit
+
+
 def _batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_length: int, desc: str,
              progress: bool):
     if batch_size < 1 or max_length < 1:

@@ -223,7 +223,7 @@ def compute_signals(
     *,
     kind: str = "classifier",
     batch_size: int = 32,
-    max_length: int = 128,
+    max_length: int | None = None,
     progress: bool = True,
     candidates: Sequence[str] | Sequence[Sequence[str]] | None = None,
 ) -> Signals:
@@ -233,8 +233,13 @@ def compute_signals(
     ``labels``. ``kind="causal-lm"``: a causal LM; ``labels`` are ignored. ``candidates`` (causal
     LMs, for exposure): one list of K candidate texts shared by every example, or one list of K
     per example; their losses fill ``candidate_loss`` (each distinct text is evaluated once).
+    Texts are truncated to ``max_length`` tokens, by default the model's own limit
+    (:func:`~dp_audit.attacks._forward.max_input_length`); never beyond it.
     """
     from dp_audit.attacks import _forward
+
+    limit = _forward.max_input_length(model, tokenizer)
+    max_length = limit if max_length is None else min(int(max_length), limit)
 
     texts = [str(t) for t in texts]
     if kind not in KINDS:

@@ -144,6 +144,11 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
                                            tokenizer_path=target.tokenizer_path, allow_pickle=target.allow_pickle)
     kind = info.get("kind", "classifier")
     texts = [c.text for c in target.canaries]
+    from dp_audit.attacks._forward import max_input_length
+
+    info["max_input_tokens"] = max_input_length(model, tokenizer)
+    info["truncated_canaries"] = sum(len(ids) > info["max_input_tokens"]
+                                     for ids in tokenizer(texts, truncation=False)["input_ids"])
     labels = [c.label for c in target.canaries] if kind == "classifier" else None
     member = np.array([c.member for c in target.canaries], dtype=bool)
     if member.all() or not member.any():
@@ -235,7 +240,8 @@ def _model_info(target: Target, info: dict[str, Any]) -> dict[str, Any]:
     name = cfg.get("name") or target.run_dir.name if target.source == "dp-audit" else target.model_path.name
     return {"name": name, "trainer": cfg.get("trainer"),
             "mode": _mode(cfg), "path": str(target.model_path), "tuning": cfg.get("model", {}).get("tuning"),
-            "kind": info.get("kind")}
+            "kind": info.get("kind"), "max_input_tokens": info.get("max_input_tokens"),
+            "truncated_canaries": info.get("truncated_canaries")}
 
 
 def _mode(cfg: dict[str, Any]) -> str | None:

@@ -158,3 +158,18 @@ def write_policy(out: Path) -> Path:
     p = out.parent / "exposure-only.toml"
     p.write_text('attacks = ["exposure"]\nestimators = ["steinke"]\n')
     return p
+
+
+def test_canaries_longer_than_the_model_are_truncated_and_recorded(checkpoints, tmp_path):
+    """Bug caught (issue 13 item 6): signals truncated at a fixed 128 tokens while this model has 16
+    positions: an IndexError half-way, leaving a half-made out dir. Now truncated to the model's
+    limit and recorded in audit.json."""
+    rows = canaries(40, seed=5)
+    for r in rows[:3]:
+        r["text"] = r["text"] + " " + " ".join(WORDS[i % len(WORDS)] for i in range(60))
+    write_jsonl(tmp_path / "long.jsonl", rows)
+    code = main(["run", "--model", str(checkpoints / "bert"), "--canaries", str(tmp_path / "long.jsonl"),
+                 "--epsilon", "1", "--delta", "1e-5", "--out", str(tmp_path / "out"), "--quiet", "--no-report"])
+    assert code == 0
+    model = json.loads((tmp_path / "out" / "audit.json").read_text())["model"]
+    assert model["max_input_tokens"] == 16 and model["truncated_canaries"] == 3
