@@ -5,7 +5,10 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import hmac
 import importlib.metadata
+import os
 import platform
 import secrets
 import warnings
@@ -22,7 +25,8 @@ REQUIRED_KEYS = (
     "schema_version", "tool_version", "run_id", "created", "kind", "config", "seeds",
     "claim", "artifacts", "environment", "digest",
 )
-OPTIONAL_KEYS = ("data_fingerprint", "notes", "selection", "source")
+OPTIONAL_KEYS = ("data_fingerprint", "notes", "selection", "source", "signature")
+SIGNING_KEY_ENV = "DP_AUDIT_SIGNING_KEY"
 
 
 def utc_now() -> str:
@@ -59,14 +63,54 @@ def hash_artifacts(run_dir: Path, paths: Iterable[str]) -> dict[str, str]:
 
 
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
-    """sha256 of the manifest's canonical JSON without its own ``digest`` field: an edit to the
-    claim, the config or an artifact hash that does not redo the digest is caught on load."""
-    return canonical_fingerprint({k: v for k, v in manifest.items() if k != "digest"})
+    """sha256 of the manifest's canonical JSON without its ``digest`` and ``signature`` fields: an
+    edit to the claim, the config or an artifact hash that does not redo the digest is caught on
+    load. The digest is unkeyed: whoever edits consistently can redo it; the signature cannot be."""
+    return canonical_fingerprint({k: v for k, v in manifest.items() if k not in ("digest", "signature")})
+
+
+def _signing_key() -> bytes | None:
+    key = os.environ.get(SIGNING_KEY_ENV, "")
+    return key.encode("utf-8") if key else None
+
+
+def _signature(key: bytes, digest: str) -> dict[str, str]:
+    return {"alg": "hmac-sha256", "key_id": hashlib.sha256(b"dp-audit key id:" + key).hexdigest()[:16],
+            "value": hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()}
 
 
 def _save(run_dir: Path, manifest: dict[str, Any]) -> None:
     manifest["digest"] = manifest_digest(manifest)
+    key = _signing_key()
+    if key is not None:
+        manifest["signature"] = _signature(key, manifest["digest"])
+    else:
+        manifest.pop("signature", None)  # a signature over an older digest would only mislead
     atomic_write_json(run_dir / MANIFEST, manifest)
+
+
+def verify_signature(run_dir: str | Path, manifest: Mapping[str, Any], *, required: bool) -> bool:
+    """Check the manifest's HMAC-SHA256 signature with the key in ``$DP_AUDIT_SIGNING_KEY``.
+
+    Returns True when a signature was verified. A signature that does not match the key, or (with
+    ``required``) a missing key or a missing signature, is an :class:`IntegrityError` (exit 3)."""
+    key = _signing_key()
+    sig = manifest.get("signature")
+    where = Path(run_dir) / MANIFEST
+    if key is None:
+        if required:
+            raise UsageError(f"a signature is required but ${SIGNING_KEY_ENV} is not set")
+        return False
+    if not isinstance(sig, dict):
+        if required:
+            raise IntegrityError(f"{where} is not signed (a signature is required)")
+        return False
+    expected = _signature(key, str(manifest.get("digest")))
+    if sig.get("key_id") != expected["key_id"]:
+        raise IntegrityError(f"{where} was signed with another key (key id {sig.get('key_id')!r})")
+    if not hmac.compare_digest(str(sig.get("value")), expected["value"]):
+        raise IntegrityError(f"{where}: signature does not match its content (edited after signing)")
+    return True
 
 
 def write_manifest(
@@ -133,6 +177,8 @@ def load_manifest(run_dir: str | Path, *, verify: bool = True, allow_pending: bo
         raise IntegrityError(f"{run_dir / MANIFEST}: 'artifacts' must map relative paths to sha256 strings")
     if manifest["digest"] != manifest_digest(manifest):
         raise IntegrityError(f"{run_dir / MANIFEST} was edited: its digest does not match its content")
+    if _signing_key() is not None and "signature" in manifest:
+        verify_signature(run_dir, manifest, required=False)  # a present signature is always checked
     if verify:
         verify_artifacts(run_dir, manifest["artifacts"])
     return manifest
