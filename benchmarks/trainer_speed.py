@@ -90,7 +90,7 @@ def time_dpflat_vs_dpsgd(args) -> dict[str, float]:
         hook = PrefixHook(model)
         gsm, opt, loader = make_private(model, prep, cfg, setup_, generator=g)
         awp = None if awp_cfg is None else AWP(model=gsm, hook=hook, mode=awp_cfg[0], gamma=1e-4,
-                                               active_steps=10**9, micro_batch=awp_cfg[1])
+                                               active_steps=10**9, micro_batch=awp_cfg[1], generator=g)
         wrapped[name] = (gsm, opt, awp)
     loader_it = iter(loader)
     times = {k: [] for k in wrapped}

@@ -102,7 +102,8 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class DPFlatConfig:
-    """DP-Flat (arXiv 2403.04124) components and their modes (DESIGN.md §4)."""
+    """DP-Flat (arXiv 2403.04124) components and their modes (DESIGN.md §4). The defaults follow
+    the official code (tiejin98/Privacy_Flatness); docs/trainers.md has the row-by-row table."""
 
     awp: bool = True
     awp_mode: str = "paper"  # paper | dpsat | per-example
@@ -114,10 +115,19 @@ class DPFlatConfig:
     distill: bool = True
     distill_mode: str = "paper"  # paper (private data, non-private) | public
     distill_lambda: float = 0.01
-    distill_epochs: int = 3
+    distill_epochs: int = 10  # official: the teacher P_np runs 10 epochs
     # added by the DP-Flat trainer (docs/trainers.md)
-    awp_micro_batch: int = 0  # paper mode: size of the "first micro-batch" (0: train.max_physical_batch_size)
+    awp_micro_batch: int = 0  # paper mode: size of the AWP micro-batch (0: awp_micro_batch_fraction of the batch)
+    awp_micro_batch_fraction: float = 20 / 1020  # official: 20 of a logical batch of 1 020 (at least 1 example)
+    awp_radius: str = "full"  # full (official: ‖P‖ of the whole embedding, removed layers included) | masked
     sparse_probe_points: int = 11  # α ∈ linspace(0, 1, n) for the sharpness probe
+    sparse_reference: str = "dp"  # paper mode: dp (official: selection prefix DP-trained) | nonprivate
+    sparse_reference_epsilon: float = 8.0  # official selection run: ε = 8
+    sparse_reference_clip: float = 0.2  # official selection run: C = 0.2
+    sparse_reference_epochs: int = 0  # 0: train.epochs
+    distill_teacher_mask: bool = True  # official: P_np trained with the sparse layer mask applied
+    reference_init: str = "own"  # own (official: separate runs, own seed) | shared (the DP run's initial prefix)
+    train_head: bool = False  # official: prefix only; true also trains the classifier head (white-box)
     blackbox: bool = False  # black-box DP-Flat: cross-model flattening with the DP-ZO optimiser (RunConfig.dpzo)
 
 
@@ -238,11 +248,18 @@ def _validate_dpflat_dpzo(cfg: RunConfig) -> None:
     _choice("dpflat.awp_mode", f.awp_mode, ("paper", "dpsat", "per-example"))
     _choice("dpflat.sparse_mode", f.sparse_mode, ("paper", "public"))
     _choice("dpflat.distill_mode", f.distill_mode, ("paper", "public"))
+    _choice("dpflat.awp_radius", f.awp_radius, ("full", "masked"))
+    _choice("dpflat.sparse_reference", f.sparse_reference, ("dp", "nonprivate"))
+    _choice("dpflat.reference_init", f.reference_init, ("own", "shared"))
     _choice("dpzo.restore", z.restore, ("inplace", "snapshot"))
     if f.awp_gamma < 0 or not 0 <= f.awp_epoch_fraction <= 1 or f.sparse_k < 0 or f.distill_lambda < 0 \
-            or f.distill_epochs < 1 or f.awp_micro_batch < 0 or f.sparse_probe_points < 2:
+            or f.distill_epochs < 1 or f.awp_micro_batch < 0 or f.sparse_probe_points < 2 \
+            or not 0 < f.awp_micro_batch_fraction <= 1 or f.sparse_reference_epsilon <= 0 \
+            or f.sparse_reference_clip <= 0 or f.sparse_reference_epochs < 0:
         raise UsageError("dpflat: need awp_gamma >= 0, 0 <= awp_epoch_fraction <= 1, sparse_k >= 0, "
-                         "distill_lambda >= 0, distill_epochs >= 1, awp_micro_batch >= 0, sparse_probe_points >= 2")
+                         "distill_lambda >= 0, distill_epochs >= 1, awp_micro_batch >= 0, sparse_probe_points >= 2, "
+                         "0 < awp_micro_batch_fraction <= 1, sparse_reference_epsilon > 0, sparse_reference_clip > 0, "
+                         "sparse_reference_epochs >= 0")
     if z.perturbation_scale <= 0 or z.clip <= 0 or z.steps < 0:
         raise UsageError("dpzo: need perturbation_scale > 0, clip > 0 and steps >= 0")
     if cfg.trainer != "dpflat":

@@ -4,13 +4,19 @@ in a ``paper`` mode (as published, non-private parts included) or a DP-correct m
 black-box DP-Flat (cross-model flattening on the DP-ZO optimiser). docs/trainers.md explains the
 modes, what each leaves unaccounted, and how the ledger records it.
 
-Order of a white-box run:
-1. reference prefixes trained without privacy (from the same initialisation), on the private
-   split (``paper``) or on the public split (``public``/private variants), as needed;
-2. layer selection (sparse) on the reference prefix of its mode; selected layers are zeroed;
-3. DP-SGD (Opacus, Poisson sampling, clip C, σ from the target ε over the DP-SGD steps) from
+Order of a white-box run (paper mode as published, docs/trainers.md has the table "official code |
+here"):
+1. the classifier head is frozen (prefix only trainable; ``train_head`` keeps it trainable);
+2. layer selection (sparse) on a selection prefix: DP-trained on the private split (ε = 8,
+   C = 0.2, official) in ``paper`` mode, or trained without privacy on the public split
+   (``public``); selected layers are masked and zeroed;
+3. the teacher P_np for distillation, trained without privacy *with the layer mask applied*
+   (10 epochs), on the private split (``paper``) or the public split (``public``); each
+   reference run starts from its own seeded initial prefix (``reference_init = "own"``);
+4. DP-SGD (Opacus, Poisson sampling, clip C, σ from the target ε over the DP-SGD steps) from
    the initial prefix, with AWP before each step during the first part of training, the
-   distillation term and the layer mask applied to the released gradient after noising.
+   distillation term (weighted by the clipping coefficients in paper mode) and the layer mask
+   applied to the released gradient in Opacus' step hook.
 The claim is the accountant's ε of the DP-SGD steps; the ledger lists what it does not cover.
 """
 
@@ -20,17 +26,18 @@ import math
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import torch
 
 from dp_audit.config import RunConfig
 from dp_audit.errors import UsageError
-from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult
+from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult, replace_cfg
 from dp_audit.trainers.dpflat_awp import AWP
-from dp_audit.trainers.dpflat_distill import Distill, distill_value
+from dp_audit.trainers.dpflat_distill import Distill, clip_coefficients, distill_value
 from dp_audit.trainers.dpflat_prefix import PrefixHook, layout_of, prefix_weight
 from dp_audit.trainers.dpflat_sparse import select_layers
-from dp_audit.trainers.dpsgd import (claim_for, ledger_for, make_private, observed_mechanism, plan, run_steps,
-                                     unwrap)
+from dp_audit.trainers.dpsgd import (claim_for, gaussian_epsilon, ledger_for, make_private, observed_mechanism, plan,
+                                     run_steps, unwrap)
 from dp_audit.trainers.dpzo import claim_zo, ledger_zo, plan_zo, train_dpzo, zo_metrics
 from dp_audit.trainers.modeling import Batch, subset, trainable_parameters
 from dp_audit.trainers.nondp import fit_nonprivate
@@ -91,14 +98,17 @@ def unaccounted_whitebox(cfg: RunConfig, *, removed: list[int]) -> list[dict[str
                     "gradient of a private micro-batch; every clipped gradient of the logical batch is evaluated "
                     "at P+v"})
     if f.sparse and f.sparse_k > 0 and f.sparse_mode == "paper":
-        out.append({"component": "sparse", "reason": f"layer selection (removed {removed}) from a prefix trained "
-                    "without privacy on the private training split, probed on the private dev split"})
+        ref = (f"DP-trained (epsilon = {f.sparse_reference_epsilon:g}, C = {f.sparse_reference_clip:g}; not composed "
+               "into the claim)" if f.sparse_reference == "dp" else "trained without privacy")
+        out.append({"component": "sparse", "reason": f"layer selection (removed {removed}) from a prefix {ref} on the "
+                    "private training split, probed without privacy on the private dev split"})
     if f.distill and f.distill_mode == "paper":
         out.append({"component": "distill", "reason": f"P_np trained without privacy on the private training split "
                     f"({f.distill_epochs} epochs)"})
-        out.append({"component": "distill-regulariser", "reason": f"the gradient of lambda*||P-P_np||_F escapes "
-                    f"per-example clipping: true sensitivity C+lambda = {cfg.privacy.max_grad_norm + f.distill_lambda:g}, "
-                    f"the ledger uses C = {cfg.privacy.max_grad_norm:g}"})
+        out.append({"component": "distill-regulariser", "reason": f"lambda*grad||P-P_np||_F enters each example's "
+                    f"term with its clipping coefficient, after the norms are taken: true sensitivity "
+                    f"C+lambda = {cfg.privacy.max_grad_norm + f.distill_lambda:g}, the ledger uses "
+                    f"C = {cfg.privacy.max_grad_norm:g}"})
     return out
 
 
@@ -111,32 +121,128 @@ def unaccounted_blackbox(cfg: RunConfig) -> list[dict[str, str]]:
 
 # --------------------------------------------------------------------------- white-box
 
-class _Reference:
-    """Prefixes trained without privacy from the model's initial state, cached per data source."""
+def derived_generator(cfg: RunConfig, tag: int) -> torch.Generator:
+    """A generator of its own for a reference run (``tag``), derived from ``train.seed``."""
+    seed = int(np.random.SeedSequence([cfg.train.seed, tag]).generate_state(1)[0])
+    return torch.Generator().manual_seed(seed)
 
-    def __init__(self, model, prep: Prepared, *, generator: torch.Generator):
-        self.model, self.prep, self.generator = model, prep, generator
+
+_SELECTION, _TEACHER = 1, 2
+
+
+def freeze_head(model) -> list[str]:
+    """Prefix only trainable (official): every other trainable parameter is frozen. Returns their names."""
+    frozen = []
+    for name, p in model.named_parameters():
+        if p.requires_grad and "prompt_encoder" not in name:
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+class _References:
+    """Reference prefixes (selection prefix, teacher P_np), each trained from the DP run's initial
+    state or, with ``reference_init = "own"``, from its own initial prefix drawn from its own
+    generator (the official code trains them in separate runs with their own seed)."""
+
+    def __init__(self, model, prep: Prepared):
+        self.model, self.prep, self.cfg = model, prep, prep.cfg
         self.init = _snapshot(model)
-        self.cache: dict[str, list[torch.Tensor]] = {}
         self.info: dict[str, Any] = {}
 
-    def data(self, source: str) -> Batch:
-        return self.prep.train if source == "private" else public_splits(self.prep)[0]
+    def start(self, generator: torch.Generator) -> None:
+        _load(self.model, self.init)
+        if self.cfg.dpflat.reference_init == "own":
+            with torch.no_grad():
+                prefix_weight(self.model).normal_(0.0, 1.0, generator=generator)
 
-    def state(self, source: str) -> list[torch.Tensor]:
-        if source not in self.cache:
-            cfg = self.prep.cfg
-            _load(self.model, self.init)
-            losses = fit_nonprivate(self.model, self.data(source), epochs=cfg.dpflat.distill_epochs,
-                                    batch_size=cfg.train.batch_size, lr=cfg.train.lr,
-                                    weight_decay=cfg.train.weight_decay, generator=self.generator,
-                                    progress=cfg.train.progress, desc=f"non-private reference ({source})",
+    def restore(self) -> None:
+        _load(self.model, self.init)
+
+    def selection(self) -> list[torch.Tensor]:
+        """The prefix the layer selection probes."""
+        cfg, f = self.cfg, self.cfg.dpflat
+        g = derived_generator(cfg, _SELECTION)
+        self.start(g)
+        epochs = f.sparse_reference_epochs or cfg.train.epochs
+        if f.sparse_mode == "paper" and f.sparse_reference == "dp":
+            rcfg = replace_cfg(cfg, privacy={"epsilon": f.sparse_reference_epsilon, "noise_multiplier": 0.0,
+                                             "max_grad_norm": f.sparse_reference_clip, "inject_bug": "none"},
+                               train={"epochs": epochs})
+            setup = plan(rcfg, self.prep.n_train)
+            gsm, optimizer, loader = make_private(self.model, self.prep, rcfg, setup, generator=g)
+            losses = run_steps(gsm, optimizer, loader, setup, cfg=rcfg,
+                               desc=f"DP selection prefix (ε={f.sparse_reference_epsilon:g})")
+            unwrap(gsm)
+            eps = gaussian_epsilon(noise_multiplier=setup.noise_multiplier, sample_rate=setup.accounted_sample_rate,
+                                   steps=setup.steps, delta=cfg.privacy.delta, accountant=cfg.privacy.accountant)
+            self.info["selection"] = {"split": "private", "dp": True, "epsilon": eps, "delta": cfg.privacy.delta,
+                                      "max_grad_norm": f.sparse_reference_clip,
+                                      "noise_multiplier": setup.noise_multiplier, "steps": setup.steps,
+                                      "epochs": epochs, "init": f.reference_init}
+        else:
+            data = self.prep.train if f.sparse_mode == "paper" else public_splits(self.prep)[0]
+            losses = fit_nonprivate(self.model, data, epochs=epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+                                    weight_decay=cfg.train.weight_decay, generator=g, progress=cfg.train.progress,
+                                    desc="non-private selection prefix", optimizer=cfg.train.optimizer)
+            self.info["selection"] = {"split": "private" if f.sparse_mode == "paper" else "public", "dp": False,
+                                      "epochs": epochs, "n": int(data["labels"].shape[0]), "init": f.reference_init}
+        self.info["selection"]["final_loss"] = losses[-1] if losses else None
+        return _snapshot(self.model)
+
+    def teacher(self, mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """P_np: trained without privacy, with the layer mask applied when ``distill_teacher_mask``."""
+        cfg, f = self.cfg, self.cfg.dpflat
+        g = derived_generator(cfg, _TEACHER)
+        self.start(g)
+        source = "private" if f.distill_mode == "paper" else "public"
+        data = self.prep.train if source == "private" else public_splits(self.prep)[0]
+        use_mask = mask is not None and f.distill_teacher_mask
+        hook = PrefixHook(self.model)
+        hook.mask = mask if use_mask else None
+        try:
+            if use_mask:
+                with torch.no_grad():
+                    prefix_weight(self.model).mul_(mask)
+            losses = fit_nonprivate(self.model, data, epochs=f.distill_epochs, batch_size=cfg.train.batch_size,
+                                    lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, generator=g,
+                                    progress=cfg.train.progress, desc=f"non-private teacher P_np ({source})",
                                     optimizer=cfg.train.optimizer)
-            self.cache[source] = _snapshot(self.model)
-            self.info[source] = {"epochs": cfg.dpflat.distill_epochs, "final_loss": losses[-1] if losses else None,
-                                 "n": int(self.data(source)["labels"].shape[0])}
-            _load(self.model, self.init)
-        return self.cache[source]
+        finally:
+            hook.remove()
+        self.info["teacher"] = {"split": source, "epochs": f.distill_epochs, "masked": use_mask, "init": f.reference_init,
+                                "n": int(data["labels"].shape[0]), "final_loss": losses[-1] if losses else None}
+        return _snapshot(self.model)
+
+
+def attach_components(optimizer, weight: torch.nn.Parameter, *, awp: AWP | None, distill: Distill | None,
+                      mask: torch.Tensor | None):
+    """Wire DP-Flat's components into an Opacus DPOptimizer: the distillation term and the layer
+    mask go into its step hook (after clip, noise and scaling, before the inner optimiser step),
+    AWP around each step. Returns (before_step(step, batch), the optimizer to step)."""
+
+    def after_noise(opt) -> None:
+        if weight.grad is None:
+            return
+        if distill is not None:
+            distill.add_to_grad_(weight, coefficients=clip_coefficients(opt),
+                                 expected_batch_size=opt.expected_batch_size)
+        if mask is not None:
+            weight.grad.mul_(mask)  # no noise (and no data) on removed layers
+
+    _chain_step_hook(optimizer, after_noise)
+
+    def before_step(step: int, batch: dict) -> None:
+        if awp is not None:
+            awp.before_step(step, batch)
+
+    return before_step, _StepHooks(optimizer, awp.after_step if awp is not None else (lambda: None))
+
+
+def awp_micro_batch(cfg: RunConfig) -> int:
+    """Paper-mode AWP micro-batch: ``awp_micro_batch`` or that fraction of the expected batch (>= 1)."""
+    f = cfg.dpflat
+    return f.awp_micro_batch or max(1, int(round(f.awp_micro_batch_fraction * cfg.train.batch_size)))
 
 
 def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainResult:
@@ -144,39 +250,41 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
     layout = layout_of(model)
     if f.sparse and f.sparse_k >= layout.num_layers:
         raise UsageError(f"dpflat.sparse_k = {f.sparse_k} must be below the model's {layout.num_layers} layers")
-    ref = _Reference(model, prep, generator=generator)
+    frozen = [] if f.train_head else freeze_head(model)
+    refs = _References(model, prep)
     notes: dict[str, Any] = {"modes": {"awp": f.awp_mode if f.awp else None,
                                        "sparse": f.sparse_mode if f.sparse else None,
-                                       "distill": f.distill_mode if f.distill else None}}
+                                       "distill": f.distill_mode if f.distill else None},
+                             "head": "trainable" if f.train_head else "frozen", "frozen_parameters": frozen}
 
     removed: list[int] = []
     if f.sparse and f.sparse_k > 0:
-        source = "private" if f.sparse_mode == "paper" else "public"
         probe = prep.dev if f.sparse_mode == "paper" else public_splits(prep)[1]
-        _load(model, ref.state(source))
+        _load(model, refs.selection())
         removed, rounds = select_layers(model, probe, layout=layout, k=f.sparse_k, points=f.sparse_probe_points,
                                         batch_size=cfg.train.max_physical_batch_size)
-        _load(model, ref.init)
-        notes["sparse"] = {"removed_layers": removed, "reference": source,
+        notes["sparse"] = {"removed_layers": removed, "reference": refs.info["selection"],
                            "probe_split": "dev (private)" if f.sparse_mode == "paper" else "public (held out)",
                            "rounds": [[c.to_dict() for c in r] for r in rounds]}
 
     mask = layout.mask(removed) if removed else None
     distill = None
     if f.distill:
-        source = "private" if f.distill_mode == "paper" else "public"
         w_index = [i for i, p in enumerate(trainable_parameters(model)) if p is prefix_weight(model)][0]
-        anchor = ref.state(source)[w_index].clone()
+        anchor = refs.teacher(mask)[w_index].clone()
         if mask is not None:
             anchor = anchor * mask
         distill = Distill(anchor=anchor, lam=f.distill_lambda, mode=f.distill_mode)
-        notes["distill"] = {"reference": source, "lambda": f.distill_lambda}
-    notes["reference_training"] = ref.info
-    del ref
+        notes["distill"] = {"reference": "private" if f.distill_mode == "paper" else "public", "lambda": f.distill_lambda}
+    refs.restore()
+    notes["reference_training"] = refs.info
+    del refs
 
     weight = prefix_weight(model)
+    removed_norm_sq = 0.0
     if mask is not None:
         with torch.no_grad():
+            removed_norm_sq = float((weight.detach() * (1 - mask)).norm()) ** 2
             weight.mul_(mask)
     hook = PrefixHook(model)
     hook.mask = mask
@@ -186,24 +294,9 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
     if f.awp:
         awp = AWP(model=gsm, hook=hook, mode=f.awp_mode, gamma=f.awp_gamma,
                   active_steps=int(math.floor(f.awp_epoch_fraction * setup.steps)),
-                  micro_batch=f.awp_micro_batch or cfg.train.max_physical_batch_size)
-    current = {"n": 0}
-
-    def before_step(step: int, batch: dict) -> None:
-        current["n"] = int(batch["labels"].shape[0])
-        if awp is not None:
-            awp.before_step(step, batch)
-
-    def after_noise(opt) -> None:
-        if weight.grad is None:
-            return
-        if distill is not None:
-            distill.add_to_grad_(weight, batch_size=current["n"], expected_batch_size=opt.expected_batch_size)
-        if mask is not None:
-            weight.grad.mul_(mask)  # no noise (and no data) on removed layers
-
-    _chain_step_hook(optimizer, after_noise)
-    stepper = _StepHooks(optimizer, awp.after_step if awp is not None else (lambda: None))
+                  micro_batch=awp_micro_batch(cfg), generator=generator,
+                  removed_norm_sq=removed_norm_sq if f.awp_radius == "full" else 0.0)
+    before_step, stepper = attach_components(optimizer, weight, awp=awp, distill=distill, mask=mask)
     desc = f"DP-Flat (σ={setup.noise_multiplier:.2f}, removed {removed})"
     try:
         losses = run_steps(gsm, stepper, loader, setup, cfg=cfg, desc=desc, before_step=before_step)
@@ -214,7 +307,8 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
     model = unwrap(gsm)
     if awp is not None:
         notes["awp"] = {"mode": f.awp_mode, "gamma": f.awp_gamma, "active_steps": awp.active_steps,
-                        "applied": awp.applied,
+                        "applied": awp.applied, "micro_batch": awp.micro_batch if f.awp_mode == "paper" else None,
+                        "radius": f.awp_radius, "removed_norm": removed_norm_sq ** 0.5,
                         "mean_relative_norm": float(sum(awp.rel_norms) / len(awp.rel_norms)) if awp.rel_norms else None}
     if distill is not None:
         notes["distill"]["final_distance"] = distill_value(prefix_weight(model), distill.anchor)
@@ -281,4 +375,5 @@ class DPFlatTrainer:
         return _fit_whitebox(prep, model, generator)
 
 
-__all__ = ["DPFlatTrainer", "public_splits", "unaccounted_blackbox", "unaccounted_whitebox"]
+__all__ = ["DPFlatTrainer", "attach_components", "awp_micro_batch", "derived_generator", "freeze_head", "public_splits",
+           "unaccounted_blackbox", "unaccounted_whitebox"]

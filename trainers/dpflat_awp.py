@@ -1,11 +1,17 @@
 """Within-layer flattening: one-step adversarial weight perturbation (AWP, Wu et al. 2020) on the
 prefix P, in three modes (DESIGN.md §4):
 
-- ``paper``: on the first micro-batch of each logical batch, during the first
-  ``awp_epoch_fraction`` of the steps, v = γ·‖P‖_F·∇L/(‖∇L‖_F + 1e-20) from the **raw** mean loss
-  of that private micro-batch (no clipping, no noise); P ← P + v; the DP gradient of the whole
-  logical batch is computed at P + v; the optimiser steps; then v is removed. v is a function of
-  private data outside the mechanism: not accounted.
+- ``paper``: on one micro-batch of each logical batch, during the first ``awp_epoch_fraction`` of
+  the steps, v = γ·‖P‖_F·∇L/(‖∇L‖_F + 1e-20) from the **raw** mean loss of that private
+  micro-batch (no clipping, no noise); P ← P + v; the DP gradient of the whole logical batch is
+  computed at P + v; the optimiser steps; then v is removed. v is a function of private data
+  outside the mechanism: not accounted. The official code takes the first micro-batch of a
+  *shuffled* loader; Opacus' Poisson sampler returns indices in increasing order (and member
+  canaries sit at the end of the private split), so the micro-batch is drawn uniformly without
+  replacement from the batch with the training generator (:meth:`AWP.micro_batch_indices`).
+  ‖P‖ is the norm of the whole embedding (official): with removed layers, ``removed_norm_sq``
+  adds the squared norm of their columns, which the official code keeps in the embedding and
+  masks in the forward pass (here they are zeroed, so their initial values are passed in).
 - ``dpsat``: the same v, but from the previous step's released (clipped, noised) gradient
   (DP-SAT, Park et al. ICML 2023): post-processing, no privacy cost. No perturbation at step 0.
 - ``per-example``: every example i gets its own v_i = γ‖P‖·∇ℓ_i(P)/‖∇ℓ_i(P)‖ and its clipped
@@ -93,7 +99,9 @@ class AWP:
     mode: str
     gamma: float
     active_steps: int  # AWP runs on steps [0, active_steps)
-    micro_batch: int  # paper mode: size of the first micro-batch
+    micro_batch: int  # paper mode: size of the micro-batch (at most the batch)
+    generator: torch.Generator | None = None  # paper mode: draws the micro-batch (the training generator)
+    removed_norm_sq: float = 0.0  # ‖P‖² of the removed layers' columns (official radius: the full embedding)
     applied: int = 0
     rel_norms: list[float] = field(default_factory=list)  # ‖v‖/‖P‖ per application (mean over examples)
     _orig: torch.Tensor | None = None
@@ -103,19 +111,32 @@ class AWP:
     def __post_init__(self) -> None:
         if self.mode not in AWP_MODES:
             raise ValueError(f"awp mode must be one of {AWP_MODES}")
+        if self.mode == "paper" and (self.generator is None or self.micro_batch < 1):
+            raise ValueError("paper-mode AWP needs a generator and micro_batch >= 1")
 
     @property
     def weight(self) -> torch.nn.Parameter:
         return prefix_weight(self.model)
 
+    def radius_norm(self) -> float:
+        """‖P‖ of the AWP radius γ‖P‖: the current prefix plus the removed columns (if any)."""
+        return float((float(self.weight.detach().norm()) ** 2 + self.removed_norm_sq) ** 0.5)
+
+    def micro_batch_indices(self, n: int) -> torch.Tensor:
+        """min(micro_batch, n) positions of a batch of n, uniformly without replacement."""
+        return torch.randperm(n, generator=self.generator)[: min(self.micro_batch, n)]
+
     def before_step(self, step: int, batch: Batch) -> None:
+        """Apply v for this step. An empty (Poisson) batch gets no perturbation: v = 0 in paper and
+        per-example modes (no private example to compute it from); DP-SAT still uses the previous
+        release (public)."""
         self.restore()
         self.hook.offset = None
         n = int(batch["labels"].shape[0])
-        if step >= self.active_steps or n == 0:
+        if step >= self.active_steps or (n == 0 and self.mode != "dpsat"):
             return
         w = self.weight
-        norm = float(w.detach().norm())
+        norm = self.radius_norm()
         if self.mode == "per-example":
             grads = per_example_prefix_gradients(self.model, self.hook, batch)
             offset = awp_rows(grads, weight_norm=norm, gamma=self.gamma)
@@ -124,7 +145,7 @@ class AWP:
             self.applied += 1
             return
         if self.mode == "paper":
-            direction = raw_prefix_gradient(self.model, subset(batch, slice(0, self.micro_batch)))
+            direction = raw_prefix_gradient(self.model, subset(batch, self.micro_batch_indices(n)))
         else:  # dpsat
             if self._prev_noisy is None:
                 return

@@ -4,17 +4,19 @@ Per-example loss CE_i + λ·R(P), R(P) = ‖P − P_np‖_F (un-squared), whose 
 ∇R = (P − P_np)/‖P − P_np‖_F (unit norm; 0 at P = P_np), so λ∇R has norm λ.
 
 Opacus computes per-sample gradients from module hooks; R uses the weight directly, so its
-gradient never reaches the per-sample gradients and the regulariser cannot be clipped there
-(with Opacus it would even be overwritten: DPOptimizer sets p.grad from the clipped sum). The
-trainer therefore adds it to the released gradient explicitly, after noising:
+gradient never reaches the per-sample gradients (and DPOptimizer overwrites p.grad with the
+clipped, noised sum). The trainer adds it to the released gradient explicitly, in Opacus' step
+hook (after clipping, noising and scaling by the expected batch size E):
 
-- ``paper``: as published, every example of the Poisson batch B carries λR unclipped:
-  g = (Σ_{i∈B} clip(∇CE_i) + |B|·λ∇R + N(0, σ²C²)) / (qn). Adding or removing one example moves
-  the noised sum by up to C + λ, not C (DESIGN.md: "the regulariser escapes clipping: true
-  sensitivity C+λ"), and P_np is trained without privacy on the private split: both unaccounted.
+- ``paper``: as the official code (private-transformers, ghost clipping): each example's loss is
+  CE_i + λR, the clipping coefficients c_i = min(1, C/(‖∇CE_i‖ + 1e-6)) come from the per-sample
+  norms of the hooked (CE) part, and the second backward of Σ c_i·(CE_i + λR) releases
+  (Σ_i c_i(∇CE_i + λ∇R) + N(0, σ²C²)) / E, i.e. the regulariser enters with weight Σ_i c_i.
+  One example's term c_i(∇CE_i + λ∇R) has norm up to C + λ (DESIGN.md: "the regulariser escapes
+  clipping"), and P_np is trained without privacy on the private split: both unaccounted. An
+  empty batch has no coefficients: no regulariser term.
 - ``public``: P_np is trained on the public split, and the regulariser is a data-independent
-  term added after noising, with the expected batch size in place of |B|:
-  g = (Σ clip(∇CE_i) + N(0, σ²C²)) / (qn) + λ∇R: post-processing of the DP gradient.
+  term added after noising: g = (Σ clip(∇CE_i) + N(0, σ²C²)) / E + λ∇R: post-processing.
 """
 
 from __future__ import annotations
@@ -47,19 +49,44 @@ class Distill:
         if self.mode not in DISTILL_MODES:
             raise ValueError(f"distill mode must be one of {DISTILL_MODES}")
 
-    def released_term(self, weight: torch.Tensor, *, batch_size: int, expected_batch_size: float) -> torch.Tensor:
-        """What the mode adds to the released (noised, scaled) gradient of P."""
+    def released_term(self, weight: torch.Tensor, *, coefficients: torch.Tensor,
+                      expected_batch_size: float) -> torch.Tensor:
+        """What the mode adds to the released (noised, scaled) gradient of P; ``coefficients`` are
+        the per-example clipping coefficients of the step (:func:`clip_coefficients`)."""
         g = distill_gradient(weight, self.anchor, lam=self.lam)
         if self.mode == "paper":
-            return g * (batch_size / expected_batch_size)
+            return g * (float(coefficients.sum()) / expected_batch_size)
         return g
 
-    def add_to_grad_(self, weight: torch.nn.Parameter, *, batch_size: int, expected_batch_size: float) -> None:
-        term = self.released_term(weight, batch_size=batch_size, expected_batch_size=expected_batch_size)
+    def add_to_grad_(self, weight: torch.nn.Parameter, *, coefficients: torch.Tensor,
+                     expected_batch_size: float) -> None:
+        term = self.released_term(weight, coefficients=coefficients, expected_batch_size=expected_batch_size)
         if weight.grad is None:
             weight.grad = term.clone()
         else:
             weight.grad.add_(term)
 
 
-__all__ = ["DISTILL_MODES", "Distill", "distill_gradient", "distill_value"]
+def clip_coefficients(optimizer) -> torch.Tensor:
+    """The per-example clipping coefficients min(1, C/(‖g_i‖ + 1e-6)) of the step an Opacus
+    DPOptimizer just took (Opacus' own formula, over every parameter it clips), read from the
+    per-sample gradients (hooks) or per-sample norms (ghost clipping). An empty batch (no
+    per-sample state, or zero rows) gives an empty tensor."""
+    norms = []
+    for p in optimizer.params:
+        ns = getattr(p, "_norm_sample", None)
+        gs = getattr(p, "grad_sample", None)
+        if gs is not None:
+            gs = torch.cat(gs) if isinstance(gs, list) else gs
+            norms.append(gs.reshape(len(gs), -1).norm(2, dim=-1))
+        elif ns is not None:
+            norms.append(ns.reshape(-1))
+        else:
+            return torch.zeros(0)
+    if not norms or norms[0].numel() == 0:
+        return torch.zeros(0)
+    per_sample = torch.stack(norms, dim=1).norm(2, dim=1)
+    return (optimizer.max_grad_norm / (per_sample + 1e-6)).clamp(max=1.0).detach()
+
+
+__all__ = ["DISTILL_MODES", "Distill", "clip_coefficients", "distill_gradient", "distill_value"]
