@@ -41,8 +41,8 @@ class GatePolicy:
     ``details.bound == "exposure"`` (the Secret Sharer exposures of secret canaries) also gets
     the exposure bound P[exposure >= k] <= e^ε 2^(-k) + δ, counted as one more test in K.
     ``observed_mechanism`` (default true): when the ledger records the mechanism as run
-    (``observed``, written by dp-audit's trainers), its ε from an optimistic PLD (a lower bound,
-    exact: no α spent) is one more estimate, ``method = "observed-mechanism"`` (step-level).
+    (``observed``, written by dp-audit's trainers), its ε from the PRV accountant's lower end (a lower
+    bound, exact: no α spent; dp_audit.accounting.observed_epsilon_lower) is one more estimate, ``method = "observed-mechanism"`` (step-level).
     ``fdp_null``: the null of the ``fdp`` estimator: ``"eps-delta"`` (default; valid for every
     (ε, δ)-DP mechanism) or ``"gdp"`` (refutes a μ-GDP reading of the claim: only for
     Gaussian-shaped mechanisms; it can refute a correct pure-ε claim, docs/estimators.md).
@@ -229,8 +229,9 @@ def _observed_estimate(run_dir: Path, manifest: dict[str, Any], delta: float) ->
         method="observed-mechanism", epsilon_lb=float(eps), alpha=0.0, delta=delta, m=0, threshold="exact",
         threat_model="step-level", is_bound=True, attack="ledger",
         details={"source": "ledger.json 'observed': the optimizer's noise multiplier and clip norm and the data "
-                           "loader's Poisson rate after training", "accountant": "dp_accounting PLD, optimistic "
-                           "(pessimistic_estimate=False): a lower bound on the ε of the mechanism as run",
+                           "loader's Poisson rate after training", "accountant": "PRV accountant (Gopi et al. 2021, "
+                           "Opacus) lower end: estimate at δ + δ/1000 minus its ε error; a lower bound on the ε of "
+                           "the mechanism as run",
                  "observed": obs})
 
 
