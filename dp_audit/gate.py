@@ -111,7 +111,8 @@ class GatePolicy:
         if model not in CLAIM_MODELS:
             raise UsageError(f"claim_model must be 'eps-delta' or 'mu-gdp', got {self.claim_model!r}")
         if model == "eps-delta" and self.fdp_null == "gdp":
-            raise UsageError("fdp_null = 'gdp' tests μ-GDP: it needs claim_model = 'mu-gdp' (or leave claim_model unset)")
+            raise UsageError("fdp_null = 'gdp' tests μ-GDP: it needs claim_model = 'mu-gdp' "
+                             "(or leave claim_model unset)")
         object.__setattr__(self, "claim_model", model)
         if not self.counted_estimators():
             raise UsageError("estimators: 'gdp' tests μ-GDP, not (ε, δ)-DP, and the policy reads the claim as "
@@ -282,8 +283,9 @@ def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, p
                                  f"{st.attack!r} are one-run canary scores (use steinke or fdp)")
             rng = np.random.default_rng([policy.seed, i])
             i += 1
-            est = estimate_epsilon(st.scores, st.member, method=method, alpha=level if est_cls.is_bound else policy.alpha,
-                                   delta=delta, threshold=policy.threshold, threat_model=st.threat_model, rng=rng,
+            est = estimate_epsilon(st.scores, st.member, method=method,
+                                   alpha=level if est_cls.is_bound else policy.alpha, delta=delta,
+                                   threshold=policy.threshold, threat_model=st.threat_model, rng=rng,
                                    attack=st.attack, fdp_null=policy.fdp_null)
             if est.is_bound and not policy.counts(method):
                 est = dataclasses.replace(est, is_bound=False, details={

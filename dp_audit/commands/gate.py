@@ -37,7 +37,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from dp_audit.gate import JUNIT, SUMMARY, evaluate_gate, load_policy, not_counted_reason, verdict_line, write_outputs
+    from dp_audit.gate import (JUNIT, SUMMARY, evaluate_gate, load_policy, not_counted_reason, verdict_line,
+                               write_outputs)
 
     policy = load_policy(args.policy)
     result = evaluate_gate(args.run, policy)
