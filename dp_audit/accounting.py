@@ -178,41 +178,93 @@ def observed_events(ledger: Mapping[str, Any]) -> list[dict[str, Any]] | None:
 
 
 SIGMA_FLOOR = 0.5  # noise multipliers below it are bounded as if they were 0.5 (a valid, looser bound)
+PRV_EPS_ERROR = 0.01  # the PRV accountant's ε error: the lower bound is its estimate minus this
+PRV_MAX_POINTS = 4_000_000  # largest discretisation grid (memory ~ 100 MB, about a second)
+PRV_MAX_DOMAIN = 400.0  # privacy losses above it overflow exp(); larger runs are bounded on fewer steps
 
 
-def observed_epsilon_lower(ledger: Mapping[str, Any], *, delta: float,
-                           discretization: float = 1e-4) -> float | None:
-    """A lower bound on the ε at δ of the mechanism *as run* (the ``observed`` records): the
-    optimistic privacy-loss distribution of dp_accounting (``pessimistic_estimate=False``: its
-    rounding and truncation under-estimate every hockey-stick divergence), composed over the
-    events. The subsampled Gaussian's dominating pair is realised by an adversary who chooses the
-    data (a canary whose clipped gradient is orthogonal to the others'), so ε above the claim
-    refutes the claim in the step-level threat model, exactly (no α spent). None: no records."""
+def observed_epsilon_lower(ledger: Mapping[str, Any], *, delta: float) -> float | None:
+    """A lower bound on the ε at δ of the mechanism *as run* (the ``observed`` records), from the
+    PRV accountant of Gopi, Lee & Wutschitz 2021 (arXiv 2106.02848, as implemented in Opacus): its
+    discretisation brackets the true ε, ``eps_lower = ε̃(δ + δ_err) − ε_err <= ε(δ)``, with a
+    mesh that shrinks like 1/√T, so the bound stays tight on long runs (a fixed-grid optimistic PLD
+    rounds every step down and its bias grows like T). The subsampled Gaussian's dominating pair is
+    realised by an adversary who chooses the data (a canary whose clipped gradient is orthogonal
+    to the others'), so ε above the claim refutes the claim in the step-level threat model,
+    without a test (no α spent). None: no records."""
     obs = observed_events(ledger)
-    return None if obs is None else epsilon_lower_of_observed(obs, delta=delta, discretization=discretization)
+    return None if obs is None else epsilon_lower_of_observed(obs, delta=delta)
 
 
-def epsilon_lower_of_observed(obs: list[dict[str, Any]], *, delta: float, discretization: float = 1e-4) -> float:
+def epsilon_lower_of_observed(obs: list[dict[str, Any]], *, delta: float) -> float:
     """:func:`observed_epsilon_lower` on records already read by :func:`observed_events`."""
-    from dp_accounting.pld import privacy_loss_distribution as pld_lib
-
-    pld = None
+    if not 0 < delta < 1:
+        raise UsageError(f"delta must be in (0, 1), got {delta}")
+    history = []
     for o in obs:
         sigma, q, steps = float(o["noise_multiplier"]), float(o["sample_rate"]), int(o["steps"])
-        if steps <= 0:
+        if steps <= 0 or q <= 0:
             continue
         if sigma <= 0:
             return math.inf  # no noise: the released sum reveals the canary's presence exactly
-        # ε grows as σ shrinks, so the bound at max(σ, SIGMA_FLOOR) is still a lower bound; below it
-        # the privacy losses span a range that the discretisation would take minutes to cover
-        sigma = max(sigma, SIGMA_FLOOR)
-        one = pld_lib.from_gaussian_mechanism(standard_deviation=sigma, sensitivity=1.0, pessimistic_estimate=False,
-                                              sampling_prob=min(q, 1.0), value_discretization_interval=discretization,
-                                              use_connect_dots=False)  # the optimistic estimate needs privacy buckets
-        one = one.self_compose(steps)
-        pld = one if pld is None else pld.compose(one)
-    return 0.0 if pld is None else float(pld.get_epsilon_for_delta(delta))
+        # ε grows as σ shrinks and as q grows, so the bound at max(σ, SIGMA_FLOOR) is still a lower
+        # bound; below the floor the privacy losses span a range too wide to discretise
+        history.append((max(sigma, SIGMA_FLOOR), min(q, 1.0), steps))
+    if not history:
+        return 0.0
+    return prv_epsilon_bounds(history, delta=delta)[0]
+
+
+def prv_epsilon_bounds(history: list[tuple[float, float, int]], *, delta: float,
+                       eps_error: float = PRV_EPS_ERROR) -> tuple[float, float, float]:
+    """(lower, estimate, upper) ε at δ of the composition of Poisson-subsampled Gaussian events
+    ``(noise_multiplier, sample_rate, steps)``, from Opacus' PRV discretisation (Gopi et al. 2021,
+    Theorem 5.5: the true ε lies in [lower, upper]; lower is clamped at 0).
+
+    To keep the grid (2L / mesh points, mesh = ε_err / sqrt(T·ln(12/δ_err)/2)) under
+    ``PRV_MAX_POINTS``, ε_err grows up to 0.5 (Opacus' domain rule is checked for ε_err < 1
+    only); when that is not enough, or when the losses exceed ``PRV_MAX_DOMAIN``, every event's
+    steps are scaled down: fewer steps of the same mechanism is a post-processing of the run (drop
+    the later releases), so its lower bound is still a lower bound on the run's ε (only lower:
+    the upper value then bounds the shorter run, not this one)."""
+    import warnings
+
+    import numpy as np
+    from opacus.accountants.analysis import prv as prv_lib
+
+    delta_error = delta / 1000
+
+    def domain(hist, err):
+        prvs = [prv_lib.PoissonSubsampledGaussianPRV(q, s) for s, q, _ in hist]
+        steps = [t for _, _, t in hist]
+        size = prv_lib.compute_safe_domain_size(prvs=prvs, max_self_compositions=steps, eps_error=err,
+                                                delta_error=delta_error)
+        mesh = err / math.sqrt(sum(steps) * math.log(12 / delta_error) / 2)
+        return prvs, steps, size, mesh
+
+    with warnings.catch_warnings(), np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore")  # RDP's "optimal order is the largest alpha" on extreme settings
+        hist = list(history)
+        while True:
+            prvs, steps, size, mesh = domain(hist, eps_error)
+            err = eps_error
+            if 2 * size / mesh > PRV_MAX_POINTS:
+                err = min(0.5, eps_error * 2 * size / mesh / PRV_MAX_POINTS)
+                prvs, steps, size, mesh = domain(hist, err)
+            if size <= PRV_MAX_DOMAIN and 2 * size / mesh <= PRV_MAX_POINTS:
+                break
+            if all(t <= 1 for _, _, t in hist):
+                return 0.0, 0.0, math.inf  # not reached for σ >= SIGMA_FLOOR; 0 is a valid lower bound
+            hist = [(s, q, max(1, t // 2)) for s, q, t in hist]
+        dom = prv_lib.Domain.create_aligned(-size, size, mesh)
+        dprvs = [prv_lib.discretize(prv_lib.TruncatedPrivacyRandomVariable(p, dom.t_min, dom.t_max), dom)
+                 for p in prvs]
+        dprv = prv_lib.compose_heterogeneous(dprvs=dprvs, num_self_compositions=steps)
+        lower, estimate, upper = dprv.compute_epsilon(delta, delta_error, err)
+    if hist != list(history):
+        upper = math.inf  # a bound on the shorter run only
+    return max(float(lower), 0.0), float(estimate), float(upper)
 
 
 __all__ = ["cross_check", "epsilon_from_ledger", "epsilon_lower_of_observed", "laplace_pure_epsilon",
-           "observed_epsilon_lower", "observed_events", "ACCOUNTANTS"]
+           "observed_epsilon_lower", "observed_events", "prv_epsilon_bounds", "ACCOUNTANTS"]

@@ -1,16 +1,21 @@
 """The CI gate (DESIGN.md §2, §6): recompute every (attack, estimator) bound of a run at α/K and
 refute the claim when the largest exceeds it.
 
-K is the number of (attack, bound estimator) pairs the maximum is taken over, so the verdict
-"fail" is wrong with probability at most α overall (a union bound). ``raw`` estimates are
-computed for the report but never counted. A run without a finite claim (ε = inf) never fails.
+K is the number of counted (attack, bound estimator) pairs the maximum is taken over, so the
+verdict "fail" is wrong with probability at most α overall (a union bound). ``raw`` estimates
+are computed for the report but never counted, nor are μ-GDP tests (``gdp``) unless the policy
+reads the claim as μ-GDP (``claim_model = "mu-gdp"``). A run without a finite claim (ε = inf)
+never fails on a bound; with ``on_unaccounted = "fail"`` a run whose claim leaves parts of
+training unaccounted fails.
 
-:func:`evaluate_gate` has no side effects; :func:`write_outputs` writes ``summary.md`` (a CI job
-summary) and ``gate.junit.xml`` atomically.
+:func:`evaluate_gate` reads and checks the run directory, then calls :func:`gate_scores`, the
+pure decision on score arrays (what the null-calibration tests call); it has no side effects.
+:func:`write_outputs` writes ``summary.md`` (a CI job summary) and ``gate.junit.xml`` atomically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +25,7 @@ import numpy as np
 
 from dp_audit.config import from_mapping, load_toml
 from dp_audit.errors import IntegrityError, UsageError
-from dp_audit.estimate import ESTIMATORS, STRATEGIES, estimate_epsilon
+from dp_audit.estimate import ESTIMATORS, MU_GDP_ONLY, STRATEGIES, estimate_epsilon
 from dp_audit.io import atomic_write_text, load_scores, read_json
 from dp_audit.manifest import load_manifest
 from dp_audit.records import EpsilonEstimate, Verdict
@@ -30,26 +35,44 @@ SUMMARY = "summary.md"
 JUNIT = "gate.junit.xml"
 
 
+CLAIM_MODELS = ("eps-delta", "mu-gdp")
+ON_UNACCOUNTED = ("warn", "fail")
+
+
 @dataclass(frozen=True)
 class GatePolicy:
     """``gate.toml``: which attacks and estimators count, α, tolerance, threshold strategy.
 
     ``attacks = "all"`` (default) or a list of attack names from audit.json; ``estimators``
-    lists bound methods (``raw`` may be listed; it is reported, never counted); ``tolerance``
-    is added to the claim before comparing; ``seed`` seeds tie-breaking and held-out splits.
+    lists bound methods (default ``["fdp"]``: the one-run f-DP test alone gets all of α; add
+    ``"steinke"`` to split α with it; ``raw`` may be listed, it is reported, never counted);
+    ``tolerance`` is added to the claim before comparing; ``seed`` seeds tie-breaking and
+    held-out splits.
+    ``claim_model``: how the claim is read: ``"eps-delta"`` (default: (ε, δ)-DP) or ``"mu-gdp"``
+    (the claim is declared μ-GDP with the μ whose curve passes through (ε, δ)). Tests of μ-GDP
+    (the multi-run ``gdp`` estimator) are counted only under ``"mu-gdp"``; otherwise they are
+    reported, labelled "valid only under a μ-GDP claim", and not counted (a warning), and a
+    policy whose only bound is ``gdp`` is a usage error. ``fdp_null = "gdp"`` is itself a μ-GDP
+    reading of the claim: it implies ``claim_model = "mu-gdp"`` (and contradicts an explicit
+    ``"eps-delta"``).
     ``exposure_bound`` (default true): an attack whose audit.json entry has
     ``details.bound == "exposure"`` (the Secret Sharer exposures of secret canaries) also gets
     the exposure bound P[exposure >= k] <= e^ε 2^(-k) + δ, counted as one more test in K.
     ``observed_mechanism`` (default true): when the ledger records the mechanism as run
-    (``observed``, written by dp-audit's trainers), its ε from an optimistic PLD (a lower bound,
-    exact: no α spent) is one more estimate, ``method = "observed-mechanism"`` (step-level).
+    (``observed``, written by dp-audit's trainers), its ε from the PRV accountant's lower end
+    (dp_audit.accounting.observed_epsilon_lower; a computation, no α spent) is one more estimate,
+    ``method = "observed-mechanism"`` (step-level).
     ``fdp_null``: the null of the ``fdp`` estimator: ``"eps-delta"`` (default; valid for every
     (ε, δ)-DP mechanism) or ``"gdp"`` (refutes a μ-GDP reading of the claim: only for
     Gaussian-shaped mechanisms; it can refute a correct pure-ε claim, docs/estimators.md).
+    ``on_unaccounted``: ``"warn"`` (default) or ``"fail"``: with ``"fail"``, a run whose claim,
+    ledger or manifest lists unaccounted parts of training fails the gate (exit 1: the claim
+    "ε covers all of training" is refuted by the run's own record). The verdict line names the
+    unaccounted parts either way.
     """
 
     attacks: tuple[str, ...] | str = "all"
-    estimators: tuple[str, ...] = ("steinke", "fdp")
+    estimators: tuple[str, ...] = ("fdp",)
     alpha: float = 0.05
     tolerance: float = 0.0
     threshold: str = "bonferroni"
@@ -57,6 +80,8 @@ class GatePolicy:
     exposure_bound: bool = True
     fdp_null: str = "eps-delta"
     observed_mechanism: bool = True
+    claim_model: str = ""
+    on_unaccounted: str = "warn"
 
     def __post_init__(self) -> None:
         attacks = self.attacks
@@ -80,12 +105,35 @@ class GatePolicy:
             raise UsageError(f"fdp_null must be 'eps-delta' or 'gdp', got {self.fdp_null!r}")
         if self.threshold not in STRATEGIES or self.threshold == "fixed":
             raise UsageError(f"threshold must be 'bonferroni' or 'heldout' in a gate policy, got {self.threshold!r}")
+        if self.on_unaccounted not in ON_UNACCOUNTED:
+            raise UsageError(f"on_unaccounted must be 'warn' or 'fail', got {self.on_unaccounted!r}")
+        model = self.claim_model or ("mu-gdp" if self.fdp_null == "gdp" else "eps-delta")
+        if model not in CLAIM_MODELS:
+            raise UsageError(f"claim_model must be 'eps-delta' or 'mu-gdp', got {self.claim_model!r}")
+        if model == "eps-delta" and self.fdp_null == "gdp":
+            raise UsageError("fdp_null = 'gdp' tests μ-GDP: it needs claim_model = 'mu-gdp' "
+                             "(or leave claim_model unset)")
+        object.__setattr__(self, "claim_model", model)
+        if not self.counted_estimators():
+            raise UsageError("estimators: 'gdp' tests μ-GDP, not (ε, δ)-DP, and the policy reads the claim as "
+                             "(ε, δ): list 'clopper-pearson' (or 'fdp' for one-run scores), or set "
+                             "claim_model = 'mu-gdp' if the claim is μ-GDP")
+
+    def counts(self, method: str) -> bool:
+        """Whether estimates of ``method`` are counted in the verdict under this policy."""
+        if not ESTIMATORS.get(method).is_bound:
+            return False
+        return method != "gdp" or self.claim_model == "mu-gdp"
+
+    def counted_estimators(self) -> tuple[str, ...]:
+        return tuple(e for e in self.estimators if self.counts(e))
 
     def to_dict(self) -> dict[str, Any]:
         return {"attacks": list(self.attacks), "estimators": list(self.estimators), "alpha": self.alpha,
                 "tolerance": self.tolerance, "threshold": self.threshold, "seed": self.seed,
                 "exposure_bound": self.exposure_bound, "fdp_null": self.fdp_null,
-                "observed_mechanism": self.observed_mechanism}
+                "observed_mechanism": self.observed_mechanism, "claim_model": self.claim_model,
+                "on_unaccounted": self.on_unaccounted}
 
 
 def load_policy(path: str | Path | None) -> GatePolicy:
@@ -99,11 +147,34 @@ def policy_from_mapping(data: dict[str, Any]) -> GatePolicy:
 
 @dataclass(frozen=True)
 class GateResult:
+    """The verdict, every estimate (counted or not), the policy, and what the claim leaves out:
+    ``unaccounted`` lists the parts of training no accountant covered (component names, with
+    their reasons in ``unaccounted_reasons``); ``warnings`` are one-line notes for the user."""
+
     verdict: Verdict
     estimates: list[EpsilonEstimate] = field(default_factory=list)
     policy: GatePolicy = field(default_factory=GatePolicy)
     run_id: str | None = None
     claimed_delta: float | None = None
+    unaccounted: tuple[str, ...] = ()
+    unaccounted_reasons: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def failed_on_unaccounted(self) -> bool:
+        return bool(self.unaccounted) and self.policy.on_unaccounted == "fail"
+
+
+@dataclass(frozen=True)
+class ScoreSet:
+    """One attack's scores as the gate sees them (higher = more likely member)."""
+
+    attack: str
+    scores: np.ndarray
+    member: np.ndarray
+    threat_model: str = "black-box"
+    design: str = "one-run"  # "multi-run": one score per independent run or trial
+    exposure: bool = False  # Secret Sharer exposures: also gets the exposure bound
 
 
 def _claim_epsilon(value: Any, where: str) -> float:
@@ -138,7 +209,7 @@ def _scores_path(run_dir: Path, rel: Any, manifest: dict[str, Any], attack: str)
 
 
 def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> GateResult:
-    """Recompute every (attack, estimator) bound at α/K and decide. No files are written."""
+    """Read and check the run directory, then :func:`gate_scores`. No files are written."""
     policy = policy or GatePolicy()
     run_dir = Path(run_dir)
     manifest, audit = _load_run(run_dir)
@@ -165,59 +236,124 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
         names = list(policy.attacks)
     if not names:
         raise UsageError(f"{run_dir / AUDIT} lists no attacks: nothing to gate")
-    bounds = [e for e in policy.estimators if ESTIMATORS.get(e).is_bound]
-    exposure = [n for n in names if policy.exposure_bound and has_exposure_bound(by_name[n])]
-    k = n_tests(len(names), len(bounds), len(exposure))
-    level = policy.alpha / k
-
-    estimates: list[EpsilonEstimate] = []
-    i = 0
+    sets = []
     for name in names:
         entry = by_name[name]
         scores, member = load_scores(_scores_path(run_dir, entry.get("scores_file"), manifest, name), integrity=True)
         attack_tm = entry.get("threat_model") or threat_model  # each attack's own adversary (docs/formats.md)
         design = (entry.get("details") or {}).get("design") or ("multi-run" if attack_tm == "step-level" else "one-run")
+        sets.append(ScoreSet(attack=name, scores=scores, member=member, threat_model=attack_tm, design=design,
+                             exposure=policy.exposure_bound and has_exposure_bound(entry)))
+    ledger = _hashed_ledger(run_dir, manifest)
+    observed = _observed_estimate(run_dir, ledger, delta) if policy.observed_mechanism else None
+    parts = unaccounted_parts(claim.get("unaccounted"), manifest["claim"].get("unaccounted"),
+                              (ledger or {}).get("unaccounted"))
+    result = gate_scores(sets, claimed_epsilon=eps_claim, delta=delta, policy=policy, threat_model=threat_model,
+                         observed=observed, unaccounted=parts)
+    return dataclasses.replace(result, run_id=manifest.get("run_id"))
+
+
+def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, policy: GatePolicy | None = None,
+                threat_model: str = "black-box", observed: EpsilonEstimate | None = None,
+                unaccounted: list[tuple[str, str]] | tuple = ()) -> GateResult:
+    """The gate's decision on score arrays: every (attack, estimator) bound at α/K, K = the number
+    of counted tests; fail iff the largest counted bound exceeds claim + tolerance, or (policy
+    ``on_unaccounted = "fail"``) the claim leaves parts of training unaccounted. ``observed`` is
+    the ledger's bound of the mechanism as run (counted, no α); ``unaccounted`` lists
+    (component, reason) pairs."""
+    policy = policy or GatePolicy()
+    if not sets:
+        raise UsageError("no attacks to gate")
+    counted_methods = policy.counted_estimators()
+    k = n_tests(len(sets), len(counted_methods), sum(s.exposure for s in sets))
+    level = policy.alpha / k
+    warnings: list[str] = []
+    for method in policy.estimators:
+        if ESTIMATORS.get(method).is_bound and not policy.counts(method):
+            warnings.append(f"estimator {method!r} tests μ-GDP ({MU_GDP_ONLY}): reported, not counted; "
+                            "set claim_model = \"mu-gdp\" in the policy if the claim is μ-GDP")
+
+    estimates: list[EpsilonEstimate] = []
+    i = 0
+    for st in sets:
         for method in policy.estimators:
             est_cls = ESTIMATORS.get(method)
-            if est_cls.design == "multi-run" and design != "multi-run":
+            if est_cls.design == "multi-run" and st.design != "multi-run":
                 raise UsageError(f"estimator {method!r} needs one score per independent run; the scores of attack "
-                                 f"{name!r} are one-run canary scores (use steinke or fdp)")
+                                 f"{st.attack!r} are one-run canary scores (use steinke or fdp)")
             rng = np.random.default_rng([policy.seed, i])
             i += 1
-            est = estimate_epsilon(scores, member, method=method, alpha=level if est_cls.is_bound else policy.alpha,
-                                   delta=delta, threshold=policy.threshold, threat_model=attack_tm, rng=rng,
-                                   attack=name, fdp_null=policy.fdp_null)
+            est = estimate_epsilon(st.scores, st.member, method=method,
+                                   alpha=level if est_cls.is_bound else policy.alpha, delta=delta,
+                                   threshold=policy.threshold, threat_model=st.threat_model, rng=rng,
+                                   attack=st.attack, fdp_null=policy.fdp_null)
+            if est.is_bound and not policy.counts(method):
+                est = dataclasses.replace(est, is_bound=False, details={
+                    **est.details, "counted": False,
+                    "note": f"{MU_GDP_ONLY}: not counted (the policy reads the claim as (ε, δ)-DP)"})
             estimates.append(est)
-        if name in exposure:
+        if st.exposure:
             from dp_audit.attacks.exposure import exposure_epsilon_bound
 
-            estimates.append(exposure_epsilon_bound(scores, member=member, delta=delta, alpha=level, attack=name,
-                                                    threat_model=attack_tm))
-
-    if policy.observed_mechanism:
-        observed = _observed_estimate(run_dir, manifest, delta)
-        if observed is not None:
-            estimates.append(observed)
+            estimates.append(exposure_epsilon_bound(st.scores, member=st.member, delta=delta, alpha=level,
+                                                    attack=st.attack, threat_model=st.threat_model))
+    if observed is not None:
+        estimates.append(observed)
 
     counted = [e for e in estimates if e.is_bound]
     best = max(counted, key=lambda e: e.epsilon_lb)
-    fail = math.isfinite(eps_claim) and best.epsilon_lb > eps_claim + policy.tolerance
-    verdict = Verdict(status="fail" if fail else "pass", claimed_epsilon=eps_claim, epsilon_lb_max=best.epsilon_lb,
-                      alpha=policy.alpha, alpha_per_test=level, n_tests=k, tolerance=policy.tolerance,
-                      best_attack=best.attack, best_method=best.method,
+    refuted = math.isfinite(claimed_epsilon) and best.epsilon_lb > claimed_epsilon + policy.tolerance
+    first: dict[str, str] = {}  # component -> its first non-empty reason (sources repeat entries)
+    for comp, reason in unaccounted:
+        if not first.get(comp):
+            first[comp] = reason
+    names = tuple(first)
+    reasons = tuple(f"{c} ({r})" if r else c for c, r in first.items())
+    fail = refuted or (bool(names) and policy.on_unaccounted == "fail")
+    verdict = Verdict(status="fail" if fail else "pass", claimed_epsilon=claimed_epsilon,
+                      epsilon_lb_max=best.epsilon_lb, alpha=policy.alpha, alpha_per_test=level, n_tests=k,
+                      tolerance=policy.tolerance, best_attack=best.attack, best_method=best.method,
                       threat_model=best.threat_model if best.epsilon_lb > 0 else threat_model)
-    return GateResult(verdict=verdict, estimates=estimates, policy=policy, run_id=manifest.get("run_id"),
-                      claimed_delta=delta)
+    if names and policy.on_unaccounted == "warn":
+        warnings.append(f"the claim does not cover all of training: not accounted: {', '.join(names)} "
+                        "(on_unaccounted = \"fail\" makes this a failure)")
+    return GateResult(verdict=verdict, estimates=estimates, policy=policy, claimed_delta=delta, unaccounted=names,
+                      unaccounted_reasons=reasons, warnings=tuple(warnings))
 
 
-def _observed_estimate(run_dir: Path, manifest: dict[str, Any], delta: float) -> EpsilonEstimate | None:
+def unaccounted_parts(*sources: Any) -> list[tuple[str, str]]:
+    """(component, reason) of every unaccounted entry of the claim / manifest / ledger lists
+    (each a list of ``{"component", "reason"}`` objects or plain strings); order kept."""
+    out: list[tuple[str, str]] = []
+    for src in sources:
+        if not src:
+            continue
+        if not isinstance(src, list):
+            raise IntegrityError(f"'unaccounted' must be a list, got {type(src).__name__}")
+        for u in src:
+            if isinstance(u, dict):
+                out.append((str(u.get("component", "?")), str(u.get("reason", "") or "")))
+            else:
+                out.append((str(u), ""))
+    return out
+
+
+def _hashed_ledger(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    if "ledger.json" not in manifest["artifacts"] or not (run_dir / "ledger.json").is_file():
+        return None
+    ledger = read_json(run_dir / "ledger.json", what="ledger", integrity=True)
+    if not isinstance(ledger, dict):
+        raise IntegrityError(f"{run_dir / 'ledger.json'}: must be an object (docs/formats.md)")
+    return ledger
+
+
+def _observed_estimate(run_dir: Path, ledger: dict[str, Any] | None, delta: float) -> EpsilonEstimate | None:
     """ε (lower bound) of the DP mechanism as run, from ledger.json's ``observed`` records; None
     when the run has no hashed ledger with such records (external checkpoints, DP-ZO)."""
-    if "ledger.json" not in manifest["artifacts"] or not (run_dir / "ledger.json").is_file():
+    if ledger is None:
         return None
     from dp_audit.accounting import epsilon_lower_of_observed, observed_events
 
-    ledger = read_json(run_dir / "ledger.json", what="ledger", integrity=True)
     try:
         obs = observed_events(ledger)
         if obs is None:
@@ -229,8 +365,9 @@ def _observed_estimate(run_dir: Path, manifest: dict[str, Any], delta: float) ->
         method="observed-mechanism", epsilon_lb=float(eps), alpha=0.0, delta=delta, m=0, threshold="exact",
         threat_model="step-level", is_bound=True, attack="ledger",
         details={"source": "ledger.json 'observed': the optimizer's noise multiplier and clip norm and the data "
-                           "loader's Poisson rate after training", "accountant": "dp_accounting PLD, optimistic "
-                           "(pessimistic_estimate=False): a lower bound on the ε of the mechanism as run",
+                           "loader's Poisson rate after training", "accountant": "PRV accountant (Gopi et al. 2021, "
+                           "Opacus) lower end: estimate at δ + δ/1000 minus its ε error; a lower bound on the ε of "
+                           "the mechanism as run",
                  "observed": obs})
 
 
@@ -253,14 +390,26 @@ def _fmt(x: float) -> str:
     return "∞" if math.isinf(x) else f"{x:.3f}"
 
 
+def not_counted_reason(e: EpsilonEstimate) -> str:
+    """Why an estimate is not counted: a μ-GDP test under an (ε, δ) reading, or a point estimate."""
+    return MU_GDP_ONLY if e.details.get("counted") is False else "estimate, not a bound"
+
+
 def verdict_line(result: GateResult) -> str:
     v = result.verdict
-    word = "FAIL: claim refuted" if v.status == "fail" else "PASS: claim not refuted"
+    refuted = math.isfinite(v.claimed_epsilon) and v.epsilon_lb_max > v.claimed_epsilon + v.tolerance
+    if v.status == "fail":
+        word = "FAIL: claim refuted" if refuted else "FAIL: claim does not cover all of training"
+    else:
+        word = "PASS: claim not refuted"
     where = f" ({v.best_method} on {v.best_attack})" if v.best_method else ""
-    return (f"{word}: largest ε_LB {_fmt(v.epsilon_lb_max)}{where} vs claimed ε {_fmt(v.claimed_epsilon)}"
+    line = (f"{word}: largest ε_LB {_fmt(v.epsilon_lb_max)}{where} vs claimed ε {_fmt(v.claimed_epsilon)}"
             f"{f' + tolerance {v.tolerance:g}' if v.tolerance else ''} "
             f"at {100 * (1 - v.alpha):g}% confidence ({v.n_tests} test(s) at α={v.alpha_per_test:.3g} each, "
             f"{v.threat_model})")
+    if result.unaccounted:
+        line += f"; not accounted: {', '.join(result.unaccounted)} (on_unaccounted = {result.policy.on_unaccounted})"
+    return line
 
 
 def summary_markdown(result: GateResult) -> str:
@@ -268,9 +417,13 @@ def summary_markdown(result: GateResult) -> str:
     icon = "❌" if v.status == "fail" else "✅"
     lines = [f"## {icon} dp-audit gate: {v.status.upper()}", "", verdict_line(result), "",
              f"Run `{result.run_id}`, δ = {result.claimed_delta:g}. A lower bound can refute a claim, never "
-             "prove it.", "", "| attack | method | ε_LB | α | counted | claimed ε |", "|---|---|---|---|---|---|"]
+             "prove it.", ""]
+    if result.unaccounted:
+        lines += [f"**Not covered by the claim** (on_unaccounted = {result.policy.on_unaccounted}): "
+                  + "; ".join(result.unaccounted_reasons), ""]
+    lines += ["| attack | method | ε_LB | α | counted | claimed ε |", "|---|---|---|---|---|---|"]
     for e in result.estimates:
-        counted = "yes" if e.is_bound else "no (estimate, not a bound)"
+        counted = "yes" if e.is_bound else f"no ({not_counted_reason(e)})"
         lines.append(f"| {e.attack} | {e.method} | {_fmt(e.epsilon_lb)} | {e.alpha:.3g} | {counted} | "
                      f"{_fmt(v.claimed_epsilon)} |")
     return "\n".join(lines) + "\n"
@@ -285,12 +438,17 @@ def junit_xml(result: GateResult) -> str:
     for e in result.estimates:
         name = f"{e.method} on {e.attack}: ε_LB {_fmt(e.epsilon_lb)} <= claimed ε {_fmt(v.claimed_epsilon)}"
         if not e.is_bound:
-            cases.append(TestCase(classname=f"dp-audit.gate.{e.attack}", name=name, skipped="estimate, not a bound"))
+            cases.append(TestCase(classname=f"dp-audit.gate.{e.attack}", name=name, skipped=not_counted_reason(e)))
         elif e.epsilon_lb > limit:
             cases.append(TestCase(classname=f"dp-audit.gate.{e.attack}", name=name,
                                   failure=f"ε_LB {e.epsilon_lb:.4f} > {limit:.4f} at α={e.alpha:.3g}"))
         else:
             cases.append(TestCase(classname=f"dp-audit.gate.{e.attack}", name=name))
+    if result.unaccounted:
+        msg = "not accounted: " + "; ".join(result.unaccounted_reasons)
+        cases.append(TestCase(classname="dp-audit.gate", name="the claim covers all of training",
+                              failure=msg if result.failed_on_unaccounted else None,
+                              skipped=None if result.failed_on_unaccounted else f"on_unaccounted = warn: {msg}"))
     cases.append(TestCase(classname="dp-audit.gate", name="verdict",
                           failure=verdict_line(result) if v.status == "fail" else None))
     return render("dp-audit gate", cases)
@@ -301,5 +459,6 @@ def write_outputs(result: GateResult, *, summary: str | Path, junit: str | Path)
     atomic_write_text(junit, junit_xml(result))
 
 
-__all__ = ["GatePolicy", "GateResult", "evaluate_gate", "load_policy", "write_outputs", "summary_markdown",
-           "junit_xml", "verdict_line", "n_tests", "has_exposure_bound"]
+__all__ = ["GatePolicy", "GateResult", "ScoreSet", "evaluate_gate", "gate_scores", "load_policy", "write_outputs",
+           "summary_markdown", "junit_xml", "verdict_line", "n_tests", "has_exposure_bound", "unaccounted_parts",
+           "MU_GDP_ONLY"]

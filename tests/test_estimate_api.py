@@ -117,3 +117,23 @@ def test_no_torch_import():
             "bad = [m for m in ('torch', 'opacus', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_mu_gdp_estimates_carry_their_validity_label(tmp_path, capsys):
+    """Estimates whose null is μ-GDP (multi-run gdp, fdp with the gdp null) say so in their
+    details and in `dp-audit estimate`'s output; (ε, δ) tests do not. Bug caught: the label
+    dropped (the report and audit.json would then show a μ-GDP test as an (ε, δ) bound)."""
+    from dp_audit.cli import main
+    from dp_audit.estimate import MU_GDP_ONLY
+    from dp_audit.io import save_npz
+
+    rng = np.random.default_rng(0)
+    member = rng.random(400) < 0.5
+    scores = rng.normal(member * 1.0, 1.0)
+    assert estimate_epsilon(scores, member, method="gdp").details["validity"] == MU_GDP_ONLY
+    assert estimate_epsilon(scores, member, method="fdp", fdp_null="gdp").details["validity"] == MU_GDP_ONLY
+    for method in ("fdp", "steinke", "clopper-pearson"):
+        assert "validity" not in estimate_epsilon(scores, member, method=method).details
+    save_npz(tmp_path / "s.npz", scores=scores, member=member)
+    assert main(["estimate", "--scores", str(tmp_path / "s.npz"), "--method", "gdp"]) == 0
+    assert MU_GDP_ONLY in capsys.readouterr().out

@@ -122,3 +122,34 @@ def test_ceiling_is_all_correct_bound():
     assert epsilon_ceiling(1000, method="fdp", threshold="fixed") == pytest.approx(5.81, abs=0.02)
     # Bonferroni over the 39-candidate grid costs power: lower than the fixed ceiling, still high
     assert 4.5 < epsilon_ceiling(1000, method="steinke") < epsilon_ceiling(1000, method="steinke", threshold="fixed")
+
+
+def _steinke_pvalue_direct(epsilon, *, m, r, v, delta):
+    """Steinke et al.'s p(ε) by the definition: every window i = 1..v summed with scipy.stats."""
+    from scipy import stats
+
+    q = 1 / (1 + math.exp(-epsilon))
+    beta = stats.binom.sf(v - 1, r, q)
+    pmf = stats.binom.pmf(np.arange(v - 1, -1, -1), r, q)  # pmf(v-1), pmf(v-2), ..., pmf(0)
+    a = np.max(np.cumsum(pmf) / np.arange(1, v + 1))
+    return min(1.0, beta + 2 * m * delta * a)
+
+
+def test_steinke_pvalue_windowed_equals_the_direct_sum():
+    """The fast p-value (exact window of ±12 sd, upper bounds outside it) against the definition,
+    on counts with v far above, near and below the mean of Bin(r, q): never smaller (a smaller p
+    would make ε_LB too large: an invalid bound) and at most 1e-6 larger. Bugs caught: the window
+    cut where the maximising average lies, an off-by-one in the pmf recurrence or in the
+    denominators i, the top-of-window bound dropped."""
+    rng = np.random.default_rng(3)
+    cases = [(1000, 1000, 1000), (1000, 100, 90), (10**6, 5 * 10**5, 4.9 * 10**5), (10**6, 10**5, 60_000)]
+    cases += [(int(m), int(r), int(v)) for m, r, v in
+              zip(rng.integers(100, 10**5, 30), rng.integers(1, 5000, 30), rng.random(30))]
+    for m, r, v in cases:
+        v = int(v if v >= 1 else max(1, round(v * r)))
+        for eps in (0.0, 0.5, 1.7, 3.0, 6.0):
+            for delta in (1e-5, 1e-3):
+                fast = steinke_pvalue(eps, m=m, r=r, v=v, delta=delta)
+                slow = _steinke_pvalue_direct(eps, m=m, r=r, v=v, delta=delta)
+                assert fast >= slow * (1 - 1e-12), (m, r, v, eps, delta, fast, slow)
+                assert fast <= slow + 1e-6 * max(slow, 1e-12) + 1e-300, (m, r, v, eps, delta, fast, slow)

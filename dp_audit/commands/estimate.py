@@ -80,5 +80,7 @@ def run(args: argparse.Namespace) -> int:
     counts = f"m={est.m}" + (f", r={est.r}, v={est.v}" if est.r is not None else "")
     if est.method == "fdp":
         counts += f"; null {est.details.get('null')}"
+    if est.details.get("validity"):
+        counts += f"; {est.details['validity']}"
     print(f"{est.method}: {kind} (δ={est.delta:g}; {counts}; threshold {est.threshold}; {est.threat_model})")
     return 0

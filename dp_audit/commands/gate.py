@@ -12,12 +12,15 @@ EPILOG = """examples:
   dp-audit gate --run runs/r1 --policy gate.toml --junit reports/gate.xml
   cat runs/r1/summary.md >> "$GITHUB_STEP_SUMMARY"
 
-gate.toml keys (all optional): attacks ("all" or a list), estimators (default ["steinke", "fdp"]),
-alpha (0.05, split over every attack x estimator pair), tolerance (0.0), threshold
-("bonferroni" | "heldout"), seed (0). See docs/gate.md and examples/gate.toml.
+gate.toml keys (all optional): attacks ("all" or a list), estimators (default ["fdp"]; add
+"steinke" to split α with it), alpha (0.05, split over every counted attack x estimator pair),
+tolerance (0.0), threshold ("bonferroni" | "heldout"), seed (0), claim_model ("eps-delta" |
+"mu-gdp": the gdp estimator is counted only under "mu-gdp"), on_unaccounted ("warn" | "fail").
+See docs/gate.md and examples/gate.toml.
 
-exit codes: 0 pass, 1 claim refuted, 2 usage error (bad policy, missing audit), 3 integrity error
-(a hash mismatch, an edited manifest or scores file)."""
+exit codes: 0 pass, 1 claim refuted (an ε lower bound above the claim, or, with on_unaccounted =
+"fail", parts of training the claim does not cover), 2 usage error (bad policy, missing audit),
+3 integrity error (a hash mismatch, an edited manifest or scores file)."""
 
 
 def add_parser(sub) -> None:
@@ -32,16 +35,21 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dp_audit.gate import JUNIT, SUMMARY, evaluate_gate, load_policy, verdict_line, write_outputs
+    import sys
+
+    from dp_audit.gate import (JUNIT, SUMMARY, evaluate_gate, load_policy, not_counted_reason, verdict_line,
+                               write_outputs)
 
     policy = load_policy(args.policy)
     result = evaluate_gate(args.run, policy)
     summary = args.summary or args.run / SUMMARY
     junit = args.junit or args.run / JUNIT
     write_outputs(result, summary=summary, junit=junit)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if not args.quiet:
         for e in result.estimates:
-            tag = "" if e.is_bound else "  (estimate, not a bound; not counted)"
+            tag = "" if e.is_bound else f"  ({not_counted_reason(e)}; not counted)"
             print(f"  ε_LB {e.method:<16} on {e.attack:<12} {e.epsilon_lb:8.3f}  (α={e.alpha:.3g}){tag}")
     print(verdict_line(result))
     if not args.quiet:

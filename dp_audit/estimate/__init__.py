@@ -24,6 +24,7 @@ from dp_audit.records import THREAT_MODELS, EpsilonEstimate
 METHODS = tuple(ESTIMATORS.names())
 BOUND_METHODS = tuple(n for n in METHODS if ESTIMATORS.get(n).is_bound)
 SIDED = ("two-sided", "one-sided")
+MU_GDP_ONLY = "valid only under a μ-GDP claim"
 
 
 def get_estimator(method: str, *, fdp_null: str = "eps-delta") -> Estimator:
@@ -81,6 +82,8 @@ def estimate_epsilon(
     details = {"design": estimator.design, "reference": estimator.reference, **res.details}
     if method == "fdp":
         details["null"] = fdp_null
+    if method == "gdp" or (method == "fdp" and fdp_null == "gdp"):
+        details["validity"] = MU_GDP_ONLY  # refutes μ-GDP, not (ε, δ)-DP: docs/estimators.md
     if not estimator.is_bound:
         details["note"] = "estimate, not a bound"
     return EpsilonEstimate(
@@ -110,5 +113,5 @@ def epsilon_ceiling(m: int, *, method: str = "steinke", alpha: float = 0.05, del
     return est.epsilon_lb
 
 
-__all__ = ["estimate_epsilon", "epsilon_ceiling", "get_estimator", "ESTIMATORS", "METHODS", "BOUND_METHODS",
+__all__ = ["MU_GDP_ONLY", "estimate_epsilon", "epsilon_ceiling", "get_estimator", "ESTIMATORS", "METHODS", "BOUND_METHODS",
            "STRATEGIES", "Estimator"]

@@ -31,27 +31,50 @@ from dp_audit.estimate.gdp_math import gdp_epsilon, gdp_mu
 _EPS_HI = 200.0
 
 
+def _log_binom_pmf(k: int, r: int, q: float) -> float:
+    return float(special.gammaln(r + 1) - special.gammaln(k + 1) - special.gammaln(r - k + 1)
+                 + k * math.log(q) + (r - k) * math.log1p(-q))
+
+
 def steinke_pvalue(epsilon: float, *, m: int, r: int, v: int, delta: float) -> float:
-    """p-value of the hypothesis "(ε, δ)-DP" given v correct out of r guesses on m canaries."""
+    """p-value of the hypothesis "(ε, δ)-DP" given v correct out of r guesses on m canaries.
+
+    a = max_i (1/i) P[v−i <= X <= v−1], X ~ Bin(r, q), is computed exactly on the window of k
+    within 12 standard deviations of the mean and bounded from above outside it (p is never
+    under-estimated): above the window, pmf is decreasing, so a window of i terms there averages
+    at most pmf(k_hi + 1) and adds at most P[X > k_hi] to longer windows; below it, windows longer
+    than v − lo average at most P[X <= v − 1] / (v − lo + 1). The window costs O(sd) = O(√r)
+    whatever v is (tests/test_estimate_reference.py checks it against the direct sum).
+    """
     if v <= 0 or r <= 0:
         return 1.0
     q = float(special.expit(epsilon))
-    beta = float(stats.binom.sf(v - 1, r, q))
-    if delta == 0 or beta >= 1.0:
+    beta = float(special.bdtrc(v - 1, r, q))  # P[Bin(r, q) >= v]
+    if delta == 0 or beta >= 1.0 or q >= 1.0:  # q = 1: X = r >= v, no window below v has mass
         return min(1.0, beta)
-    # a = max_i (1/i) P[v-i <= X <= v-1]: window sums ending at v-1. Terms far below the bulk of
-    # Bin(r, q) only shrink the average; they are covered by an upper bound so p is never too small.
-    sd = math.sqrt(r * q * (1 - q))
-    lo = max(0, int(math.floor(r * q - 12 * sd)) - 1)
-    below_v = float(stats.binom.cdf(v - 1, r, q))
+    mean, sd = r * q, math.sqrt(r * q * (1 - q))
+    lo = max(0, int(math.floor(mean - 12 * sd)) - 1)
+    below_v = float(special.bdtr(v - 1, r, q))  # P[X <= v-1]
     if lo >= v:
         a = below_v
     else:
-        ks = np.arange(v - 1, lo - 1, -1)
-        sums = np.cumsum(stats.binom.pmf(ks, r, q))
-        a = float(np.max(sums / np.arange(1, ks.size + 1)))
+        # the mode is <= mean + 1, so pmf decreases above k_hi
+        k_hi = min(v - 1, max(lo, int(math.ceil(mean + 12 * sd)) + 1))
+        n_top = v - 1 - k_hi
+        # pmf(k_hi), ..., pmf(lo) by the ratio pmf(k-1)/pmf(k) = k(1-q) / ((r-k+1) q), in log space
+        ks = np.arange(k_hi, lo - 1, -1, dtype=float)
+        log_ratio = np.log(ks[:-1]) + math.log1p(-q) - np.log(r - ks[:-1] + 1) - math.log(q)
+        log_pmf = _log_binom_pmf(k_hi, r, q) + np.concatenate([[0.0], np.cumsum(log_ratio)])
+        sums = np.cumsum(np.exp(log_pmf))
+        if n_top > 0:
+            top_mass = float(special.bdtrc(k_hi, r, q))  # >= P[k_hi < X <= v-1]
+            a = max(math.exp(_log_binom_pmf(k_hi + 1, r, q)),
+                    float(np.max((top_mass + sums) / np.arange(n_top + 1, n_top + ks.size + 1))))
+        else:
+            a = float(np.max(sums / np.arange(1, ks.size + 1)))
         if lo > 0:
-            a = max(a, below_v / (ks.size + 1))
+            a = max(a, below_v / (v - lo + 1))
+        a *= 1 + 1e-9  # rounding: never under-estimate p
     return min(1.0, beta + 2 * m * delta * a)
 
 
