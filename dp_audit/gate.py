@@ -28,6 +28,7 @@ from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.estimate import ESTIMATORS, MU_GDP_ONLY, STRATEGIES, estimate_epsilon
 from dp_audit.io import atomic_write_text, load_scores, read_json
 from dp_audit.manifest import load_manifest
+from dp_audit.mdtext import md_code, md_text
 from dp_audit.records import EpsilonEstimate, Verdict
 
 AUDIT = "audit.json"
@@ -415,17 +416,19 @@ def verdict_line(result: GateResult) -> str:
 def summary_markdown(result: GateResult) -> str:
     v = result.verdict
     icon = "❌" if v.status == "fail" else "✅"
-    lines = [f"## {icon} dp-audit gate: {v.status.upper()}", "", verdict_line(result), "",
-             f"Run `{result.run_id}`, δ = {result.claimed_delta:g}. A lower bound can refute a claim, never "
-             "prove it.", ""]
+    # run ids, attack names and reasons come from files a user controls: escaped (CI appends this
+    # file to the job summary; docs/reliability.md)
+    lines = [f"## {icon} dp-audit gate: {v.status.upper()}", "", md_text(verdict_line(result)), "",
+             f"Run {md_code(result.run_id)}, δ = {result.claimed_delta:g}. A lower bound can refute a claim, "
+             "never prove it.", ""]
     if result.unaccounted:
         lines += [f"**Not covered by the claim** (on_unaccounted = {result.policy.on_unaccounted}): "
-                  + "; ".join(result.unaccounted_reasons), ""]
+                  + md_text("; ".join(result.unaccounted_reasons)), ""]
     lines += ["| attack | method | ε_LB | α | counted | claimed ε |", "|---|---|---|---|---|---|"]
     for e in result.estimates:
         counted = "yes" if e.is_bound else f"no ({not_counted_reason(e)})"
-        lines.append(f"| {e.attack} | {e.method} | {_fmt(e.epsilon_lb)} | {e.alpha:.3g} | {counted} | "
-                     f"{_fmt(v.claimed_epsilon)} |")
+        lines.append(f"| {md_text(e.attack)} | {md_text(e.method)} | {_fmt(e.epsilon_lb)} | {e.alpha:.3g} | "
+                     f"{md_text(counted)} | {_fmt(v.claimed_epsilon)} |")
     return "\n".join(lines) + "\n"
 
 

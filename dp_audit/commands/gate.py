@@ -20,7 +20,8 @@ See docs/gate.md and examples/gate.toml.
 
 exit codes: 0 pass, 1 claim refuted (an ε lower bound above the claim, or, with on_unaccounted =
 "fail", parts of training the claim does not cover), 2 usage error (bad policy, missing audit),
-3 integrity error (a hash mismatch, an edited manifest or scores file)."""
+3 integrity error (a hash mismatch, an edited manifest or scores file, a missing or invalid signature
+with --require-signature), 4 internal error."""
 
 
 def add_parser(sub) -> None:
@@ -30,6 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--policy", type=Path, help="gate policy TOML (default: built-in policy)")
     p.add_argument("--summary", type=Path, help="Markdown summary to write (default: RUN/summary.md)")
     p.add_argument("--junit", type=Path, help="JUnit XML to write (default: RUN/gate.junit.xml)")
+    p.add_argument("--require-signature", action="store_true",
+                   help="exit 3 unless manifest.json carries a valid HMAC signature by the key in "
+                        "$DP_AUDIT_SIGNING_KEY (docs/reliability.md)")
     p.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.set_defaults(func=run)
 
@@ -41,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
                                write_outputs)
 
     policy = load_policy(args.policy)
+    if args.require_signature:
+        from dp_audit.manifest import load_manifest, verify_signature
+
+        verify_signature(args.run, load_manifest(args.run, verify=False), required=True)
     result = evaluate_gate(args.run, policy)
     summary = args.summary or args.run / SUMMARY
     junit = args.junit or args.run / JUNIT
