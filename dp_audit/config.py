@@ -88,7 +88,9 @@ class TrainConfig:
 class PrivacyConfig:
     """Target (ε, δ); the noise multiplier comes from the accountant unless given.
     ``claimed_epsilon`` lets a non-private run *claim* an ε (for gate regression tests).
-    ``inject_bug`` reproduces known implementation bugs (DESIGN.md §11)."""
+    ``inject_bug`` reproduces known implementation bugs (DESIGN.md §11).
+    ``reproducible_noise`` and ``release_training_stats`` trade privacy for debuggability; both
+    are recorded in the ledger when on (docs/trainers.md)."""
 
     epsilon: float = 3.0
     delta: float = 1e-5
@@ -98,6 +100,13 @@ class PrivacyConfig:
     claimed_epsilon: float = 0.0  # non-private trainers only; 0: no claim (infinite ε)
     inject_bug: str = "none"
     grad_sample_mode: str = "auto"  # auto (= hooks) | hooks | ghost (Opacus ghost clipping)
+    # false (default): the DP noise comes from an OS-entropy-seeded generator whose seed is never
+    # recorded; true: seeded from train.seed (replayable from the manifest: for tests and audits
+    # only, recorded in the ledger's "noise" entry and shown in the report); docs/trainers.md
+    reproducible_noise: bool = False
+    # true: write training-loss statistics of the private data (computed without noise) to
+    # metrics.json, each listed as unaccounted in the ledger; false (default): not released
+    release_training_stats: bool = False
 
 
 @dataclass(frozen=True)

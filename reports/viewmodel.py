@@ -363,6 +363,19 @@ def _unaccounted(*sources: tuple[str, Any]) -> tuple[UnaccountedPart, ...]:
     return tuple(seen.values())
 
 
+NOISE_REPLAYABLE = "noise replayable: not DP if the manifest is released"
+
+
+def _replayable_noise(ledger: Mapping[str, Any] | None) -> list[dict[str, str]]:
+    """The ledger's ``noise`` entry (written by dp-audit's DP trainers) as an unaccounted part when
+    the noise is replayable (``privacy.reproducible_noise = true``: seeded from train.seed)."""
+    noise = (ledger or {}).get("noise")
+    if not isinstance(noise, Mapping) or noise.get("replayable") is not True:
+        return []
+    return [{"component": "noise", "reason": f"{NOISE_REPLAYABLE} (source {noise.get('source', '?')}: the DP noise is "
+             "regenerated from the seed recorded in manifest.json; privacy.reproducible_noise = true)"}]
+
+
 def _scores(run_dir: Path, rel: str | None, attack: str, check) -> tuple[tuple[float, ...], tuple[float, ...]] | tuple[None, None]:
     if not rel:
         return None, None
@@ -583,7 +596,8 @@ def build_view(run_dir: str | Path, *, verify: bool = True) -> ReportView:
         verdict=_verdict(audit, estimates, claimed, delta, threat_model),
         unaccounted=_unaccounted(("claim", claim.get("unaccounted")),
                                  ("ledger", (ledger or {}).get("unaccounted")),
-                                 ("manifest", man_claim.get("unaccounted") if isinstance(man_claim, dict) else None)),
+                                 ("manifest", man_claim.get("unaccounted") if isinstance(man_claim, dict) else None),
+                                 ("ledger", _replayable_noise(ledger))),
         attacks=attacks, estimates=estimates, ceiling=tuple(ceiling.items()), accounting=_accounting(audit),
         landscapes=_landscapes(audit), manifest=_manifest_view(manifest),
         reproduce=_str(audit.get("reproduce"), "reproduce", optional=True),

@@ -187,3 +187,104 @@ def test_dpzo_config_validation():
         _cfg(restore="copy")
     with pytest.raises(UsageError, match="perturbation_scale"):
         _cfg(perturbation_scale=0.0)
+
+
+# --------------------------------------------------------------------------- train_dpzo as released
+
+
+def _dpzo_prep(*, n: int, seed: int, lr: float = 0.3):
+    from types import SimpleNamespace
+
+    cfg = run_config_from_dict({"trainer": "dpzo", "train": {"lr": lr, "seed": seed, "progress": False},
+                                "privacy": {"reproducible_noise": True}, "dpzo": {"restore": "snapshot"}})
+    return SimpleNamespace(cfg=cfg, train={"labels": torch.arange(n)})
+
+
+def _zero_loss(record: list | None = None):
+    """A constant per-example loss: every ρ_i = 0, so the released scalar is noise/(qn) alone.
+    ``record`` collects the example indices each loss call sees."""
+    def loss_fn(model, batch):
+        if record is not None:
+            record.append(batch["labels"].clone())
+        return torch.zeros(batch["labels"].shape[0], dtype=torch.float64)
+
+    return loss_fn
+
+
+def _released_scalars(plan, *, n: int, steps: int, lr: float = 0.3) -> np.ndarray:
+    """train_dpzo's released scalar g of ``steps`` independent runs of one step each (noise seed
+    train.seed = 100 + t), measured from the update of a float64 linear model:
+    Δθ = −lr·g·z(seed)  ⇒  g = −⟨Δθ, z⟩ / (lr·‖z‖²)."""
+    from dataclasses import replace
+
+    from dp_audit.trainers.dpzo import train_dpzo
+
+    model = torch.nn.Linear(4, 3, dtype=torch.float64)
+    params = trainable_parameters(model)
+    flat = lambda: torch.cat([p.detach().flatten().clone() for p in params])  # noqa: E731
+    one = replace(plan, steps=1)
+    out = []
+    for t in range(steps):
+        before = flat()
+        (st,) = train_dpzo(model, _dpzo_prep(n=n, seed=100 + t, lr=lr), one,
+                           generator=torch.Generator().manual_seed(t), loss_fn=_zero_loss())
+        z = torch.cat([d.flatten() for d in direction(params, seed=st.seed)])
+        out.append(float(-(flat() - before) @ z / (lr * (z @ z))))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "laplace"])
+def test_train_dpzo_update_has_noise_of_scale_noise_over_qn(noise):
+    """The released update of train_dpzo, measured from the parameters: with ρ ≡ 0 the scalar is
+    noise/(qn), so g·qn/(σC) ~ N(0, 1) (Gaussian) and g·qn/(C/ε₀) ~ Laplace(0, 1) (KS tests, plus
+    the sample variance against 1 resp. 2 within 6 standard errors). C = 0.5 and qn = 10 ≠ the
+    batch sizes, so plausible bugs show: std σ instead of σC, scale 1/ε₀ instead of C/ε₀, divided
+    by the actual batch size |S| or by n, noise drawn twice or not at all, Gaussian and Laplace
+    swapped (equal variance is not enough: the KS test separates them)."""
+    from dp_audit.trainers.dpzo import ZOPlan
+
+    n, q, clip = 200, 0.05, 0.5
+    plan = ZOPlan(noise=noise, sample_rate=q, steps=1, clip=clip, perturbation_scale=1e-3,
+                  noise_multiplier=1.7 if noise == "gaussian" else 0.0,
+                  epsilon_step=0.8 if noise == "laplace" else 0.0, reproducible_noise=True)
+    g = _released_scalars(plan, n=n, steps=1200)
+    u = g * (q * n) / plan.noise_scale
+    if noise == "gaussian":
+        assert plan.noise_scale == pytest.approx(1.7 * clip)
+        dist, var = stats.norm(), 1.0
+        other = stats.laplace(scale=1 / math.sqrt(2))
+    else:
+        assert plan.noise_scale == pytest.approx(clip / 0.8)
+        dist, var = stats.laplace(), 2.0
+        other = stats.norm(scale=math.sqrt(2))
+    rel_se = math.sqrt((5 if noise == "laplace" else 2) / u.size)  # sd of the sample variance / variance
+    assert abs(float(np.var(u)) / var - 1) < 6 * rel_se, float(np.var(u))
+    assert stats.kstest(u, dist.cdf).pvalue > 1e-3
+    assert stats.kstest(u, other.cdf).pvalue < 1e-3
+
+
+def test_dpzo_samples_each_example_at_the_accounted_rate():
+    """Which examples train_dpzo's loss sees: over T steps each example is in Binomial(T, q) batches,
+    q = B/n (here 64/300: the 1/round(n/B) = 0.2 convention would differ). Binomial test on the
+    total, chi-square of the per-example counts against uniform (the last examples, where member
+    canaries sit, included), batch-size variance of Poisson sampling nq(1−q). Plausible bugs:
+    sampling at 1/round(n/B); fixed-size batches; sequential slices; the plan's rate not the
+    ledger's."""
+    from dp_audit.trainers.dpzo import ZOPlan, ledger_zo, plan_zo, train_dpzo
+
+    n, steps = 300, 800
+    cfg = run_config_from_dict({"trainer": "dpzo", "train": {"batch_size": 64, "epochs": 1}})
+    plan = plan_zo(cfg, n)
+    q = 64 / n
+    assert plan.sample_rate == q and ledger_zo(plan)["events"][0]["sample_rate"] == q
+    run = ZOPlan(**{**plan.__dict__, "steps": steps, "reproducible_noise": True})
+    seen: list[torch.Tensor] = []
+    out = train_dpzo(torch.nn.Linear(2, 2, dtype=torch.float64), _dpzo_prep(n=n, seed=3), run,
+                     generator=torch.Generator().manual_seed(5), loss_fn=_zero_loss(seen))
+    counts = np.bincount(torch.cat(seen).numpy(), minlength=n) // 2  # each sampled example: ℓ⁺ and ℓ⁻
+    sizes = np.array([s.batch_size for s in out])
+    assert int(counts.sum()) == int(sizes.sum())
+    assert stats.binomtest(int(sizes.sum()), steps * n, q).pvalue > 1e-4
+    assert stats.binomtest(int(sizes.sum()), steps * n, 0.2).pvalue < 1e-6
+    assert stats.chisquare(counts).pvalue > 1e-4
+    assert abs(float(np.var(sizes, ddof=1)) / (n * q * (1 - q)) - 1) < 0.25

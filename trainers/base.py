@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from dp_audit.records import PrivacyClaim
 from dp_audit.registry import Registry
 from dp_audit.trainers.backbone import ensure_backbone
 from dp_audit.trainers.data import TaskData, make_task, with_canaries
-from dp_audit.trainers.modeling import Batch, accuracy, build_classifier, encode
+from dp_audit.trainers.modeling import Batch, build_classifier, encode, predict_losses
 from dp_audit.trainers.tokenizer import load_tokenizer, train_tokenizer
 
 
@@ -54,8 +55,58 @@ class TrainResult:
     model: Any
     ledger: dict[str, Any]
     claim: PrivacyClaim
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # data-independent or post-processing values only
     extra: dict[str, Any] = field(default_factory=dict)  # trainer-specific manifest entries
+    # statistics of the private training data computed without noise (training losses, clipped
+    # fractions): released only with privacy.release_training_stats, then listed as unaccounted
+    private_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# Names of training-data statistics: if a trainer puts one in ``metrics`` it is treated as a
+# private metric all the same (a backstop: such a value is never released unlisted).
+PRIVATE_METRIC_KEYS = ("final_train_loss", "clipped_fraction", "train_loss_mean")
+
+
+def split_metrics(result: TrainResult) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(public, private) metrics of a trainer's result: private = ``private_metrics`` plus any
+    key of ``metrics`` named in :data:`PRIVATE_METRIC_KEYS`."""
+    public = {k: v for k, v in result.metrics.items() if k not in PRIVATE_METRIC_KEYS}
+    private = {**{k: v for k, v in result.metrics.items() if k in PRIVATE_METRIC_KEYS}, **result.private_metrics}
+    return public, private
+
+
+def unaccounted_metrics(private: dict[str, Any]) -> list[dict[str, str]]:
+    """One ``unaccounted`` entry per released statistic of the private data."""
+    return [{"component": f"metric:{k}", "reason": f"metrics.json '{k}' is computed on the private training "
+             "split without noise (released because privacy.release_training_stats = true)"} for k in sorted(private)]
+
+
+# --------------------------------------------------------------------------- DP noise source
+
+NOISE_SOURCES = ("os_entropy", "seeded")
+
+
+def noise_record(*, reproducible: bool) -> dict[str, Any]:
+    """The ledger's ``noise`` entry: where the DP noise came from and whether whoever holds the
+    manifest can regenerate it (then the noise protects nothing once the manifest is released)."""
+    if reproducible:
+        return {"source": "seeded", "replayable": True, "seed_from": "train.seed (manifest.json seeds.train)",
+                "warning": "noise replayable: not DP if the manifest is released"}
+    return {"source": "os_entropy", "replayable": False}
+
+
+def noise_seed(train_seed: int) -> int:
+    """The noise seed of ``privacy.reproducible_noise = true``: a stream derived from train.seed,
+    independent of the training generator's (seeded with train.seed + 1)."""
+    state = np.random.SeedSequence(entropy=int(train_seed), spawn_key=(0x6E6F697365,)).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def noise_generator(*, reproducible: bool, train_seed: int) -> torch.Generator:
+    """The generator of the DP noise. Default: seeded from 63 bits of OS entropy (``secrets``),
+    a seed that is never stored or returned. ``reproducible``: :func:`noise_seed` of train.seed."""
+    seed = noise_seed(train_seed) if reproducible else secrets.randbits(63)
+    return torch.Generator().manual_seed(seed)
 
 
 class Trainer(Protocol):
@@ -122,10 +173,10 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
     g_init = torch.Generator().manual_seed(cfg.train.seed)
     model = build_classifier(prep.backbone_dir, cfg.model, generator=g_init)
     base_state = _base_for_saving(model, cfg)
-    result = trainer_cls().fit(prep, model, generator=torch.Generator().manual_seed(cfg.train.seed + 1))
+    result = release_policy(trainer_cls().fit(prep, model, generator=torch.Generator().manual_seed(cfg.train.seed + 1)),
+                            cfg)
     model = result.model
-    metrics = {"test_accuracy": accuracy(model, prep.test), "dev_accuracy": accuracy(model, prep.dev),
-               **result.metrics}
+    metrics = {**evaluation_metrics(model, prep), **result.metrics}
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
@@ -148,6 +199,30 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def evaluation_metrics(model, prep: Prepared) -> dict[str, float]:
+    """Metrics of the final model on the held-out dev and test splits: post-processing of the
+    released model, nothing computed on the private training split."""
+    out: dict[str, float] = {}
+    for name in ("test", "dev"):
+        losses, correct = predict_losses(model, getattr(prep, name))
+        out[f"{name}_accuracy"] = float(correct.mean()) if correct.size else float("nan")
+        out[f"{name}_loss"] = float(losses.mean()) if losses.size else float("nan")
+    return out
+
+
+def release_policy(result: TrainResult, cfg: RunConfig) -> TrainResult:
+    """What of a trainer's result is written: statistics of the private data (:func:`split_metrics`)
+    are dropped, or with ``privacy.release_training_stats`` released and listed as unaccounted in
+    the ledger and the claim."""
+    public, private = split_metrics(result)
+    if not cfg.privacy.release_training_stats or not private:
+        return dataclasses.replace(result, metrics=public, private_metrics={})
+    extra = unaccounted_metrics(private)
+    ledger = {**result.ledger, "unaccounted": [*(result.ledger.get("unaccounted") or []), *extra]}
+    claim = dataclasses.replace(result.claim, unaccounted=[*result.claim.unaccounted, *extra])
+    return dataclasses.replace(result, metrics={**public, **private}, private_metrics={}, ledger=ledger, claim=claim)
 
 
 def _base_for_saving(model, cfg: RunConfig):

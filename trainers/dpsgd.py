@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from dp_audit.config import RunConfig
 from dp_audit.records import PrivacyClaim
-from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult, poisson_steps
+from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult, noise_generator, noise_record, poisson_steps
 from dp_audit.trainers.modeling import INPUT_KEYS, make_optimizer, trainable_parameters
 
 _HUGE_CLIP = 1e6
@@ -25,10 +25,12 @@ _HUGE_CLIP = 1e6
 @dataclass(frozen=True)
 class DPSetup:
     noise_multiplier: float  # what the optimizer really uses is recorded separately on purpose
-    sample_rate: float  # true Poisson rate of the sampler
+    sample_rate: float  # true Poisson rate of the sampler: q = B/n
     steps: int
     max_grad_norm: float
     accounted_sample_rate: float  # what the accountant was told (differs only under a bug)
+    expected_batch_size: float = 0.0  # qn, the normaliser of the noisy sum (0: sample_rate × n)
+    reproducible_noise: bool = False  # noise seeded from train.seed (replayable) instead of OS entropy
 
 
 def gaussian_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
@@ -52,7 +54,9 @@ def plan(cfg: RunConfig, n: int) -> DPSetup:
         accountant=cfg.privacy.accountant, epsilon_tolerance=0.01,
     )
     return DPSetup(noise_multiplier=float(sigma), sample_rate=q, steps=steps,
-                   max_grad_norm=cfg.privacy.max_grad_norm, accounted_sample_rate=q_acc)
+                   max_grad_norm=cfg.privacy.max_grad_norm, accounted_sample_rate=q_acc,
+                   expected_batch_size=float(min(cfg.train.batch_size, n)),
+                   reproducible_noise=cfg.privacy.reproducible_noise)
 
 
 def grad_sample_mode(cfg: RunConfig) -> str:
@@ -68,28 +72,41 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
                  params: list[torch.nn.Parameter] | None = None, mode: str | None = None):
     """Wrap model/optimizer/loader with Opacus; returns (grad-sample module, DP optimizer, loader).
 
+    ``generator`` draws the Poisson batches. The loader samples every example with probability
+    exactly ``setup.sample_rate`` (q = B/n, the accounted rate; Opacus' own loader would use
+    1/⌈n/B⌉), the optimizer divides the noisy sum by ``setup.expected_batch_size`` (qn; Opacus:
+    ⌊n/⌈n/B⌉⌋), and Opacus' accountant hook counts every step at that rate (kept on the optimizer
+    as ``dp_accountant``). The noise comes from :func:`dp_audit.trainers.base.noise_generator`:
+    OS entropy, or train.seed with ``setup.reproducible_noise``.
+
     In ghost mode the loss must go through the criterion Opacus returns: it is kept on the
     module as ``dp_criterion`` and :func:`run_steps` uses it."""
     from opacus import PrivacyEngine
+    from opacus.data_loader import DPDataLoader
 
     ds = torch.utils.data.TensorDataset(*(prep.train[k] for k in (*INPUT_KEYS, "labels")))
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, generator=generator)
+    loader = DPDataLoader(ds, sample_rate=setup.sample_rate, generator=generator)
     params = params if params is not None else trainable_parameters(model)
     optimizer = make_optimizer(params, name=cfg.train.optimizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     engine = PrivacyEngine(accountant=cfg.privacy.accountant)
     mode = mode or grad_sample_mode(cfg)
+    noise = noise_generator(reproducible=setup.reproducible_noise, train_seed=cfg.train.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=setup.noise_multiplier,
-            max_grad_norm=setup.max_grad_norm, poisson_sampling=True, noise_generator=generator,
-            criterion=torch.nn.CrossEntropyLoss(), grad_sample_mode=mode,
+            max_grad_norm=setup.max_grad_norm, poisson_sampling=False,  # the loader above already is Poisson at q
+            noise_generator=noise, criterion=torch.nn.CrossEntropyLoss(), grad_sample_mode=mode,
         )
     if mode == "ghost":
         gsm, optimizer, criterion, loader = out
         gsm.dp_criterion = criterion
     else:
         gsm, optimizer, loader = out
+    gsm.forbid_grad_accumulation()  # as Opacus does for its Poisson loaders
+    optimizer.expected_batch_size = setup.expected_batch_size or setup.sample_rate * len(ds)
+    optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=loader.sample_rate))
+    optimizer.dp_accountant = engine.accountant
     _inject_bug(optimizer, cfg, setup)
     return gsm, optimizer, loader
 
@@ -105,14 +122,26 @@ def _inject_bug(optimizer, cfg: RunConfig, setup: DPSetup) -> None:
         optimizer.noise_multiplier = 1.0
 
 
+def counted_steps(optimizer) -> int | None:
+    """The noise releases Opacus' accountant counted (None: no accountant attached)."""
+    acc = getattr(optimizer, "dp_accountant", None)
+    history = getattr(acc, "history", None)
+    return None if history is None else int(sum(int(h[-1]) for h in history))
+
+
 def observed_mechanism(optimizer, loader, *, steps: int) -> dict[str, Any]:
     """The mechanism as run, read back from Opacus after training: the noise std is
     ``noise_multiplier·max_grad_norm`` on a sum of gradients clipped to ``max_grad_norm``, so
     the effective σ is the optimizer's ``noise_multiplier``; the Poisson rate is the data
-    loader's. The ledger's accounted fields say what the pipeline believed (DESIGN.md §6)."""
+    loader's; ``steps`` is what Opacus' accountant counted (noise-only steps on empty batches
+    included), ``planned_steps`` the loop's target. The ledger's accounted fields say what the
+    pipeline believed (DESIGN.md §6)."""
+    counted = counted_steps(optimizer)
     return {"noise_multiplier": float(optimizer.noise_multiplier), "max_grad_norm": float(optimizer.max_grad_norm),
-            "sample_rate": float(getattr(loader, "sample_rate", float("nan"))), "steps": int(steps),
-            "source": "opacus DPOptimizer and DPDataLoader after training"}
+            "sample_rate": float(getattr(loader, "sample_rate", float("nan"))),
+            "steps": int(steps if counted is None else counted), "planned_steps": int(steps),
+            "expected_batch_size": float(optimizer.expected_batch_size),
+            "source": "opacus DPOptimizer, DPDataLoader and accountant after training"}
 
 
 def ledger_for(setup: DPSetup, *, component: str = "dpsgd", unaccounted: list[dict[str, Any]] | None = None,
@@ -122,7 +151,8 @@ def ledger_for(setup: DPSetup, *, component: str = "dpsgd", unaccounted: list[di
              "steps": setup.steps, "sensitivity": setup.max_grad_norm}
     if observed is not None:
         event["observed"] = observed
-    return {"events": [event], "unaccounted": list(unaccounted or [])}
+    return {"events": [event], "unaccounted": list(unaccounted or []),
+            "noise": noise_record(reproducible=setup.reproducible_noise)}
 
 
 def claim_for(setup: DPSetup, cfg: RunConfig, *, unaccounted: list[dict[str, Any]] | None = None) -> PrivacyClaim:
@@ -132,9 +162,44 @@ def claim_for(setup: DPSetup, cfg: RunConfig, *, unaccounted: list[dict[str, Any
                         unaccounted=list(unaccounted or []))
 
 
+def is_empty(batch: dict) -> bool:
+    """An empty Poisson batch (a noise-only step: the accountant counts it, the noise is released)."""
+    return int(batch["labels"].shape[0]) == 0
+
+
+def _dp_optimizer(optimizer):
+    """The Opacus DPOptimizer inside ``optimizer`` (wrappers keep it as ``.optimizer``)."""
+    from opacus.optimizers import DPOptimizer
+
+    inner = optimizer
+    while not isinstance(inner, DPOptimizer):
+        inner = getattr(inner, "optimizer", None)
+        if inner is None:
+            raise TypeError("noise_only_step needs an Opacus DPOptimizer (or a wrapper keeping it as .optimizer)")
+    return inner
+
+
+def noise_only_step(optimizer):
+    """The step of an empty Poisson batch: the clipped sum is 0, so the update releases noise only,
+    N(0, σ²C²)/(qn) per coordinate before the inner optimiser; Opacus' accountant hook (and any
+    other step hook) runs as for any step. Call after ``zero_grad``; ``optimizer`` may be a wrapper
+    whose ``step`` calls the DPOptimizer's (DP-Flat's), it is the one stepped."""
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    dp = _dp_optimizer(optimizer)
+    for p in dp.params:
+        if isinstance(dp, DPOptimizerFastGradientClipping):  # ghost: the summed clipped gradient is p.grad
+            p.grad = torch.zeros_like(p)
+        else:  # hooks: zero per-sample gradients of an empty batch
+            p.grad_sample = p.new_zeros((0, *p.shape))
+    return optimizer.step()
+
+
 def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: str,
               before_step: Callable[[int, dict], None] | None = None, loss_fn: Callable | None = None) -> list[float]:
-    """The DP training loop: exactly ``setup.steps`` Poisson batches; returns the mean losses."""
+    """The DP training loop: exactly ``setup.steps`` Poisson batches, empty ones included (each a
+    :func:`noise_only_step`); returns the mean losses of the non-empty batches (statistics of the
+    private data: not for release)."""
     gsm.train()
     losses: list[float] = []
     bar = tqdm(total=setup.steps, desc=desc, disable=not cfg.train.progress, leave=False)
@@ -147,8 +212,8 @@ def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: s
             optimizer.zero_grad(set_to_none=True)
             if before_step is not None:
                 before_step(step, batch)
-            if batch["labels"].numel() == 0:  # an empty Poisson batch: noise-only step
-                optimizer.step()
+            if is_empty(batch):
+                noise_only_step(optimizer)
             else:
                 loss = (loss_fn or _ce)(gsm, batch)
                 with warnings.catch_warnings():  # Opacus' full backward hooks on frozen inputs: harmless
@@ -158,7 +223,7 @@ def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: s
                 losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
-            if losses:
+            if losses:  # the operator's console only; never written to the run directory
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     return losses
@@ -197,7 +262,7 @@ class DPSGDTrainer:
                  if cfg.privacy.inject_bug != "none" else [])
         return TrainResult(
             model=unwrap(gsm), ledger=ledger_for(setup, observed=observed_mechanism(optimizer, loader, steps=setup.steps)),
-            claim=claim_for(setup, cfg),
-            metrics={"final_train_loss": losses[-1] if losses else float("nan"), "steps": setup.steps},
+            claim=claim_for(setup, cfg), metrics={"steps": setup.steps},
+            private_metrics={"final_train_loss": losses[-1] if losses else float("nan")},
             extra={"dp": {**setup.__dict__, "inject_bug": cfg.privacy.inject_bug}},
         )

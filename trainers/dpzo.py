@@ -24,7 +24,7 @@ import torch
 from dp_audit.accounting import laplace_pure_epsilon
 from dp_audit.config import RunConfig
 from dp_audit.records import PrivacyClaim
-from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult, poisson_steps
+from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult, noise_generator, noise_record, poisson_steps
 from dp_audit.trainers.dpsgd import gaussian_epsilon
 from dp_audit.trainers.modeling import trainable_parameters
 from dp_audit.trainers.zo import PerExampleLoss, ZOStep, cross_entropy_each, run_zo
@@ -39,6 +39,7 @@ class ZOPlan:
     perturbation_scale: float
     noise_multiplier: float = 0.0  # gaussian: std σ·C
     epsilon_step: float = 0.0  # laplace: ε₀ per step, scale C/ε₀
+    reproducible_noise: bool = False  # noise seeded from train.seed (replayable) instead of OS entropy
 
     @property
     def noise_scale(self) -> float:
@@ -61,7 +62,8 @@ def zo_steps(cfg: RunConfig, n: int) -> tuple[float, int]:
 def plan_zo(cfg: RunConfig, n: int) -> ZOPlan:
     q, steps = zo_steps(cfg, n)
     z = cfg.dpzo
-    common = dict(noise=z.noise, sample_rate=q, steps=steps, clip=z.clip, perturbation_scale=z.perturbation_scale)
+    common = dict(noise=z.noise, sample_rate=q, steps=steps, clip=z.clip, perturbation_scale=z.perturbation_scale,
+                  reproducible_noise=cfg.privacy.reproducible_noise)
     if z.noise == "laplace":
         return ZOPlan(**common, epsilon_step=laplace_epsilon_step(epsilon=cfg.privacy.epsilon, sample_rate=q,
                                                                    steps=steps))
@@ -81,7 +83,8 @@ def ledger_zo(plan: ZOPlan, *, component: str = "dpzo", unaccounted: list[dict[s
         ev = {"mechanism": "subsampled_laplace", "component": component, "epsilon_step": plan.epsilon_step,
               "sample_rate": plan.sample_rate, "steps": plan.steps, "sensitivity": plan.clip,
               "laplace_scale": plan.noise_scale}
-    return {"events": [ev], "unaccounted": list(unaccounted or [])}
+    return {"events": [ev], "unaccounted": list(unaccounted or []),
+            "noise": noise_record(reproducible=plan.reproducible_noise)}
 
 
 def claim_zo(plan: ZOPlan, cfg: RunConfig, *, unaccounted: list[dict[str, Any]] | None = None) -> PrivacyClaim:
@@ -97,15 +100,24 @@ def claim_zo(plan: ZOPlan, cfg: RunConfig, *, unaccounted: list[dict[str, Any]] 
 
 def train_dpzo(model, prep: Prepared, plan: ZOPlan, *, generator: torch.Generator,
                loss_fn: PerExampleLoss = cross_entropy_each, desc: str = "DP-ZO") -> list[ZOStep]:
+    """``plan.steps`` DP-ZO steps on the private split: Poisson batches at exactly q =
+    ``plan.sample_rate`` and public direction seeds from ``generator``; the noise from
+    :func:`~dp_audit.trainers.base.noise_generator` (OS entropy unless ``plan.reproducible_noise``);
+    the noisy sum divided by qn (n = the private split's size)."""
     cfg = prep.cfg
+    noise = noise_generator(reproducible=plan.reproducible_noise, train_seed=cfg.train.seed)
     return run_zo(model, trainable_parameters(model), prep.train, steps=plan.steps, sample_rate=plan.sample_rate,
                   lr=cfg.train.lr, scale=plan.perturbation_scale, clip=plan.clip, noise=plan.noise,
-                  noise_scale=plan.noise_scale, private=True, generator=generator, loss_fn=loss_fn,
+                  noise_scale=plan.noise_scale, private=True, generator=generator, noise_generator=noise,
+                  loss_fn=loss_fn,
                   restore=cfg.dpzo.restore, chunk=cfg.train.max_physical_batch_size, progress=cfg.train.progress,
                   desc=desc)
 
 
 def zo_metrics(steps: list[ZOStep]) -> dict[str, Any]:
+    """Training statistics of ZO steps: ``final_train_loss`` (mean of the last tenth of the batch
+    losses) and ``clipped_fraction`` are computed on the training data without noise; of a DP
+    run they are private (:class:`~dp_audit.trainers.base.TrainResult` ``private_metrics``)."""
     losses = [s.loss for s in steps if not math.isnan(s.loss)]
     tail = losses[-max(1, len(losses) // 10):] if losses else []
     return {"final_train_loss": float(sum(tail) / len(tail)) if tail else float("nan"), "steps": len(steps),
@@ -121,7 +133,9 @@ class DPZOTrainer:
         plan = plan_zo(cfg, prep.n_train)
         steps = train_dpzo(model, prep, plan, generator=generator,
                            desc=f"DP-ZO ({plan.noise}, noise scale {plan.noise_scale:.3g})")
-        return TrainResult(model=model, ledger=ledger_zo(plan), claim=claim_zo(plan, cfg), metrics=zo_metrics(steps),
+        stats = zo_metrics(steps)
+        return TrainResult(model=model, ledger=ledger_zo(plan), claim=claim_zo(plan, cfg),
+                           metrics={"steps": stats.pop("steps")}, private_metrics=stats,
                            extra={"dpzo": {**asdict(plan), "noise_scale": plan.noise_scale,
                                            "neighbouring": "add/remove one example (sensitivity C)",
                                            "restore": cfg.dpzo.restore}})

@@ -49,4 +49,4 @@ class NonPrivateTrainer:
         claim = claim_for_nonprivate(cfg)
         ledger = {"events": [{"mechanism": "none", "component": "training"}], "unaccounted": claim.unaccounted}
         return TrainResult(model=model, ledger=ledger, claim=claim,
-                           metrics={"final_train_loss": losses[-1] if losses else float("nan")})
+                           private_metrics={"final_train_loss": losses[-1] if losses else float("nan")})

@@ -87,11 +87,13 @@ def clip_scalars(scalars: torch.Tensor, clip: float) -> torch.Tensor:
     return scalars.clamp(-clip, clip)
 
 
-def sample_noise(kind: str, *, scale: float, generator: torch.Generator) -> float:
+def sample_noise(kind: str, *, scale: float, generator: torch.Generator | None) -> float:
     """One draw of N(0, scale²) (``gaussian``) or Laplace(0, scale) (``laplace``: the difference
     of two Exp(1) draws times ``scale``), from ``generator``; ``none`` gives 0."""
     if kind == "none" or scale == 0:
         return 0.0
+    if generator is None:
+        raise ValueError("sample_noise needs an explicit generator")
     if kind == "gaussian":
         return float(torch.randn(1, generator=generator, dtype=torch.float64)) * scale
     if kind == "laplace":
@@ -111,13 +113,14 @@ class ZOStep:
 
 def zo_step(model, params: Sequence[torch.Tensor], data: Batch, *, seed: int, scale: float, lr: float,
             clip: float | None, noise: str, noise_scale: float, normaliser: float | None,
-            generator: torch.Generator, loss_fn: PerExampleLoss = cross_entropy_each, restore: str = "inplace",
+            generator: torch.Generator | None, loss_fn: PerExampleLoss = cross_entropy_each, restore: str = "inplace",
             chunk: int = 256) -> ZOStep:
     """One (DP-)ZO step on the sampled examples ``data``:
     g = (Σ_i clip(ρ_i, C) + noise) / normaliser, then θ ← θ − lr·g·z(seed).
 
     ``normaliser``: the expected batch size qn for DP (a data-independent constant); None: the
-    actual batch size (non-private MeZO). ``clip``: None for no clipping (non-private)."""
+    actual batch size (non-private MeZO). ``clip``: None for no clipping (non-private).
+    ``generator`` draws the noise only (None is allowed without noise)."""
     n = int(data["labels"].shape[0])
     if n:
         est = spsa(model, params, data, seed=seed, scale=scale, loss_fn=loss_fn, restore=restore, chunk=chunk)
@@ -146,10 +149,15 @@ def poisson_indices(n: int, q: float, *, generator: torch.Generator) -> torch.Te
 
 def run_zo(model, params: Sequence[torch.Tensor], data: Batch, *, steps: int, sample_rate: float, lr: float,
            scale: float, clip: float | None, noise: str, noise_scale: float, private: bool,
-           generator: torch.Generator, loss_fn: PerExampleLoss = cross_entropy_each, restore: str = "inplace",
+           generator: torch.Generator, noise_generator: torch.Generator | None = None,
+           loss_fn: PerExampleLoss = cross_entropy_each, restore: str = "inplace",
            chunk: int = 256, progress: bool = False, desc: str = "ZO") -> list[ZOStep]:
     """``steps`` Poisson-sampled ZO steps. ``private``: divide by the expected batch size qn
-    (DP-ZO); otherwise by the actual batch size (non-private MeZO)."""
+    (DP-ZO); otherwise by the actual batch size (non-private MeZO). ``generator`` draws the
+    batches and the public direction seeds; ``noise_generator`` the noise (required when there is
+    noise: kept apart so that the public seeds never reveal it)."""
+    if noise != "none" and noise_scale != 0 and noise_generator is None:
+        raise ValueError("run_zo: noisy steps need an explicit noise_generator")
     n = int(data["labels"].shape[0])
     out: list[ZOStep] = []
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
@@ -158,7 +166,7 @@ def run_zo(model, params: Sequence[torch.Tensor], data: Batch, *, steps: int, sa
         seed = draw_seed(generator)
         out.append(zo_step(model, params, subset(data, idx), seed=seed, scale=scale, lr=lr, clip=clip, noise=noise,
                            noise_scale=noise_scale, normaliser=sample_rate * n if private else None,
-                           generator=generator, loss_fn=loss_fn, restore=restore, chunk=chunk))
+                           generator=noise_generator, loss_fn=loss_fn, restore=restore, chunk=chunk))
         bar.update(1)
         if not math.isnan(out[-1].loss):
             bar.set_postfix(loss=f"{out[-1].loss:.3f}")

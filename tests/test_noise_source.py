@@ -1,0 +1,138 @@
+"""Where the DP noise comes from (issue 12 item 5).
+
+Default: a generator seeded from OS entropy whose seed is never recorded, so two runs with the
+same seeds draw different noise and nothing in the run directory regenerates it. With
+``privacy.reproducible_noise = true`` (tests, audits) the noise is seeded from train.seed: two runs
+are identical, the ledger says ``replayable`` and the report shows "noise replayable: not DP if
+the manifest is released".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dp_audit.config import run_config_from_dict
+from dp_audit.trainers import base
+from dp_audit.trainers.base import noise_generator, noise_record
+from dp_audit.trainers.dpzo import ZOPlan, train_dpzo
+from tests.test_dpsgd_empty_batch import _run_empty_steps
+
+
+def _flat(updates) -> torch.Tensor:
+    return torch.cat([d.flatten() for step in updates for d in step])
+
+
+def test_dpsgd_noise_differs_by_default_and_is_identical_with_the_switch():
+    """Plausible bugs: the noise generator seeded from train.seed regardless of the switch (today's
+    code: replayable from the manifest); the switch ignored (tests comparing runs break)."""
+    a = _flat(_run_empty_steps("hooks", reproducible=False)[3])
+    b = _flat(_run_empty_steps("hooks", reproducible=False)[3])
+    assert not torch.equal(a, b) and a.abs().max() > 0
+    c = _flat(_run_empty_steps("hooks", reproducible=True)[3])
+    d = _flat(_run_empty_steps("hooks", reproducible=True)[3])
+    assert torch.equal(c, d)
+
+
+def _dpzo_gradients(reproducible: bool) -> list[float]:
+    cfg = run_config_from_dict({"trainer": "dpzo", "train": {"seed": 4, "progress": False},
+                                "privacy": {"reproducible_noise": reproducible}})
+    plan = ZOPlan(noise="gaussian", sample_rate=0.1, steps=20, clip=1.0, perturbation_scale=1e-3,
+                  noise_multiplier=1.0, reproducible_noise=reproducible)
+    prep = SimpleNamespace(cfg=cfg, train={"labels": torch.arange(50)})
+    steps = train_dpzo(torch.nn.Linear(3, 2), prep, plan, generator=torch.Generator().manual_seed(0),
+                       loss_fn=lambda m, b: torch.zeros(b["labels"].shape[0]))
+    return [s.gradient for s in steps]
+
+
+def test_dpzo_noise_differs_by_default_and_is_identical_with_the_switch():
+    """The same for DP-ZO (its noise used to come from the training generator, whose seed and
+    draws — the public direction seeds — are in the run directory)."""
+    assert _dpzo_gradients(False) != _dpzo_gradients(False)
+    assert _dpzo_gradients(True) == _dpzo_gradients(True)
+
+
+def test_default_noise_does_not_depend_on_train_seed_and_the_seeded_one_does():
+    """noise_generator itself: entropy-seeded generators differ; seeded ones depend on train.seed
+    only, and their stream is not the training generator's (seeded with train.seed + 1)."""
+    draw = lambda g: torch.randn(4, generator=g)  # noqa: E731
+    assert not torch.equal(draw(noise_generator(reproducible=False, train_seed=1)),
+                           draw(noise_generator(reproducible=False, train_seed=1)))
+    s1 = draw(noise_generator(reproducible=True, train_seed=1))
+    assert torch.equal(s1, draw(noise_generator(reproducible=True, train_seed=1)))
+    assert not torch.equal(s1, draw(noise_generator(reproducible=True, train_seed=2)))
+    for seed in (0, 1, 2):  # never the training stream of this seed or of its neighbours
+        assert not torch.equal(s1, draw(torch.Generator().manual_seed(seed)))
+    assert noise_record(reproducible=False) == {"source": "os_entropy", "replayable": False}
+    assert noise_record(reproducible=True)["replayable"] is True
+
+
+SENTINEL = 5_377_291_004_418_823_311  # stands in for the OS-entropy seed
+
+
+def _text_files(run: Path):
+    for f in run.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".jsonl", ".toml", ".txt", ".md", ".html", ""):
+            yield f
+
+
+@pytest.mark.parametrize("trainer", ["dpsgd", "dpzo"])
+def test_run_directory_never_contains_the_entropy_seed(trainer, tiny_config, tmp_path, monkeypatch):
+    """The entropy seed is replaced by a known value; a run with the default noise must not write
+    it anywhere (ledger, manifest, metrics, config copies), and its ledger says os_entropy / not
+    replayable; the same run with the switch says seeded / replayable. Plausible bugs: the seed
+    recorded in the manifest 'for reproducibility'; the ledger claiming 'os_entropy' while the
+    switch is on."""
+    from dp_audit.trainers.base import train_run
+
+    calls = []
+
+    def fake_randbits(k: int) -> int:
+        calls.append(k)
+        return SENTINEL
+
+    monkeypatch.setattr(base.secrets, "randbits", fake_randbits)
+    extra = {"dpzo": {"steps": 5}} if trainer == "dpzo" else {}
+    run = train_run(tiny_config(trainer=trainer, privacy={"reproducible_noise": False}, **extra),
+                    tmp_path / "default", progress=False)
+    assert calls, "the noise generator did not draw its seed from the OS-entropy source"
+    for f in _text_files(run):
+        text = f.read_text(errors="ignore")
+        assert str(SENTINEL) not in text and format(SENTINEL, "x") not in text, f
+    ledger = json.loads((run / "ledger.json").read_text())
+    assert ledger["noise"] == {"source": "os_entropy", "replayable": False}
+
+    calls.clear()
+    run2 = train_run(tiny_config(trainer=trainer, **extra), tmp_path / "seeded", progress=False)
+    assert not calls
+    ledger2 = json.loads((run2 / "ledger.json").read_text())
+    assert ledger2["noise"]["source"] == "seeded" and ledger2["noise"]["replayable"] is True
+
+
+def test_report_shows_replayable_noise(tmp_path):
+    """The report lists replayable noise with the issue's wording, and only then. Plausible bug:
+    the ledger flag written but never shown."""
+    from dp_audit.manifest import add_artifacts
+    from dp_audit.reports.markdown import render_markdown
+    from dp_audit.reports.viewmodel import NOISE_REPLAYABLE, build_view
+    from tests.test_reports_viewmodel import copy_run
+
+    def with_noise(name: str, record: dict) -> Path:
+        run = copy_run(tmp_path, name=name)
+        ledger = json.loads((run / "ledger.json").read_text())
+        ledger["noise"] = record
+        (run / "ledger.json").write_text(json.dumps(ledger))
+        add_artifacts(run, ["ledger.json"])
+        return run
+
+    seeded = build_view(with_noise("seeded", noise_record(reproducible=True)))
+    parts = {u.component: u.reason for u in seeded.unaccounted}
+    assert NOISE_REPLAYABLE == "noise replayable: not DP if the manifest is released"
+    assert NOISE_REPLAYABLE in parts["noise"]
+    assert NOISE_REPLAYABLE in render_markdown(seeded)
+    entropy = build_view(with_noise("entropy", noise_record(reproducible=False)))
+    assert "noise" not in {u.component for u in entropy.unaccounted}
