@@ -78,3 +78,29 @@ def test_released_training_statistics_are_each_listed_as_unaccounted(trainer, ti
     check = cross_check(ledger, claimed_epsilon=man["claim"]["epsilon"], delta=man["claim"]["delta"])
     assert not check["consistent"]
     assert any(f.startswith("unaccounted: metric:final_train_loss") for f in check["flags"])
+
+
+def _keys(obj, prefix=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield f"{prefix}{k}"
+            yield from _keys(v, f"{prefix}{k}.")
+
+
+@pytest.mark.parametrize("mode, blackbox", [("paper", False), ("public", False), ("paper", True)])
+def test_dpflat_notes_release_no_loss_of_private_data(mode, blackbox, tiny_config, tmp_path):
+    """Bug caught: DP-Flat's manifest notes carried the training loss of the selection prefix, the
+    teacher P_np and the black-box ZO reference, computed without noise on the private split in
+    paper mode (only a public-split loss may be written)."""
+    from dp_audit.trainers.base import train_run
+
+    dpflat = {"awp": False, "sparse": not blackbox, "distill": True, "sparse_mode": mode, "distill_mode": mode,
+              "distill_epochs": 1, "sparse_reference_epochs": 1, "blackbox": blackbox}
+    sections = {"trainer": "dpflat", "model": PREFIX, "dpflat": dpflat, **({"dpzo": {"steps": 4}} if blackbox else {})}
+    run = train_run(tiny_config(canaries={"m": 10}, **sections), tmp_path / "r", progress=False)
+    _, _, man = _read(run)
+    losses = [k for k in _keys(man["notes"]) if "loss" in k and not k.startswith(("metrics.dev", "metrics.test"))]
+    if mode == "paper":
+        assert losses == [], losses
+    else:
+        assert losses, "a public-split training loss may be written and should be"

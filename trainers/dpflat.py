@@ -187,7 +187,8 @@ class _References:
                                     desc="non-private selection prefix", optimizer=cfg.train.optimizer)
             self.info["selection"] = {"split": "private" if f.sparse_mode == "paper" else "public", "dp": False,
                                       "epochs": epochs, "n": int(data["labels"].shape[0]), "init": f.reference_init}
-        self.info["selection"]["final_loss"] = losses[-1] if losses else None
+        if self.info["selection"].get("split") == "public":  # a loss on private data is not released
+            self.info["selection"]["final_loss"] = losses[-1] if losses else None
         return _snapshot(self.model)
 
     def teacher(self, mask: torch.Tensor | None) -> list[torch.Tensor]:
@@ -211,7 +212,9 @@ class _References:
         finally:
             hook.remove()
         self.info["teacher"] = {"split": source, "epochs": f.distill_epochs, "masked": use_mask, "init": f.reference_init,
-                                "n": int(data["labels"].shape[0]), "final_loss": losses[-1] if losses else None}
+                                "n": int(data["labels"].shape[0])}
+        if source == "public":  # a training loss on private data is not released
+            self.info["teacher"]["final_loss"] = losses[-1] if losses else None
         return _snapshot(self.model)
 
 
@@ -317,7 +320,8 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
         model=model, ledger=ledger_for(setup, component="dpflat-dpsgd", unaccounted=unacc,
                                        observed=observed_mechanism(optimizer, loader, steps=setup.steps)),
         claim=claim_for(setup, cfg, unaccounted=unacc),
-        metrics={"final_train_loss": losses[-1] if losses else float("nan"), "steps": setup.steps},
+        metrics={"steps": setup.steps},
+        private_metrics={"final_train_loss": losses[-1] if losses else float("nan")},
         extra={"dp": dict(setup.__dict__), "dpflat": notes},
     )
 
@@ -354,14 +358,16 @@ def _fit_blackbox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
                        desc=f"black-box DP-Flat ({zplan.noise})")
     unacc = unaccounted_blackbox(cfg)
     dist = float(torch.sqrt(sum(((p.detach() - a) ** 2).sum() for p, a in zip(params, anchors))))
+    stats = zo_metrics(steps)
+    reference = {"reference": source, "lambda": lam, "final_distance": dist, "reference_steps": len(np_steps)}
+    if source == "public":  # the reference's training loss on private data is not released
+        reference["reference_final_loss"] = zo_metrics(np_steps)["final_train_loss"]
     return TrainResult(
         model=model, ledger=ledger_zo(zplan, component="dpflat-blackbox", unaccounted=unacc),
-        claim=claim_zo(zplan, cfg, unaccounted=unacc), metrics=zo_metrics(steps),
+        claim=claim_zo(zplan, cfg, unaccounted=unacc), metrics={"steps": stats.pop("steps")}, private_metrics=stats,
         extra={"dpzo": {**asdict(zplan), "noise_scale": zplan.noise_scale},
                "dpflat": {"blackbox": True, "modes": {"distill": f.distill_mode},
-                          "distill": {"reference": source, "lambda": lam, "final_distance": dist,
-                                      "reference_steps": len(np_steps),
-                                      "reference_final_loss": zo_metrics(np_steps)["final_train_loss"]}}},
+                          "distill": reference}},
     )
 
 
