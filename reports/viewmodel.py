@@ -129,10 +129,13 @@ class EstimateView:
     ceiling: float | None
     exceeds_claim: bool
     null: str | None = None  # fdp's null hypothesis: eps-delta | gdp
+    validity: str | None = None  # e.g. "valid only under a μ-GDP claim" (details.validity)
 
     @property
     def label(self) -> str:
-        return "lower bound" if self.is_bound else ESTIMATE_LABEL
+        if self.is_bound:
+            return "lower bound" if not self.validity else f"lower bound ({self.validity})"
+        return self.validity or ESTIMATE_LABEL
 
     @property
     def display(self) -> str:
@@ -445,8 +448,17 @@ def _estimates(audit: dict[str, Any], claimed: float, ceiling: dict[str, float],
             r=_int(e.get("r"), f"{w}.r", optional=True), v=_int(e.get("v"), f"{w}.v", optional=True),
             ceiling=ceiling.get(method) if is_bound else None,
             exceeds_claim=bool(is_bound and math.isfinite(claimed) and lb > claimed),
-            null=_null(e)))
+            null=_null(e), validity=_validity(e)))
     return tuple(out)
+
+
+def _validity(e: dict[str, Any]) -> str | None:
+    """The estimator's validity caveat (gate: ``details.validity``), e.g. a μ-GDP test reported
+    under an (ε, δ) claim: it is a bound only under a μ-GDP claim, so it is shown as such and
+    not counted, rather than as a point estimate."""
+    details = e.get("details")
+    value = details.get("validity") if isinstance(details, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _null(e: dict[str, Any]) -> str | None:

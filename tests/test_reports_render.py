@@ -230,3 +230,20 @@ def test_markdown_neutralises_run_id_and_names(tmp_path):
         assert tag not in html, tag
     assert f"<code>{MD_EVIL_ID.replace('<', '&lt;').replace('>', '&gt;')}</code>" in html
     assert "[pwn](https://evil.example)" in html  # shown as text
+
+
+def test_uncounted_gdp_is_labelled_with_its_validity_not_as_a_point_estimate(tmp_path):
+    """Bug caught: a μ-GDP test reported under an (ε, δ) claim (gate: is_bound false,
+    details.validity set) was labelled "estimate, not a bound" like `raw`, hiding why it is not
+    counted."""
+    from dp_audit.estimate import MU_GDP_ONLY
+
+    def edit(audit):
+        e = dict(audit["estimates"][0])
+        e.update(method="gdp", is_bound=False, epsilon_lb=9.0, details={"validity": MU_GDP_ONLY, "counted": False})
+        audit["estimates"].append(e)
+
+    run = copy_run(tmp_path, edit)
+    md = render_run(run, formats=("md",), out_dir=tmp_path / "out")["md"].read_text(encoding="utf-8")
+    row = next(ln for ln in md.splitlines() if ln.startswith("| gdp"))
+    assert "μ-GDP claim" in row and "estimate, not a bound" not in row and "not counted" in row
