@@ -91,3 +91,38 @@ def test_declared_epsilon_must_be_finite_and_positive(tmp_path, eps):
     with pytest.raises(UsageError, match="finite epsilon"):
         target_from_checkpoint(model=_model(tmp_path / "m"), canaries=_canaries(tmp_path / "c.jsonl"),
                                epsilon=eps, delta=1e-5, out=tmp_path / "o")
+
+
+def test_train_never_deletes_what_appeared_in_out_meanwhile(tiny_config, tmp_path, monkeypatch):
+    """Bug caught (issue 13 item 4): `train` checked that --out was empty before training and
+    rmtree'd it before the final rename: a file written there meanwhile (or a second train's run)
+    was deleted and both commands reported success."""
+    import dp_audit.trainers.base as base
+
+    out = tmp_path / "out"
+    real = base.prepare
+
+    def prepare_then_someone_writes(*a, **k):
+        prep = real(*a, **k)
+        out.mkdir()
+        (out / "precious.txt").write_text("another command's output")
+        return prep
+
+    monkeypatch.setattr(base, "prepare", prepare_then_someone_writes)
+    with pytest.raises(OutputChanged, match="nothing was removed"):
+        base.train_run(tiny_config(trainer="nondp", canaries={"m": 10}), out, progress=False)
+    assert (out / "precious.txt").read_text() == "another command's output"
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith(".out-")]
+    assert len(kept) == 1 and (kept[0] / "manifest.json").is_file()  # the new run is not lost either
+
+
+def test_train_overwrite_refuses_a_directory_that_is_not_a_run(tiny_config, tmp_path):
+    """Bug caught: `train --overwrite` into a folder of the user's files deleted them."""
+    from dp_audit.trainers.base import train_run
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    with pytest.raises(UsageError, match="not a dp-audit run"):
+        train_run(tiny_config(trainer="nondp", canaries={"m": 10}), out, progress=False, overwrite=True)
+    assert (out / "thesis.tex").exists()

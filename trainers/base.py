@@ -27,6 +27,7 @@ from dp_audit.io import atomic_write_json
 from dp_audit.manifest import new_run_id, write_manifest
 from dp_audit.records import PrivacyClaim
 from dp_audit.registry import Registry
+from dp_audit.rundir import OutputChanged, claim_output, install_output
 from dp_audit.trainers.backbone import ensure_backbone
 from dp_audit.trainers.data import TaskData, make_task, with_canaries
 from dp_audit.trainers.modeling import Batch, build_classifier, encode, predict_losses
@@ -166,10 +167,11 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
     import dp_audit.trainers.registry  # noqa: F401  (registers every trainer)
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise UsageError(f"output directory {out_dir} exists and is not empty (use --overwrite)")
+    cache_root = default_cache_root(out_dir, cfg)
+    # checked before any work; --overwrite replaces only a dp-audit run that does not hold the cache
+    state = claim_output(out_dir, overwrite=overwrite, inputs=[cache_root])
     trainer_cls = TRAINERS.get(cfg.trainer)
-    prep = prepare(cfg, cache_root=default_cache_root(out_dir, cfg), progress=progress and cfg.train.progress)
+    prep = prepare(cfg, cache_root=cache_root, progress=progress and cfg.train.progress)
     g_init = torch.Generator().manual_seed(cfg.train.seed)
     model = build_classifier(prep.backbone_dir, cfg.model, generator=g_init)
     base_state = _base_for_saving(model, cfg)
@@ -192,9 +194,9 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
             extra={"notes": {"trainer": cfg.trainer, "tuning": cfg.model.tuning, "metrics": metrics,
                              **result.extra}},
         )
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        install_output(tmp, out_dir, state)  # nothing is removed if out_dir changed meanwhile
+    except OutputChanged:
+        raise  # the finished run stays in tmp, as the message says
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
