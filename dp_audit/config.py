@@ -181,6 +181,11 @@ class RunConfig:
             raise UsageError(f"privacy.delta must be in (0, 1), got {self.privacy.delta}")
         if self.privacy.epsilon <= 0:
             raise UsageError(f"privacy.epsilon must be > 0, got {self.privacy.epsilon}")
+        p = self.privacy
+        if p.max_grad_norm <= 0 or p.noise_multiplier < 0 or p.claimed_epsilon < 0:
+            raise UsageError("privacy.max_grad_norm must be > 0, privacy.noise_multiplier and "
+                             f"privacy.claimed_epsilon >= 0 (got {p.max_grad_norm}, {p.noise_multiplier}, "
+                             f"{p.claimed_epsilon})")
         if self.canaries.m < 0 or self.train.epochs < 1 or self.train.batch_size < 1:
             raise UsageError("canaries.m must be >= 0, train.epochs and train.batch_size >= 1")
 
@@ -322,10 +327,14 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):  # TOML has nan and inf: e.g. epsilon = nan trained with another σ
+            raise UsageError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UsageError(f"{where} must be an integer, got {value!r}")
+        if where.rsplit(".", 1)[-1].endswith("seed") and not 0 <= value < 2**63:
+            raise UsageError(f"{where} must be an integer in [0, 2**63), got {value!r}")
         return value
     if tp is bool and not isinstance(value, bool):
         raise UsageError(f"{where} must be true or false, got {value!r}")

@@ -231,3 +231,21 @@ def test_directory_without_manifest_is_usage(tmp_path):
     from dp_audit.cli import main
 
     assert main(["gate", "--run", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("section, key, value, needle", [
+    # bug caught: epsilon = nan trained with another σ and recorded another claim (issue 13 item 8)
+    ("privacy", "epsilon", float("nan"), "finite"),
+    ("privacy", "epsilon", float("inf"), "finite"),
+    # bug caught: seed = -1 reached numpy's SeedSequence: ValueError, exit 1 (issue 13 item 1)
+    ("train", "seed", -1, r"\[0, 2\*\*63\)"),
+    ("canaries", "seed", -5, r"\[0, 2\*\*63\)"),
+    # bug caught: a negative noise multiplier or clip norm was accepted
+    ("privacy", "noise_multiplier", -1.0, "noise_multiplier"),
+    ("privacy", "max_grad_norm", -0.5, "max_grad_norm"),
+])
+def test_run_config_rejects_invalid_numbers(section, key, value, needle):
+    from dp_audit.config import run_config_from_dict
+
+    with pytest.raises(UsageError, match=needle):
+        run_config_from_dict({section: {key: value}})
