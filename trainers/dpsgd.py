@@ -148,6 +148,7 @@ def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: s
             if before_step is not None:
                 before_step(step, batch)
             if batch["labels"].numel() == 0:  # an empty Poisson batch: noise-only step
+                prime_empty_step(optimizer)
                 optimizer.step()
             else:
                 loss = (loss_fn or _ce)(gsm, batch)
@@ -162,6 +163,23 @@ def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: s
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     return losses
+
+
+def prime_empty_step(optimizer) -> None:
+    """Give Opacus the per-sample state of a batch of zero examples, so that ``step()`` releases
+    noise only (the accountant counts the step). Without a backward pass Opacus has no
+    ``grad_sample`` and raises "Per sample gradient is not initialized". Hooks mode: zero rows of
+    per-sample gradients (Opacus' own empty-batch path in ``clip_and_accumulate``); ghost
+    clipping: a zero summed gradient and zero per-sample norms."""
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    ghost = isinstance(getattr(optimizer, "optimizer", optimizer), DPOptimizerFastGradientClipping)
+    for p in optimizer.params:
+        if ghost:
+            p.grad = torch.zeros_like(p)
+            p._norm_sample = p.new_zeros((0,))
+        else:
+            p.grad_sample = p.new_zeros((0, *p.shape))
 
 
 def _ce(model, batch) -> torch.Tensor:
