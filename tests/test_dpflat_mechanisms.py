@@ -443,7 +443,8 @@ def test_empty_batch_gives_no_awp_perturbation_and_no_regulariser_term():
         awp = AWP(model=model, hook=hook, mode=mode, gamma=1e-2, active_steps=5, micro_batch=3,
                   generator=torch.Generator().manual_seed(0))
         awp.before_step(0, empty)
-        assert torch.equal(w.detach(), p0) and hook.offset is None and awp.applied == 0
+        assert torch.equal(w.detach(), p0) and hook.offset is None
+        assert awp.applied == (1 if mode == "per-example" else 0)  # private notes count the window's steps
         awp.after_step()
     dpsat = AWP(model=model, hook=hook, mode="dpsat", gamma=1e-2, active_steps=5, micro_batch=3)
     dpsat._prev_noisy = torch.ones_like(w)
@@ -685,3 +686,24 @@ def test_an_empty_poisson_batch_is_a_noise_only_step_through_opacus(awp_mode):
     assert all(torch.count_nonzero(s) == 0 for s in presum)  # no data on the empty step
     assert torch.allclose(released[k], noised[k] / E * mask, atol=1e-9)  # noise only: no Σc_i·λ∇R term
     assert float(noised[k].std()) == pytest.approx(sigma * C, rel=0.1)  # the noise is there, std σC
+
+
+def test_private_awp_notes_do_not_depend_on_the_batch_sizes():
+    """Review of 9304636: the manifest's ``notes.dpflat.awp`` (``applied``, ``mean_relative_norm``)
+    is released with the run and is not in ``unaccounted``, so in the private modes it must not be
+    a statistic of the private data. Bug caught: per-example AWP counting only the non-empty
+    Poisson batches (a batch_size = 2 run recorded applied = 66 of 78: the number of empty batches,
+    a function of which examples were sampled), or measuring ‖v_i‖ over the private examples. The
+    notes must equal those of a run on other data with other batch sizes."""
+    model = tiny_prefix_model(seed=4)
+    hook = PrefixHook(model)
+    notes = []
+    for sizes, seed in (([0, 3, 0, 2], 50), ([4, 1, 5, 4], 60)):
+        awp = AWP(model=model, hook=hook, mode="per-example", gamma=1e-2, active_steps=3, micro_batch=1)
+        for step, n in enumerate(sizes):
+            awp.before_step(step, tiny_batch(n=n, seed=seed + step))
+            awp.after_step()
+        notes.append((awp.applied, awp.rel_norms))
+    hook.remove()
+    assert notes[0] == notes[1]
+    assert notes[0][0] == 3  # the steps of the window, empty ones included
