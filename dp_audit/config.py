@@ -287,6 +287,11 @@ def _validate_dpflat_dpzo(cfg: RunConfig) -> None:
     elif cfg.model.tuning != "prefix":
         raise UsageError(f"trainer 'dpflat' tunes a prefix: set model.tuning = 'prefix' (got {cfg.model.tuning!r}), "
                          "or dpflat.blackbox = true")
+    elif cfg.privacy.grad_sample_mode == "ghost":
+        # Opacus 1.6's ghost norm of an embedding views its input, and PEFT feeds the prefix
+        # encoder an expanded (non-contiguous) index tensor: the first step would crash.
+        raise UsageError("trainer 'dpflat' needs per-sample gradients (privacy.grad_sample_mode = 'hooks' or 'auto'): "
+                         "Opacus' ghost clipping does not support the PEFT prefix encoder")
     if f.sparse and cfg.model.backbone == "tiny" and f.sparse_k >= cfg.model.num_layers:
         raise UsageError(f"dpflat.sparse_k = {f.sparse_k} must be below model.num_layers = {cfg.model.num_layers}")
 

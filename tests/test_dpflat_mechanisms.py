@@ -443,7 +443,8 @@ def test_empty_batch_gives_no_awp_perturbation_and_no_regulariser_term():
         awp = AWP(model=model, hook=hook, mode=mode, gamma=1e-2, active_steps=5, micro_batch=3,
                   generator=torch.Generator().manual_seed(0))
         awp.before_step(0, empty)
-        assert torch.equal(w.detach(), p0) and hook.offset is None and awp.applied == 0
+        assert torch.equal(w.detach(), p0) and hook.offset is None
+        assert awp.applied == (1 if mode == "per-example" else 0)  # private notes count the window's steps
         awp.after_step()
     dpsat = AWP(model=model, hook=hook, mode="dpsat", gamma=1e-2, active_steps=5, micro_batch=3)
     dpsat._prev_noisy = torch.ones_like(w)
@@ -637,3 +638,72 @@ def test_dpsat_direction_is_the_previous_released_noisy_gradient_of_a_real_opacu
     awp.after_step()
     hook.remove()
     gsm._close()
+
+
+def _loader_of(*batches):
+    return [tuple(b[k] for k in (*INPUT_KEYS, "labels")) for b in batches]
+
+
+@pytest.mark.parametrize("awp_mode", ["paper", "per-example", "dpsat"])
+def test_an_empty_poisson_batch_is_a_noise_only_step_through_opacus(awp_mode):
+    """Issue 12 item 4 through the real DP step (review of 9304636): the empty batch goes through
+    ``run_steps`` and Opacus' DPOptimizer with DP-Flat's hooks, not only through AWP and Distill.
+    Bugs caught: the crash ``Per sample gradient is not initialized`` (Opacus has no per-sample
+    state when no example was sampled; reproduced with batch_size = 2 on every DP-Flat mode), an
+    empty step that is skipped instead of releasing noise (the accountant counts it), a paper-mode
+    regulariser term or a data gradient on the empty step, and a step counter that misses it."""
+    from types import SimpleNamespace
+
+    from dp_audit.trainers.dpsgd import run_steps
+
+    model = tiny_prefix_model(seed=2)
+    layout = layout_of(model)
+    w = prefix_weight(model)
+    mask = layout.mask([1])
+    with torch.no_grad():
+        w.mul_(mask)
+    hook = PrefixHook(model)
+    hook.mask = mask
+    C, sigma, E, lam = 1e-2, 1.5, 4, 0.05
+    gsm, opt = _dp_optimizer(model, C=C, sigma=sigma, E=E, seed=6, lr=0.05)
+    log = _capture(opt)
+    awp = AWP(model=gsm, hook=hook, mode=awp_mode, gamma=1e-2, active_steps=10, micro_batch=2,
+              generator=torch.Generator().manual_seed(1))
+    anchor = (w.detach() - torch.randn(w.shape, generator=torch.Generator().manual_seed(9))) * mask
+    distill = Distill(anchor=anchor, lam=lam, mode="paper")
+    before, stepper = attach_components(opt, w, awp=awp, distill=distill, mask=mask)
+    full = tiny_batch(n=3, seed=40)
+    empty = subset(full, slice(0, 0))
+    setup = SimpleNamespace(steps=3)
+    run_steps(gsm, stepper, _loader_of(full, empty, full), setup, cfg=SimpleNamespace(train=SimpleNamespace(progress=False)),
+              desc="", before_step=before)
+    hook.remove()
+    gsm._close()
+    assert len(log["released"]) == 3  # three released gradients: the empty step is not skipped
+    assert stepper.released == 3  # what the ledger's observed.steps reports
+    k = [i for i, q in enumerate(opt.params) if q is w][0]
+    presum, noised, released = log["presum"][1], log["noised"][1], log["released"][1]
+    assert all(torch.count_nonzero(s) == 0 for s in presum)  # no data on the empty step
+    assert torch.allclose(released[k], noised[k] / E * mask, atol=1e-9)  # noise only: no Σc_i·λ∇R term
+    assert float(noised[k].std()) == pytest.approx(sigma * C, rel=0.1)  # the noise is there, std σC
+
+
+def test_private_awp_notes_do_not_depend_on_the_batch_sizes():
+    """Review of 9304636: the manifest's ``notes.dpflat.awp`` (``applied``, ``mean_relative_norm``)
+    is released with the run and is not in ``unaccounted``, so in the private modes it must not be
+    a statistic of the private data. Bug caught: per-example AWP counting only the non-empty
+    Poisson batches (a batch_size = 2 run recorded applied = 66 of 78: the number of empty batches,
+    a function of which examples were sampled), or measuring ‖v_i‖ over the private examples. The
+    notes must equal those of a run on other data with other batch sizes."""
+    model = tiny_prefix_model(seed=4)
+    hook = PrefixHook(model)
+    notes = []
+    for sizes, seed in (([0, 3, 0, 2], 50), ([4, 1, 5, 4], 60)):
+        awp = AWP(model=model, hook=hook, mode="per-example", gamma=1e-2, active_steps=3, micro_batch=1)
+        for step, n in enumerate(sizes):
+            awp.before_step(step, tiny_batch(n=n, seed=seed + step))
+            awp.after_step()
+        notes.append((awp.applied, awp.rel_norms))
+    hook.remove()
+    assert notes[0] == notes[1]
+    assert notes[0][0] == 3  # the steps of the window, empty ones included

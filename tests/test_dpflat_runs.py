@@ -192,6 +192,16 @@ def test_dpflat_config_checks(tiny_config):
         tiny_config(trainer="dpflat", model={"tuning": "prefix"}, dpflat={"sparse_k": 2})
 
 
+def test_dpflat_refuses_ghost_clipping_before_training(tiny_config):
+    """Review of 9304636: ``privacy.grad_sample_mode = "ghost"`` with white-box DP-Flat crashed on the
+    first step inside Opacus (``compute_embedding_norm_sample``: ``view`` of PEFT's expanded prefix
+    indices), i.e. an unforeseen error after the reference runs, not a usage error. Bug caught: the
+    config accepted (this test then fails: no UsageError)."""
+    with pytest.raises(UsageError, match="ghost"):
+        tiny_config(trainer="dpflat", model={"tuning": "prefix"}, privacy={"grad_sample_mode": "ghost"})
+    tiny_config(trainer="dpflat", model={"tuning": "prefix"}, privacy={"grad_sample_mode": "hooks"})
+
+
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("train-*.toml")), ids=lambda p: p.name)
 def test_example_train_configs_load(path):
     cfg = load_run_config(path)

@@ -64,10 +64,17 @@ def _load(model, state: list[torch.Tensor]) -> None:
 
 
 class _StepHooks:
-    """The DP optimiser with a callback after each step (run_steps only calls zero_grad/step)."""
+    """The DP optimiser with a callback after each step (run_steps only calls zero_grad/step).
+    ``released`` counts the noised gradients Opacus actually released (its step hook ran): the
+    ``observed.steps`` of the ledger, measured rather than copied from the plan."""
 
     def __init__(self, optimizer, after_step):
         self.optimizer, self.after_step = optimizer, after_step
+        self.released = 0
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return self.optimizer.params
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none)
@@ -224,7 +231,10 @@ def attach_components(optimizer, weight: torch.nn.Parameter, *, awp: AWP | None,
     mask go into its step hook (after clip, noise and scaling, before the inner optimiser step),
     AWP around each step. Returns (before_step(step, batch), the optimizer to step)."""
 
+    counter = {"released": 0}
+
     def after_noise(opt) -> None:
+        counter["released"] += 1
         if weight.grad is None:
             return
         if distill is not None:
@@ -239,7 +249,15 @@ def attach_components(optimizer, weight: torch.nn.Parameter, *, awp: AWP | None,
         if awp is not None:
             awp.before_step(step, batch)
 
-    return before_step, _StepHooks(optimizer, awp.after_step if awp is not None else (lambda: None))
+    stepper = _StepHooks(optimizer, awp.after_step if awp is not None else (lambda: None))
+
+    def after_step() -> None:
+        stepper.released = counter["released"]
+        if awp is not None:
+            awp.after_step()
+
+    stepper.after_step = after_step
+    return before_step, stepper
 
 
 def awp_micro_batch(cfg: RunConfig) -> int:
@@ -318,7 +336,7 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
     unacc = unaccounted_whitebox(cfg, removed=removed)
     return TrainResult(
         model=model, ledger=ledger_for(setup, component="dpflat-dpsgd", unaccounted=unacc,
-                                       observed=observed_mechanism(optimizer, loader, steps=setup.steps)),
+                                       observed=observed_mechanism(optimizer, loader, steps=stepper.released)),
         claim=claim_for(setup, cfg, unaccounted=unacc),
         metrics={"steps": setup.steps},
         private_metrics={"final_train_loss": losses[-1] if losses else float("nan")},

@@ -133,17 +133,21 @@ class AWP:
         self.restore()
         self.hook.offset = None
         n = int(batch["labels"].shape[0])
-        if step >= self.active_steps or (n == 0 and self.mode != "dpsat"):
+        if step >= self.active_steps:
             return
-        w = self.weight
-        norm = self.radius_norm()
         if self.mode == "per-example":
-            grads = per_example_prefix_gradients(self.model, self.hook, batch)
-            offset = awp_rows(grads, weight_norm=norm, gamma=self.gamma)
-            self.hook.offset = offset
-            self.rel_norms.append(float(offset.flatten(1).norm(dim=1).mean()) / max(norm, _EPS))
+            # The notes are released and not accounted: count every step of the window and record
+            # ‖v_i‖/‖P‖ = γ by construction, never a statistic of the sampled examples (how many
+            # batches were empty, which gradients vanished).
+            if n > 0:
+                grads = per_example_prefix_gradients(self.model, self.hook, batch)
+                self.hook.offset = awp_rows(grads, weight_norm=self.radius_norm(), gamma=self.gamma)
+            self.rel_norms.append(float(self.gamma))
             self.applied += 1
             return
+        if n == 0 and self.mode == "paper":
+            return
+        norm = self.radius_norm()
         if self.mode == "paper":
             direction = raw_prefix_gradient(self.model, subset(batch, self.micro_batch_indices(n)))
         else:  # dpsat

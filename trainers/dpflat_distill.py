@@ -78,6 +78,8 @@ def clip_coefficients(optimizer) -> torch.Tensor:
         gs = getattr(p, "grad_sample", None)
         if gs is not None:
             gs = torch.cat(gs) if isinstance(gs, list) else gs
+            if len(gs) == 0:  # a batch of zero examples (dpsgd.noise_only_step)
+                return torch.zeros(0)
             norms.append(gs.reshape(len(gs), -1).norm(2, dim=-1))
         elif ns is not None:
             norms.append(ns.reshape(-1))
