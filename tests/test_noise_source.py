@@ -67,7 +67,7 @@ def test_default_noise_does_not_depend_on_train_seed_and_the_seeded_one_does():
     assert not torch.equal(s1, draw(noise_generator(reproducible=True, train_seed=2)))
     for seed in (0, 1, 2):  # never the training stream of this seed or of its neighbours
         assert not torch.equal(s1, draw(torch.Generator().manual_seed(seed)))
-    assert noise_record(reproducible=False) == {"source": "os_entropy", "replayable": False}
+    assert noise_record(reproducible=False) == {"source": "os_entropy", "replayable": False, "batches": "os_entropy"}
     assert noise_record(reproducible=True)["replayable"] is True
 
 
@@ -104,7 +104,7 @@ def test_run_directory_never_contains_the_entropy_seed(trainer, tiny_config, tmp
         text = f.read_text(errors="ignore")
         assert str(SENTINEL) not in text and format(SENTINEL, "x") not in text, f
     ledger = json.loads((run / "ledger.json").read_text())
-    assert ledger["noise"] == {"source": "os_entropy", "replayable": False}
+    assert ledger["noise"] == {"source": "os_entropy", "replayable": False, "batches": "os_entropy"}
 
     calls.clear()
     run2 = train_run(tiny_config(trainer=trainer, **extra), tmp_path / "seeded", progress=False)
@@ -136,3 +136,39 @@ def test_report_shows_replayable_noise(tmp_path):
     assert NOISE_REPLAYABLE in render_markdown(seeded)
     entropy = build_view(with_noise("entropy", noise_record(reproducible=False)))
     assert "noise" not in {u.component for u in entropy.unaccounted}
+
+
+def test_poisson_batches_are_secret_by_default(tiny_config, monkeypatch):
+    """Bug caught: the Poisson batches of DP-SGD and DP-ZO were drawn from the training generator,
+    seeded from train.seed which manifest.json records: whoever holds the manifest knows which
+    examples each step used, and the amplification by subsampling that the claimed ε relies on is
+    gone. By default the batches come from a secret generator; with reproducible_noise they are
+    the training generator's (replayable, as the ledger says)."""
+    import torch
+
+    from dp_audit.trainers import zo
+    from dp_audit.trainers.base import prepare
+    from dp_audit.trainers.dpsgd import make_private, plan
+    from dp_audit.trainers.dpzo import plan_zo, train_dpzo
+    from dp_audit.trainers.modeling import build_classifier
+
+    for reproducible in (False, True):
+        cfg = tiny_config(trainer="dpsgd", canaries={"m": 10}, privacy={"reproducible_noise": reproducible})
+        prep = prepare(cfg, cache_root=cfg.model.cache_dir, progress=False)
+        train_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+        model = build_classifier(prep.backbone_dir, cfg.model, generator=torch.Generator().manual_seed(0))
+        _, _, loader = make_private(model, prep, cfg, plan(cfg, prep.n_train), generator=train_gen)
+        assert (loader.batch_sampler.generator is train_gen) is reproducible
+
+        seen = []
+        real = zo.poisson_indices
+        monkeypatch.setattr(zo, "poisson_indices", lambda n, q, *, generator: seen.append(generator) or real(
+            n, q, generator=generator))
+        zcfg = tiny_config(trainer="dpzo", canaries={"m": 10}, model={"tuning": "prefix", "num_virtual_tokens": 4},
+                           dpzo={"steps": 2}, privacy={"reproducible_noise": reproducible})
+        zprep = prepare(zcfg, cache_root=zcfg.model.cache_dir, progress=False)
+        zmodel = build_classifier(zprep.backbone_dir, zcfg.model, generator=torch.Generator().manual_seed(0))
+        zgen = torch.Generator().manual_seed(1)
+        train_dpzo(zmodel, zprep, plan_zo(zcfg, zprep.n_train), generator=zgen)
+        monkeypatch.setattr(zo, "poisson_indices", real)
+        assert seen and all((g is zgen) is reproducible for g in seen)

@@ -92,8 +92,9 @@ def noise_record(*, reproducible: bool) -> dict[str, Any]:
     manifest can regenerate it (then the noise protects nothing once the manifest is released)."""
     if reproducible:
         return {"source": "seeded", "replayable": True, "seed_from": "train.seed (manifest.json seeds.train)",
+                "batches": "seeded (train.seed + 1): replayable, no amplification by subsampling",
                 "warning": "noise replayable: not DP if the manifest is released"}
-    return {"source": "os_entropy", "replayable": False}
+    return {"source": "os_entropy", "replayable": False, "batches": "os_entropy"}
 
 
 def noise_seed(train_seed: int) -> int:
@@ -108,6 +109,15 @@ def noise_generator(*, reproducible: bool, train_seed: int) -> torch.Generator:
     a seed that is never stored or returned. ``reproducible``: :func:`noise_seed` of train.seed."""
     seed = noise_seed(train_seed) if reproducible else secrets.randbits(63)
     return torch.Generator().manual_seed(seed)
+
+
+def sampling_generator(*, reproducible: bool, generator: torch.Generator) -> torch.Generator:
+    """The generator of the Poisson batches of a DP run. Amplification by subsampling holds only if
+    the adversary does not know which examples each batch holds: batches drawn from ``generator``
+    (seeded from train.seed, which the manifest records) are replayable, so by default they come
+    from a fresh OS-entropy seed that is never stored. ``reproducible`` (privacy.reproducible_noise,
+    tests and replayed audits): ``generator`` itself, as before."""
+    return generator if reproducible else torch.Generator().manual_seed(secrets.randbits(63))
 
 
 class Trainer(Protocol):

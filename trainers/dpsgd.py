@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from dp_audit.config import RunConfig
 from dp_audit.records import PrivacyClaim
-from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult, noise_generator, noise_record, poisson_steps
+from dp_audit.trainers.base import (TRAINERS, Prepared, TrainResult, noise_generator, noise_record, poisson_steps,
+                                   sampling_generator)
 from dp_audit.trainers.modeling import INPUT_KEYS, make_optimizer, trainable_parameters
 
 _HUGE_CLIP = 1e6
@@ -72,7 +73,8 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
                  params: list[torch.nn.Parameter] | None = None, mode: str | None = None):
     """Wrap model/optimizer/loader with Opacus; returns (grad-sample module, DP optimizer, loader).
 
-    ``generator`` draws the Poisson batches. The loader samples every example with probability
+    The Poisson batches come from :func:`~dp_audit.trainers.base.sampling_generator` (OS entropy;
+    ``generator`` with ``setup.reproducible_noise``). The loader samples every example with probability
     exactly ``setup.sample_rate`` (q = B/n, the accounted rate; Opacus' own loader would use
     1/⌈n/B⌉), the optimizer divides the noisy sum by ``setup.expected_batch_size`` (qn; Opacus:
     ⌊n/⌈n/B⌉⌋), and Opacus' accountant hook counts every step at that rate (kept on the optimizer
@@ -85,7 +87,8 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
     from opacus.data_loader import DPDataLoader
 
     ds = torch.utils.data.TensorDataset(*(prep.train[k] for k in (*INPUT_KEYS, "labels")))
-    loader = DPDataLoader(ds, sample_rate=setup.sample_rate, generator=generator)
+    sampler = sampling_generator(reproducible=setup.reproducible_noise, generator=generator)
+    loader = DPDataLoader(ds, sample_rate=setup.sample_rate, generator=sampler)
     params = params if params is not None else trainable_parameters(model)
     optimizer = make_optimizer(params, name=cfg.train.optimizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     engine = PrivacyEngine(accountant=cfg.privacy.accountant)

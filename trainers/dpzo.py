@@ -24,7 +24,8 @@ import torch
 from dp_audit.accounting import laplace_pure_epsilon
 from dp_audit.config import RunConfig
 from dp_audit.records import PrivacyClaim
-from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult, noise_generator, noise_record, poisson_steps
+from dp_audit.trainers.base import (TRAINERS, Prepared, TrainResult, noise_generator, noise_record, poisson_steps,
+                                   sampling_generator)
 from dp_audit.trainers.dpsgd import gaussian_epsilon
 from dp_audit.trainers.modeling import trainable_parameters
 from dp_audit.trainers.zo import PerExampleLoss, ZOStep, cross_entropy_each, run_zo
@@ -101,15 +102,17 @@ def claim_zo(plan: ZOPlan, cfg: RunConfig, *, unaccounted: list[dict[str, Any]] 
 def train_dpzo(model, prep: Prepared, plan: ZOPlan, *, generator: torch.Generator,
                loss_fn: PerExampleLoss = cross_entropy_each, desc: str = "DP-ZO") -> list[ZOStep]:
     """``plan.steps`` DP-ZO steps on the private split: Poisson batches at exactly q =
-    ``plan.sample_rate`` and public direction seeds from ``generator``; the noise from
+    ``plan.sample_rate`` from :func:`~dp_audit.trainers.base.sampling_generator` (secret unless
+    ``plan.reproducible_noise``), public direction seeds from ``generator``; the noise from
     :func:`~dp_audit.trainers.base.noise_generator` (OS entropy unless ``plan.reproducible_noise``);
     the noisy sum divided by qn (n = the private split's size)."""
     cfg = prep.cfg
     noise = noise_generator(reproducible=plan.reproducible_noise, train_seed=cfg.train.seed)
+    sampler = sampling_generator(reproducible=plan.reproducible_noise, generator=generator)
     return run_zo(model, trainable_parameters(model), prep.train, steps=plan.steps, sample_rate=plan.sample_rate,
                   lr=cfg.train.lr, scale=plan.perturbation_scale, clip=plan.clip, noise=plan.noise,
                   noise_scale=plan.noise_scale, private=True, generator=generator, noise_generator=noise,
-                  loss_fn=loss_fn,
+                  sampling_generator=sampler, loss_fn=loss_fn,
                   restore=cfg.dpzo.restore, chunk=cfg.train.max_physical_batch_size, progress=cfg.train.progress,
                   desc=desc)
 

@@ -150,11 +150,13 @@ def poisson_indices(n: int, q: float, *, generator: torch.Generator) -> torch.Te
 def run_zo(model, params: Sequence[torch.Tensor], data: Batch, *, steps: int, sample_rate: float, lr: float,
            scale: float, clip: float | None, noise: str, noise_scale: float, private: bool,
            generator: torch.Generator, noise_generator: torch.Generator | None = None,
+           sampling_generator: torch.Generator | None = None,
            loss_fn: PerExampleLoss = cross_entropy_each, restore: str = "inplace",
            chunk: int = 256, progress: bool = False, desc: str = "ZO") -> list[ZOStep]:
     """``steps`` Poisson-sampled ZO steps. ``private``: divide by the expected batch size qn
     (DP-ZO); otherwise by the actual batch size (non-private MeZO). ``generator`` draws the
-    batches and the public direction seeds; ``noise_generator`` the noise (required when there is
+    public direction seeds, and the batches unless ``sampling_generator`` is given (DP-ZO: a secret
+    one, so the batches are not replayable); ``noise_generator`` the noise (required when there is
     noise: kept apart so that the public seeds never reveal it)."""
     if noise != "none" and noise_scale != 0 and noise_generator is None:
         raise ValueError("run_zo: noisy steps need an explicit noise_generator")
@@ -162,7 +164,7 @@ def run_zo(model, params: Sequence[torch.Tensor], data: Batch, *, steps: int, sa
     out: list[ZOStep] = []
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
     for _ in range(steps):
-        idx = poisson_indices(n, sample_rate, generator=generator)
+        idx = poisson_indices(n, sample_rate, generator=sampling_generator or generator)
         seed = draw_seed(generator)
         out.append(zo_step(model, params, subset(data, idx), seed=seed, scale=scale, lr=lr, clip=clip, noise=noise,
                            noise_scale=noise_scale, normaliser=sample_rate * n if private else None,
