@@ -23,6 +23,16 @@ ACCOUNTANTS = ("rdp", "prv", "pld")
 MECHANISMS = ("subsampled_gaussian", "subsampled_laplace", "none")
 
 
+def _number(ev: Mapping[str, Any], key: str, i: int, *, integer: bool = False, where: str = "") -> float:
+    """A finite number (an integer for counts) from a ledger record, else a one-line UsageError."""
+    value = ev.get(key)
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or not math.isfinite(value):
+        kind = "an integer" if integer else "a finite number"
+        raise UsageError(f"ledger event {i}: {where}{key} must be {kind}, got {value!r}")
+    return value
+
+
 def _events(ledger: Mapping[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(ledger, Mapping) or not isinstance(ledger.get("events", []), list):
         raise UsageError("ledger must be an object with an 'events' list (docs/formats.md)")
@@ -38,12 +48,12 @@ def _events(ledger: Mapping[str, Any]) -> list[dict[str, Any]]:
         missing = [k for k in need if k not in ev]
         if missing:
             raise UsageError(f"ledger event {i} ({mech}): missing {', '.join(missing)}")
-        q, steps = float(ev["sample_rate"]), int(ev["steps"])
+        q, steps = _number(ev, "sample_rate", i), _number(ev, "steps", i, integer=True)
         if not 0 < q <= 1 or steps < 0:
             raise UsageError(f"ledger event {i}: need 0 < sample_rate <= 1 and steps >= 0")
-        if mech == "subsampled_gaussian" and float(ev["noise_multiplier"]) <= 0:
+        if mech == "subsampled_gaussian" and _number(ev, "noise_multiplier", i) <= 0:
             raise UsageError(f"ledger event {i}: noise_multiplier must be > 0 for an accounted Gaussian")
-        if mech == "subsampled_laplace" and float(ev["epsilon_step"]) <= 0:
+        if mech == "subsampled_laplace" and _number(ev, "epsilon_step", i) <= 0:
             raise UsageError(f"ledger event {i}: epsilon_step must be > 0")
         out.append(dict(ev))
     return out
@@ -171,9 +181,11 @@ def observed_events(ledger: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     if not obs or any(not isinstance(o, Mapping) for o in obs) or len(obs) != len(events):
         return None
     for i, o in enumerate(obs):
-        for k in ("noise_multiplier", "sample_rate", "steps"):
-            if not isinstance(o.get(k), (int, float)) or isinstance(o.get(k), bool):
-                raise UsageError(f"ledger event {i}: observed.{k} must be a number")
+        sigma, q = _number(o, "noise_multiplier", i, where="observed."), _number(o, "sample_rate", i, where="observed.")
+        steps = _number(o, "steps", i, integer=True, where="observed.")
+        if sigma < 0 or not 0 < q <= 1 or steps < 0:
+            raise UsageError(f"ledger event {i}: observed needs noise_multiplier >= 0, 0 < sample_rate <= 1, "
+                             "steps >= 0")
     return [dict(o) for o in obs]
 
 

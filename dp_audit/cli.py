@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DPAuditError as exc:
-        print(f"dp-audit {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dp-audit {args.command}: error: {_one_line(exc, limit=2000)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"dp-audit {args.command}: interrupted", file=sys.stderr)
@@ -86,9 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, *, limit: int = 300) -> str:
+    """The message on one line: whitespace folded, other control characters (which a terminal or
+    str.splitlines would treat as line breaks, e.g. \x1e from a file a user controls) escaped."""
     text = " ".join(str(exc).split())
-    return text if len(text) <= 300 else text[:297] + "..."
+    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _write_traceback(command: str) -> str:

@@ -172,6 +172,11 @@ def load_manifest(run_dir: str | Path, *, verify: bool = True, allow_pending: bo
         raise IntegrityError(
             f"{run_dir / MANIFEST}: schema_version {manifest['schema_version']} is not {SCHEMA_VERSION}"
         )
+    kinds = {"config": dict, "seeds": dict, "claim": dict, "environment": dict, "run_id": str, "kind": str,
+             "created": str, "digest": str}
+    wrong = [k for k, t in kinds.items() if not isinstance(manifest[k], t)]
+    if wrong:
+        raise IntegrityError(f"{run_dir / MANIFEST}: wrong type for {', '.join(wrong)} (docs/formats.md)")
     if not isinstance(manifest["artifacts"], dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in manifest["artifacts"].items()):
         raise IntegrityError(f"{run_dir / MANIFEST}: 'artifacts' must map relative paths to sha256 strings")

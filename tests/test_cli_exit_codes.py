@@ -75,3 +75,19 @@ def test_non_utf8_policy_is_usage(run_copy, tmp_path, capsys):
     code = cli.main(["gate", "--run", str(run_copy), "--policy", str(policy), "--quiet"])
     assert code == EXIT_USAGE
     _one_line(capsys.readouterr().err)
+
+
+def test_error_messages_stay_on_one_line_whatever_the_input(run_copy, capsys):
+    """Bug caught (found by the fuzz suite): a manifest value holding a control character such as
+    \\x1e (a line break for str.splitlines and some terminals) was printed raw in the error."""
+    import json
+
+    from dp_audit.manifest import MANIFEST, manifest_digest
+
+    m = json.loads((run_copy / MANIFEST).read_text())
+    m["schema_version"] = "1\x1e\nTraceback: fake\x1b[31m"
+    m["digest"] = manifest_digest(m)
+    (run_copy / MANIFEST).write_text(json.dumps(m))
+    assert cli.main(["gate", "--run", str(run_copy), "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "\x1b" not in err and "\x1e" not in err
