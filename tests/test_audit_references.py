@@ -86,7 +86,8 @@ def test_run_with_references_writes_every_attack(audited):
         assert 0.0 <= a["auc"] <= 1.0
     lira = next(a for a in audit["attacks"] if a["name"] == "lira-online")
     assert lira["details"]["reference_models"] == N_REF and lira["details"]["global_variance"] is True
-    assert audit["verdict"]["n_tests"] == len(CLS_REF) * 2
+    assert audit["audit_config"]["estimators"] == ["fdp"]  # the default since issue 12 item 11
+    assert audit["verdict"]["n_tests"] == len(CLS_REF)  # one test per attack: α split over K = 5
     assert main(["gate", "--run", str(audited)]) == 0  # no finite claim: never fails
 
 
