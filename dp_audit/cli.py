@@ -18,7 +18,7 @@ from typing import Sequence
 from dp_audit import __version__
 from dp_audit.errors import EXIT_USAGE, DPAuditError
 
-COMMANDS = ("train", "run", "estimate", "gate", "report", "demo")
+COMMANDS = ("train", "run", "estimate", "gate", "report", "demo", "step_audit")
 
 EPILOG = """exit codes: 0 success (gate: pass), 1 gate violation, 2 usage error, 3 integrity error
 docs: README.md, docs/formats.md"""

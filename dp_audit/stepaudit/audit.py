@@ -40,6 +40,10 @@ def step_audit(construction: Construction, *, trials: int, alpha: float = 0.05, 
         raise UsageError(f"unknown threshold strategy {threshold!r}; known: {', '.join(bounds.STRATEGIES)}")
     if not isinstance(trials, int) or trials < 2:
         raise UsageError(f"trials must be an integer >= 2, got {trials!r}")
+    if out is not None:
+        from dp_audit.stepaudit.output import check_out
+
+        check_out(out)  # before the trials: never run them for nothing
     n_cal = 0
     if threshold == "calibration":
         if not 0 < calibration_fraction < 1:

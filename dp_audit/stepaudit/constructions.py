@@ -94,11 +94,13 @@ def _gaussian(mu: float, delta: float, *, null: bool, dim: int) -> Construction:
 
 @CONSTRUCTIONS.register("gaussian")
 def gaussian(*, mu: float = 1.0, delta: float = DEFAULT_DELTA, dim: int = 1) -> Construction:
+    """The Gaussian mechanism N(0, I) vs N(μ e0, I): exactly μ-GDP (a reference, no trainer)."""
     return _gaussian(mu, delta, null=False, dim=dim)
 
 
 @CONSTRUCTIONS.register("gaussian-null")
 def gaussian_null(*, mu: float = 1.0, delta: float = DEFAULT_DELTA, dim: int = 1) -> Construction:
+    """A null: d0 and d1 identical; every ε_LB > 0 is a false positive."""
     return _gaussian(mu, delta, null=True, dim=dim)
 
 
@@ -125,7 +127,9 @@ def _opacus_construction(name: str, description: str, model, *, state: dict, d0:
 @CONSTRUCTIONS.register("dpsgd-dirac")
 def dpsgd_dirac(*, sigma: float = 1.0, delta: float = DEFAULT_DELTA, batch_size: int = 8, dim: int = 8,
                 clip: float = 1.0) -> Construction:
-    """D: batch_size − 1 examples with random gradients on coordinates 1..dim−1; the canary's
+    """One DP-SGD step through Opacus (q = 1) with a Dirac gradient canary; μ = 1/σ is tight.
+
+    D: batch_size − 1 examples with random gradients on coordinates 1..dim−1; the canary's
     gradient is 50·e0 (clipped to C·e0). Release: the update; statistic: its e0 coordinate with
     the sign of the canary's descent. The clipped sums differ by exactly C·e0: μ = 1/σ is tight."""
     from dp_audit.stepaudit.toy import ToyExample, ToyPrefixModel
@@ -265,12 +269,14 @@ def _dpzo(noise: str, *, sigma: float, epsilon_step: float, delta: float, clip: 
 @CONSTRUCTIONS.register("dpzo-gaussian")
 def dpzo_gaussian(*, sigma: float = 1.0, delta: float = DEFAULT_DELTA, clip: float = 1.0, dim: int = 4,
                   others: int = 3) -> Construction:
+    """One DP-ZO step (zo_step) with Gaussian noise σC; a canary whose SPSA scalar is clipped."""
     return _dpzo("gaussian", sigma=sigma, epsilon_step=0.0, delta=delta, clip=clip, dim=dim, others=others)
 
 
 @CONSTRUCTIONS.register("dpzo-laplace")
 def dpzo_laplace(*, epsilon_step: float = 1.0, delta: float = DEFAULT_DELTA, clip: float = 1.0, dim: int = 4,
                  others: int = 3) -> Construction:
+    """One DP-ZO step (zo_step) with Laplace noise C/ε0 (pure ε0-DP); a clipped canary."""
     return _dpzo("laplace", sigma=0.0, epsilon_step=epsilon_step, delta=delta, clip=clip, dim=dim, others=others)
 
 

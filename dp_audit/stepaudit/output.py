@@ -24,14 +24,20 @@ TRIALS = "trials.npz"
 RESULT = "step_audit.json"
 
 
+def check_out(out: str | Path) -> Path:
+    """``out`` can receive a new audit: not a file, no manifest in it yet."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory")
+    if (out / MANIFEST).exists():
+        raise UsageError(f"{out} already holds an audit ({MANIFEST}); choose another --out")
+    return out
+
+
 def write_step_audit(res: StepAuditResult, out: str | Path, *, config: Mapping[str, Any] | None = None) -> Path:
     """Write the three files into ``out`` (created; a directory that already holds a manifest is
     refused, so an earlier audit is never overwritten)."""
-    out = Path(out)
-    if (out / MANIFEST).exists():
-        raise UsageError(f"{out} already holds an audit ({MANIFEST}); choose another --out")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a directory")
+    out = check_out(out)
     if res.scores_d0 is None or res.scores_d1 is None:
         raise UsageError("this result carries no trial scores (it was read from JSON); nothing to write")
     out.mkdir(parents=True, exist_ok=True)
@@ -66,4 +72,4 @@ def read_step_audit(path: str | Path) -> StepAuditResult:
     return res.with_scores(z["scores_d0"], z["scores_d1"])
 
 
-__all__ = ["RESULT", "TRIALS", "read_step_audit", "write_step_audit"]
+__all__ = ["RESULT", "TRIALS", "check_out", "read_step_audit", "write_step_audit"]
