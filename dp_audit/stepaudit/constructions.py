@@ -158,7 +158,9 @@ def _awp_examples(batch_size: int, dim: int):
     e0 = tuple(_unit(dim, 0).tolist())
     canary = ToyExample(label=0, linear=tuple((CANARY_SCALE * _unit(dim, 0)).tolist()))
     decoy = ToyExample(label=1, linear=tuple((DECOY_SCALE * _unit(dim, 0)).tolist()))
-    kinks = [ToyExample(label=1, kink=KINK_SCALE, kink_dir=e0, kink_at=0.0) for _ in range(batch_size - 2)]
+    # label 0: a kink example's gradient is +c·sign(⟨e0, p⟩)·e0/2, along the canary's on the side the
+    # canary pushes v to, against it on the other side
+    kinks = [ToyExample(label=0, kink=KINK_SCALE, kink_dir=e0, kink_at=0.0) for _ in range(batch_size - 2)]
     return [canary, decoy, *kinks]
 
 
