@@ -152,7 +152,8 @@ def test_dpzo_batched_equals_looped_zo_steps(name):
 
 def test_step_fn_leaves_the_state_untouched():
     """Every trial starts from the construction's state: the step must not move it. Catches a
-    step that keeps the previous trial's parameters (trials would not be independent)."""
+    state that aliases the live parameters (the step moves it, later trials start elsewhere and
+    the release P_after − P_before collapses to 0)."""
     for name in ("dpsgd-dirac", "dpflat-awp-paper", "dpzo-gaussian"):
         cons = build(name)
         before = {k: v.clone() if torch.is_tensor(v) else v for k, v in cons.state.items()}

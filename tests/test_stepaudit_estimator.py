@@ -152,11 +152,27 @@ def test_trials_are_deterministic_in_the_seed_and_independent_across_sides():
     assert len(set(np.round(a.scores_d0, 12))) == 300  # chunks do not repeat a stream
 
 
-def test_unbatched_and_batched_paths_give_the_same_bound_on_the_reference():
-    """The Gaussian reference consumes its generator identically in both paths. Catches
-    step_audit ignoring ``batched=False`` or scoring rows in the wrong order."""
-    cons = build("gaussian", mu=1.0)
+def test_unbatched_path_calls_step_fn_once_per_trial_in_order():
+    """``batched=False`` runs every trial through ``step_fn`` (the batched path not at all), and
+    the scores are the same as the batched path's (the Gaussian reference draws its generator
+    identically in both). Catches step_audit ignoring ``batched=False`` or scoring rows in the
+    wrong order."""
+    ref = build("gaussian", mu=1.0)
+    calls = {"step": 0, "batched": 0}
+
+    def step(state, batch, generator):
+        calls["step"] += 1
+        return ref.step_fn(state, batch, generator)
+
+    def batched(state, batch, generator, n):
+        calls["batched"] += n
+        return ref.batched_step_fn(state, batch, generator, n)
+
+    cons = Construction(name="counted", description="", step_fn=step, state=None, d0=ref.d0, d1=ref.d1,
+                        statistic=ref.statistic, batched_step_fn=batched, **gaussian_claim(1.0, 1e-5))
     a = step_audit(cons, trials=200, seed=1, progress=False, batched=True, chunk=1)
+    assert calls == {"step": 0, "batched": 400}
     b = step_audit(cons, trials=200, seed=1, progress=False, batched=False, chunk=1)
+    assert calls == {"step": 400, "batched": 400}
     assert np.allclose(a.scores_d0, b.scores_d0) and np.allclose(a.scores_d1, b.scores_d1)
     assert a.eps_lb == pytest.approx(b.eps_lb)
