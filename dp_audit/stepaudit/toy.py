@@ -24,10 +24,9 @@ from typing import Sequence
 
 import torch
 
-from dp_audit.trainers.modeling import INPUT_KEYS
 
 
-@dataclass
+@dataclass(frozen=True)
 class ToyOutput:
     logits: torch.Tensor
 
@@ -46,7 +45,8 @@ class ToyExample:
 class ToyPrefixEncoder(torch.nn.Module):
     def __init__(self, tokens: int, width: int):
         super().__init__()
-        self.embedding = torch.nn.Embedding(tokens, width)
+        # zeros, not the global RNG's init: every step loads its state into it anyway
+        self.embedding = torch.nn.Embedding(tokens, width, _weight=torch.zeros(tokens, width))
 
     def forward(self, prefix_tokens: torch.Tensor) -> torch.Tensor:
         return self.embedding(prefix_tokens)
