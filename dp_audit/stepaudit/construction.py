@@ -1,0 +1,77 @@
+"""What a step-level audit runs: one training step, two neighbouring batches and a statistic.
+
+A :class:`Construction` is the auditor's choice in DP's own threat model (DESIGN.md §0, §7): the
+state the step starts from, the batch without the canary (``d0``) and with it (``d1``), and a
+statistic of the released tensor fixed before any trial runs. ``step_fn(state, batch, generator)``
+runs the mechanism once and returns the released tensor (1-D); all of its randomness must come
+from ``generator``. ``batched_step_fn(state, batch, generator, n)`` (optional) returns n releases
+(n, d) at once; it must have the same distribution as n calls of ``step_fn`` (tests check this
+for the built-in constructions).
+
+The claim is per step. ``claim_mu`` declares the step μ-GDP (a Gaussian mechanism, e.g. DP-SGD
+without subsampling: μ = 1/σ); then ``claim_epsilon`` must be that μ's ε at ``delta``
+(:func:`gaussian_claim` builds both) and the GDP bound is counted next to Clopper-Pearson.
+No torch import here: the core package stays torch-free at import time (DESIGN.md §1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from dp_audit.errors import UsageError
+from dp_audit.estimate.gdp_math import gdp_epsilon
+
+StepFn = Callable[[Any, Any, Any], Any]
+BatchedStepFn = Callable[[Any, Any, Any, int], Any]
+Statistic = Callable[[Any], Any]
+
+_CLAIM_RTOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Construction:
+    """One worst-case (or user-chosen) step-level experiment; see the module docstring."""
+
+    name: str
+    description: str
+    step_fn: StepFn
+    state: Any
+    d0: Any
+    d1: Any
+    statistic: Statistic
+    claim_epsilon: float
+    delta: float
+    claim_mu: float | None = None
+    batched_step_fn: BatchedStepFn | None = None
+    info: dict[str, Any] | None = None  # JSON-able facts about the construction (recorded in the output)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise UsageError("construction name must be a non-empty string")
+        for what in ("step_fn", "statistic"):
+            if not callable(getattr(self, what)):
+                raise UsageError(f"construction {self.name!r}: {what} must be callable")
+        if self.batched_step_fn is not None and not callable(self.batched_step_fn):
+            raise UsageError(f"construction {self.name!r}: batched_step_fn must be callable or None")
+        if not 0 < self.delta < 1:
+            raise UsageError(f"construction {self.name!r}: delta must be in (0, 1), got {self.delta!r}")
+        if not (self.claim_epsilon >= 0):
+            raise UsageError(f"construction {self.name!r}: claim_epsilon must be >= 0, got {self.claim_epsilon!r}")
+        if self.claim_mu is not None:
+            if not (self.claim_mu > 0 and math.isfinite(self.claim_mu)):
+                raise UsageError(f"construction {self.name!r}: claim_mu must be a finite number > 0")
+            implied = gdp_epsilon(self.delta, self.claim_mu)
+            if abs(implied - self.claim_epsilon) > _CLAIM_RTOL * max(1.0, implied):
+                raise UsageError(f"construction {self.name!r}: claim_epsilon {self.claim_epsilon:g} is not the ε of "
+                                 f"{self.claim_mu:g}-GDP at δ={self.delta:g} ({implied:g}); use gaussian_claim()")
+
+
+def gaussian_claim(mu: float, delta: float) -> dict[str, float]:
+    """``claim_epsilon``, ``delta`` and ``claim_mu`` of a μ-GDP step (keyword arguments of
+    :class:`Construction`)."""
+    return {"claim_epsilon": gdp_epsilon(delta, mu), "delta": float(delta), "claim_mu": float(mu)}
+
+
+__all__ = ["Construction", "gaussian_claim"]

@@ -1,0 +1,96 @@
+"""The result of a step-level audit, and its JSON form (``step_audit.json``).
+
+``verdict`` has the shape of the gate's :class:`~dp_audit.records.Verdict` (status "fail" =
+refuted), so a gate can read a step-audit directory without recomputing anything: claim,
+largest counted ε_LB, α, α per test and the number of tests the maximum was taken over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dp_audit import SCHEMA_VERSION
+from dp_audit.records import EpsilonEstimate, Verdict
+
+KIND = "step-audit"
+
+
+@dataclass(frozen=True)
+class StepAuditResult:
+    construction: str
+    description: str
+    trials: int  # per side (d0 and d1 each)
+    calibration_trials: int  # per side; 0 with the bonferroni strategy
+    alpha: float
+    delta: float
+    seed: int
+    threshold: str
+    claim_epsilon: float
+    claim_mu: float | None
+    estimates: tuple[EpsilonEstimate, ...]  # one per estimator; details.counted says whether it counts
+    eps_lb: float  # the largest counted bound
+    refuted: bool
+    verdict: Verdict
+    timings: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+    scores_d0: np.ndarray = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+    scores_d1: np.ndarray = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    @property
+    def eps_lb_by_method(self) -> dict[str, float]:
+        return {e.method: e.epsilon_lb for e in self.estimates}
+
+    @property
+    def tightness(self) -> float:
+        """ε_LB / claimed ε (the audit's power when the claim is the true ε)."""
+        return self.eps_lb / self.claim_epsilon if self.claim_epsilon > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": KIND,
+            "threat_model": "step-level",
+            "construction": {"name": self.construction, "description": self.description, "info": self.info},
+            "trials": {"per_side": self.trials, "calibration_per_side": self.calibration_trials,
+                       "test_per_side": self.trials - self.calibration_trials},
+            "threshold": self.threshold,
+            "alpha": self.alpha,
+            "delta": self.delta,
+            "seed": self.seed,
+            "claim": {"epsilon": self.claim_epsilon, "delta": self.delta, "mu": self.claim_mu, "per": "step"},
+            "estimates": [e.to_dict() for e in self.estimates],
+            "eps_lb": self.eps_lb,
+            "refuted": self.refuted,
+            "verdict": self.verdict.to_dict(),
+            "timings": dict(self.timings),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StepAuditResult":
+        c = data["construction"]
+        return cls(construction=c["name"], description=c.get("description", ""), trials=data["trials"]["per_side"],
+                   calibration_trials=data["trials"]["calibration_per_side"], alpha=data["alpha"],
+                   delta=data["delta"], seed=data["seed"], threshold=data["threshold"],
+                   claim_epsilon=data["claim"]["epsilon"], claim_mu=data["claim"].get("mu"),
+                   estimates=tuple(EpsilonEstimate.from_dict(e) for e in data["estimates"]),
+                   eps_lb=data["eps_lb"], refuted=data["refuted"], verdict=Verdict.from_dict(data["verdict"]),
+                   timings=data.get("timings", {}), info=c.get("info") or {})
+
+    def with_scores(self, d0: np.ndarray, d1: np.ndarray) -> "StepAuditResult":
+        return dataclasses.replace(self, scores_d0=d0, scores_d1=d1)
+
+
+def summary_line(res: StepAuditResult) -> str:
+    per = ", ".join(f"{e.method} {e.epsilon_lb:.3f}" + ("" if e.details.get("counted") else " (not counted)")
+                    for e in res.estimates)
+    word = "REFUTED" if res.refuted else "not refuted"
+    return (f"{res.construction}: per-step claim ε={res.claim_epsilon:.3f} (δ={res.delta:g}"
+            + (f", μ={res.claim_mu:.3g}" if res.claim_mu is not None else "")
+            + f"); ε_LB = {res.eps_lb:.3f} at {100 * (1 - res.alpha):g}% ({per}); {res.trials} trials per side; {word}")
+
+
+__all__ = ["KIND", "StepAuditResult", "summary_line"]
