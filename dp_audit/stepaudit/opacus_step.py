@@ -56,11 +56,13 @@ class OpacusStep:
                                      loss_reduction="mean")
         self.weight = prefix_weight(self.gsm)
 
-    def _awp(self, state: dict[str, Any]) -> AWP | None:
+    def _awp(self, state: dict[str, Any], generator: torch.Generator) -> AWP | None:
         if self.awp_mode is None:
             return None
+        # paper mode draws its micro-batch uniformly from the batch with the step's generator, as the
+        # trainer does with its training generator (issue 12 item 3)
         awp = AWP(model=self.gsm, hook=self.hook, mode=self.awp_mode, gamma=self.gamma, active_steps=1,
-                  micro_batch=self.micro_batch)
+                  micro_batch=self.micro_batch, generator=generator)
         prev = state.get("previous_release")
         if self.awp_mode == "dpsat" and prev is not None:
             # the previous step released ``prev``: hand it to AWP the way the trainer does
@@ -75,7 +77,7 @@ class OpacusStep:
             self.weight.copy_(p0)
         self.optimizer.generator = generator
         self.optimizer.zero_grad(set_to_none=True)
-        awp = self._awp(state)
+        awp = self._awp(state, generator)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             if awp is not None:
@@ -99,6 +101,10 @@ class OpacusStep:
                 n: int) -> torch.Tensor:
         from opacus.optimizers.optimizer import _generate_noise
 
+        if self.awp_mode == "paper" and self.micro_batch < int(batch["labels"].shape[0]):
+            # the micro-batch is then random: one noise-free step would not stand for every trial
+            raise ValueError("batched trials need a step that is random only in its noise: paper-mode AWP "
+                             "with a micro-batch smaller than the batch must run unbatched")
         o = self.optimizer
         sigma = o.noise_multiplier
         o.noise_multiplier = 0.0
