@@ -213,6 +213,10 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
     """Read and check the run directory, then :func:`gate_scores`. No files are written."""
     policy = policy or GatePolicy()
     run_dir = Path(run_dir)
+    if load_manifest(run_dir, verify=False).get("kind") == "step-audit":  # `dp-audit step-audit --out`
+        from dp_audit.stepaudit.gating import evaluate_step_audit
+
+        return evaluate_step_audit(run_dir, policy)
     manifest, audit = _load_run(run_dir)
     claim = audit["claim"] if isinstance(audit["claim"], dict) else {}
     eps_claim = _claim_epsilon(claim.get("epsilon"), str(run_dir / AUDIT))

@@ -27,7 +27,8 @@ with --require-signature), 4 internal error."""
 def add_parser(sub) -> None:
     p = sub.add_parser("gate", help="CI gate: fail when an empirical ε lower bound exceeds the claim",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, required=True, help="run directory with audit.json")
+    p.add_argument("--run", type=Path, required=True,
+                   help="run directory with audit.json, or a step-audit directory (dp-audit step-audit --out)")
     p.add_argument("--policy", type=Path, help="gate policy TOML (default: built-in policy)")
     p.add_argument("--summary", type=Path, help="Markdown summary to write (default: RUN/summary.md)")
     p.add_argument("--junit", type=Path, help="JUnit XML to write (default: RUN/gate.junit.xml)")
