@@ -26,3 +26,19 @@ def test_the_demo_audit_config_is_valid():
     cfg = from_mapping(AuditConfig, AUDIT)
     assert cfg.probes == ("curve-filter",) and cfg.attacks == ("loss",)
     assert cfg.fdp_null == "eps-delta"  # the valid default (docs/estimators.md)
+
+
+def test_demo_step_audits_answer_the_awp_question(tmp_path, capsys):
+    """The demo's step-level part (issue 17: `make demo` shows the answer): paper-mode AWP refutes its
+    per-step claim while DP-SGD, DP-SAT, per-example AWP and DP-ZO do not, through the same gate
+    `dp-audit gate --run` applies. Bugs caught: a construction renamed out of the demo, a verdict
+    read from the wrong side, the demo's output folder not re-runnable."""
+    from dp_audit.commands.demo import STEP_AUDITS, _step_audits
+
+    rows = _step_audits(tmp_path / "s", quiet=True)
+    status = {name: st for name, st, _, _ in rows}
+    assert [n for n, *_ in rows] == list(STEP_AUDITS)
+    assert status.pop("dpflat-awp-paper") == "fail"
+    assert set(status.values()) == {"pass"}
+    _step_audits(tmp_path / "s", quiet=True)  # a second demo replaces its own step audits
+    assert "FAIL: refuted" in capsys.readouterr().out

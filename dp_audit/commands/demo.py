@@ -28,8 +28,15 @@ SCENARIOS: tuple[tuple[str, dict], ...] = (
 
 DEMO_ETAS = [-0.5, -0.25, 0.0, 0.25, 0.5]
 
+# The step-level audit (DESIGN.md §7, docs/awp-leak.md): one training step of each mechanism, run
+# STEP_TRIALS times on D and on D' = D ∪ {canary} from a state the auditor chose, in DP's own threat
+# model. DP-SGD and the DP-correct AWP variants must stay below their per-step claim; paper-mode AWP
+# (v from the raw micro-batch gradient) should not.
+STEP_AUDITS = ("dpsgd-dirac", "dpflat-awp-paper", "dpflat-awp-dpsat", "dpflat-awp-per-example", "dpzo-gaussian")
+STEP_TRIALS = 20_000
+
 AUDIT = {  # the audit config of every demo run (audit.toml keys)
-    "attacks": ["loss"], "estimators": ["steinke", "fdp"], "formats": ["html", "md", "json"],
+    "attacks": ["loss"], "estimators": ["fdp"], "formats": ["html", "md", "json"],
     # loss at w + ηd with filter-normalised d (Li et al. 2018): comparable across full and prefix tuning
     "probes": ["curve-filter"], "probe": {"curve-filter": {"n_directions": 4, "etas": DEMO_ETAS}},
     "landscape": {"splits": ["member", "nonmember", "dev"], "max_examples": 250},
@@ -60,6 +67,47 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
+def _step_audits(root: Path, *, quiet: bool) -> list[tuple[str, str, float, float]]:
+    """Run the step-level audits (seconds: the trials are batched) into root/<construction>; a
+    previous demo's step audits there are replaced (they are the demo's own output)."""
+    from dp_audit.gate import GatePolicy
+    from dp_audit.stepaudit import step_audit
+    from dp_audit.stepaudit.constructions import build
+    from dp_audit.stepaudit.gating import evaluate_step_audit
+    from dp_audit.stepaudit.output import write_step_audit
+
+    rows = []
+    print(f"[demo] step-level audits: one step of each mechanism, {STEP_TRIALS} trials on D and on D ∪ {{canary}}",
+          flush=True)
+    for i, name in enumerate(STEP_AUDITS):
+        res = step_audit(build(name), trials=STEP_TRIALS, seed=i, progress=not quiet)
+        d = root / name
+        if (d / "manifest.json").is_file() and (d / "step_audit.json").is_file():
+            _remove_previous_step_audit(d)
+        write_step_audit(res, d)
+        gate = evaluate_step_audit(d, GatePolicy())  # what `dp-audit gate --run` on it decides
+        rows.append((name, gate.verdict.status, gate.verdict.epsilon_lb_max, gate.verdict.claimed_epsilon))
+    _print_steps(rows)
+    return rows
+
+
+def _remove_previous_step_audit(d: Path) -> None:
+    """Only the three files a step audit writes, and the folder if it is then empty."""
+    for f in ("manifest.json", "trials.npz", "step_audit.json"):
+        (d / f).unlink(missing_ok=True)
+    try:
+        d.rmdir()
+    except OSError:
+        pass
+
+
+def _print_steps(rows: list[tuple[str, str, float, float]]) -> None:
+    print("[demo] step-level verdicts (per-step claim vs ε_LB at 95%; gate on the step-audit directory):")
+    for name, status, lb, claimed in rows:
+        word = "FAIL: refuted" if status == "fail" else "PASS"
+        print(f"  {name:<24} {word:<14} per-step claim ε {claimed:5.2f}   ε_LB {lb:6.2f}")
+
+
 def run(args: argparse.Namespace) -> int:
     from dp_audit.audit import run_audit, target_from_run
     from dp_audit.commands.run import print_summary
@@ -72,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    steps = _step_audits(out / "step-audits", quiet=args.quiet)
     audit_cfg = from_mapping(AuditConfig, AUDIT)
     verdicts: list[tuple[str, str, float, float | None, float, float | None]] = []
     runs: list[Path] = []
@@ -110,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         acc_text = f"{acc:.3f}" if acc is not None else "-"
         print(f"  {name:<20} {status.upper():<5} claimed {claimed:4.2f}   ε_LB attack {lb:4.2f}   ε_LB run {run_text}"
               f"   test accuracy {acc_text}")
+    _print_steps(steps)
     print(f"[demo] done in {time.time() - t0:.0f} s. Reports: " + ", ".join(str(r / "report.html") for r in runs))
     if comparison is not None:
         print(f"[demo] comparison report: {comparison}")
