@@ -74,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the environment, not the audit: unreadable input, unwritable output
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "") or type(exc).__name__
-        print(f"dp-audit {args.command}: error: cannot access{where}: {reason}", file=sys.stderr)
+        print(f"dp-audit {args.command}: error: {_one_line(f'cannot access{where}: {reason}', limit=2000)}",
+              file=sys.stderr)  # a path a user gave may hold a newline
         return EXIT_USAGE
     except UnicodeError as exc:
         print(f"dp-audit {args.command}: error: input is not valid UTF-8 text ({getattr(exc, 'reason', exc)})", file=sys.stderr)
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def _one_line(exc: BaseException, *, limit: int = 300) -> str:
+def _one_line(exc: BaseException | str, *, limit: int = 300) -> str:
     """The message on one line: whitespace folded, other control characters (which a terminal or
     str.splitlines would treat as line breaks, e.g. \x1e from a file a user controls) escaped."""
     text = " ".join(str(exc).split())
