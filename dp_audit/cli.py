@@ -23,6 +23,7 @@ from typing import Sequence
 
 from dp_audit import __version__
 from dp_audit.errors import EXIT_INTERNAL, EXIT_USAGE, DPAuditError
+from dp_audit.safetext import one_line
 
 COMMANDS = ("train", "run", "estimate", "gate", "report", "demo", "step_audit")
 
@@ -90,9 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _one_line(exc: BaseException | str, *, limit: int = 300) -> str:
     """The message on one line: whitespace folded, other control characters (which a terminal or
     str.splitlines would treat as line breaks, e.g. \x1e from a file a user controls) escaped."""
-    text = " ".join(str(exc).split())
-    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return one_line(exc, limit=limit)
 
 
 def _write_traceback(command: str) -> str:
