@@ -190,3 +190,25 @@ def test_train_overwrite_never_deletes_the_run_holding_its_config(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and "holds an input" in err and len(err.strip().splitlines()) == 1
     assert cfg.read_text() == 'trainer = "dpsgd"\n' and (run / "audit.json").is_file()
+
+
+def test_an_external_run_can_be_re_audited_and_its_checkpoint_is_verified(tmp_path):
+    """Bug caught (review of issue 13 item 3): `run --run X` on a run made by `run --model M --out X`
+    looked for X/model and exited 2, so an interrupted external audit could not be redone the way
+    the error message says ("rerun dp-audit run --run X"). Now the recorded checkpoint is audited,
+    after checking its files still have the recorded sha256 (an edited checkpoint: exit 3)."""
+    from dp_audit.audit import target_from_run
+    from dp_audit.errors import IntegrityError
+    from dp_audit.manifest import PENDING
+
+    model = _model(tmp_path / "model")
+    cans = _canaries(tmp_path / "c.jsonl")
+    out = tmp_path / "X"
+    target_from_checkpoint(model=model, canaries=cans, epsilon=1.0, delta=1e-5, out=out, kind="classifier")
+    (out / PENDING).write_text("{}")  # an audit that was killed
+    again = target_from_run(out)
+    assert again.model_path.resolve() == model.resolve() and again.source == "external"
+    assert again.kind == "classifier" and again.claim["epsilon"] == 1.0
+    (model / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(IntegrityError, match="checkpoint"):
+        target_from_run(out)
