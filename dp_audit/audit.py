@@ -61,6 +61,8 @@ def target_from_run(run_dir: str | Path) -> Target:
     are still verified, its audit outputs were already dropped from the manifest."""
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir, verify=True, allow_pending=True)
+    if manifest["kind"] == "external":
+        return _target_from_external_run(run_dir, manifest)
     tuning = manifest["config"].get("model", {}).get("tuning", "full")
     base = run_dir / "base_model" if tuning != "full" else None
     ledger = read_json(run_dir / "ledger.json", what="ledger", integrity=True) if (run_dir / "ledger.json").exists() else None
@@ -71,6 +73,38 @@ def target_from_run(run_dir: str | Path) -> Target:
                   tokenizer_path=run_dir / "tokenizer" if (run_dir / "tokenizer").is_dir() else None,
                   kind="classifier", claim=manifest["claim"], canaries=tuple(read_canaries(canaries_path)),
                   source="dp-audit", manifest=manifest, ledger=ledger)
+
+
+def _target_from_external_run(run_dir: Path, manifest: dict[str, Any]) -> Target:
+    """A run made by ``run --model M --out X``: the checkpoint stays at M. Re-auditing it (e.g. after
+    an interrupted audit) checks first that M's files still have the sha256 recorded then."""
+    source = manifest.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("model_path"), str) \
+            or not isinstance(source.get("model_files"), dict):
+        raise IntegrityError(f"{run_dir / 'manifest.json'}: an external run needs source.model_path and "
+                             f"source.model_files")
+    model = Path(source["model_path"])
+    if not model.is_dir():
+        raise UsageError(f"the checkpoint this run audited is gone: {model}")
+    for rel, digest in source["model_files"].items():
+        path = model / rel
+        if not path.is_file() or sha256_file(path) != digest:
+            raise IntegrityError(f"the checkpoint at {model} changed since this run was created ({rel}); "
+                                 f"audit it as a new run with --model")
+    base = source.get("base_path")
+    from dp_audit.attacks.loading import check_model_dir
+
+    for d in (model, base if isinstance(base, str) else None):
+        if d is not None:
+            check_model_dir(Path(d), allow_pickle=bool(source.get("allow_pickle")))
+    kind = (manifest["config"].get("model") or {}).get("kind")
+    canaries_path = run_dir / "canaries.jsonl"
+    if not canaries_path.is_file():
+        raise IntegrityError(f"canaries file missing from run directory: {canaries_path}")
+    return Target(run_dir=run_dir, model_path=model, base_path=Path(base) if isinstance(base, str) else None,
+                  tokenizer_path=None, kind=kind or "auto", claim=manifest["claim"],
+                  canaries=tuple(read_canaries(canaries_path)), source="external", manifest=manifest,
+                  ledger=None, allow_pickle=bool(source.get("allow_pickle")))
 
 
 def target_from_checkpoint(

@@ -23,6 +23,7 @@ from typing import Sequence
 
 from dp_audit import __version__
 from dp_audit.errors import EXIT_INTERNAL, EXIT_USAGE, DPAuditError
+from dp_audit.safetext import one_line
 
 COMMANDS = ("train", "run", "estimate", "gate", "report", "demo", "step_audit")
 
@@ -74,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the environment, not the audit: unreadable input, unwritable output
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "") or type(exc).__name__
-        print(f"dp-audit {args.command}: error: cannot access{where}: {reason}", file=sys.stderr)
+        print(f"dp-audit {args.command}: error: {_one_line(f'cannot access{where}: {reason}', limit=2000)}",
+              file=sys.stderr)  # a path a user gave may hold a newline
         return EXIT_USAGE
     except UnicodeError as exc:
         print(f"dp-audit {args.command}: error: input is not valid UTF-8 text ({getattr(exc, 'reason', exc)})", file=sys.stderr)
@@ -86,12 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def _one_line(exc: BaseException, *, limit: int = 300) -> str:
+def _one_line(exc: BaseException | str, *, limit: int = 300) -> str:
     """The message on one line: whitespace folded, other control characters (which a terminal or
     str.splitlines would treat as line breaks, e.g. \x1e from a file a user controls) escaped."""
-    text = " ".join(str(exc).split())
-    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return one_line(exc, limit=limit)
 
 
 def _write_traceback(command: str) -> str:

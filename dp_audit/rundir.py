@@ -30,11 +30,14 @@ class OutputChanged(UsageError):
 
 @dataclass(frozen=True)
 class OutputState:
-    """What ``out`` was when the command started: absent, empty, or the run with ``run_id``."""
+    """What ``out`` was when the command started: absent, empty, or the run with ``run_id``;
+    ``listing`` fingerprints every entry below it (path, type, size, mtime), so a file added to or
+    edited in the old run meanwhile is noticed even though the run id stays the same."""
 
     path: Path
     kind: str  # "absent" | "empty" | "run"
     run_id: str | None = None
+    listing: tuple[tuple[str, str, int, int], ...] = ()
 
 
 def run_id_of(path: Path) -> str | None:
@@ -47,14 +50,27 @@ def run_id_of(path: Path) -> str | None:
     return run_id if isinstance(run_id, str) and run_id else None
 
 
+def _listing(path: Path) -> tuple[tuple[str, str, int, int], ...]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(path):  # does not follow symlinked directories
+        for name in sorted(dirnames) + sorted(filenames):
+            full = Path(dirpath) / name
+            st = full.lstat()
+            kind = "link" if full.is_symlink() else ("dir" if full.is_dir() else "file")
+            out.append((full.relative_to(path).as_posix(), kind, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
+
+
 def _state(path: Path) -> OutputState:
+    if path.is_symlink():
+        raise UsageError(f"output path {path} is a symbolic link; give the real directory")
     if not path.exists():
         return OutputState(path, "absent")
     if not path.is_dir():
         raise UsageError(f"output path {path} exists and is not a directory")
     if not any(path.iterdir()):
         return OutputState(path, "empty")
-    return OutputState(path, "run", run_id_of(path))
+    return OutputState(path, "run", run_id_of(path), _listing(path))
 
 
 def _contains(parent: Path, child: Path) -> bool:
@@ -84,7 +100,10 @@ def install_output(tmp: Path, out: Path, state: OutputState) -> Path:
     """Rename the finished ``tmp`` into ``out``, replacing only what ``claim_output`` vouched for.
     If ``out`` changed meanwhile, nothing is removed: the new run stays at ``tmp`` and the error
     says so."""
-    now = _state(out)
+    try:
+        now = _state(out)
+    except UsageError:  # became a file or a symlink meanwhile
+        now = OutputState(out, "other")
     if now != state:
         raise OutputChanged(f"{out} changed while this command ran (was {state.kind}"
                          f"{' ' + state.run_id if state.run_id else ''}, now {now.kind}"

@@ -91,3 +91,37 @@ def test_error_messages_stay_on_one_line_whatever_the_input(run_copy, capsys):
     assert cli.main(["gate", "--run", str(run_copy), "--quiet"]) == 3
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "\x1b" not in err and "\x1e" not in err
+
+
+@pytest.mark.parametrize("override", ['estimators=["bogus"]', 'formats=["html", "bogus"]'])
+def test_audit_config_errors_are_found_before_out_is_created(tmp_path, capsys, override):
+    """Bug caught (review of issue 13 item 9): `run --model M ... --out X --set estimators=["bogus"]`
+    created X (manifest, canaries) and only then refused the config, leaving a half-made run that a
+    rerun without --overwrite refuses. Refused (exit 2) with X never created."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights")
+    cans = tmp_path / "c.jsonl"
+    cans.write_text('{"id": "a", "text": "hi", "label": 0, "member": true}\n'
+                    '{"id": "b", "text": "ho", "label": 1, "member": false}\n')
+    out = tmp_path / "X"
+    code = cli.main(["run", "--model", str(model), "--canaries", str(cans), "--epsilon", "2", "--delta", "1e-5",
+                     "--out", str(out), "--set", override, "--quiet"])
+    assert code == EXIT_USAGE and "bogus" in _one_line(capsys.readouterr().err)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "model"]
+
+
+def test_os_error_on_a_path_with_a_newline_stays_on_one_line(run_copy, tmp_path, capsys):
+    """Bug caught (review of issue 13 item 1): the OSError branch printed exc.filename raw, so a
+    --summary path holding a newline (and over 255 characters) gave a two-line error; and the line
+    named the temporary file, not the path the user gave."""
+    bad = tmp_path / ("a" * 300 + "\nx") / "s.md"
+    assert cli.main(["gate", "--run", str(run_copy), "--quiet", "--summary", str(bad)]) == EXIT_USAGE
+    line = _one_line(capsys.readouterr().err)
+    assert "\\n" in line or " x" in line
+    summary_dir = tmp_path / "adir"
+    summary_dir.mkdir()
+    assert cli.main(["gate", "--run", str(run_copy), "--quiet", "--summary", str(summary_dir)]) == EXIT_USAGE
+    line = _one_line(capsys.readouterr().err)
+    assert str(summary_dir) in line and ".tmp" not in line

@@ -256,3 +256,17 @@ def test_gdp_on_an_eps_delta_claim_is_labelled_in_every_output(tmp_path, capsys)
     skipped = [c for c in ET.parse(run / "gate.junit.xml").getroot().findall(".//testcase")
                if c.get("name", "").startswith("gdp") and c.find("skipped") is not None]
     assert len(skipped) == 1
+
+
+def test_control_characters_in_names_keep_junit_valid_and_the_verdict_on_one_line(tmp_path, capsys):
+    """Bug caught (review of issue 13): an attack name (from audit.json, which whoever builds the run
+    controls) holding \\x01 made gate.junit.xml not well-formed XML (CI's parser rejects the whole
+    report), and a newline or ESC in it split the verdict line on stdout or drove the terminal."""
+    name = "lo\x01ss\n\x1b[31mFAKE PASS<&>\"]]>"
+    run = make_run(tmp_path / "r", mu=math.inf, epsilon=1.0, attacks=(name,))
+    assert main(["gate", "--run", str(run), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1 and "\x1b" not in out and "\x01" not in out
+    root = ET.parse(run / "gate.junit.xml").getroot()  # well-formed
+    names = [c.get("classname") for c in root.iter("testcase")]
+    assert any("FAKE PASS<&>" in n for n in names)  # kept readable, escaped by the XML writer

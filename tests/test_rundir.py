@@ -126,3 +126,89 @@ def test_train_overwrite_refuses_a_directory_that_is_not_a_run(tiny_config, tmp_
     with pytest.raises(UsageError, match="not a dp-audit run"):
         train_run(tiny_config(trainer="nondp", canaries={"m": 10}), out, progress=False, overwrite=True)
     assert (out / "thesis.tex").exists()
+
+
+def test_files_put_into_an_existing_run_meanwhile_are_never_deleted(tmp_path):
+    """Bug caught (review of issue 13 item 4): the state taken before training compared only the
+    run id, so a file written into the old run while `train --overwrite` ran (same run id) was
+    removed with it. Seen through the CLI: NOTES.txt written 4 s into a train was gone."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    state = claim_output(run, overwrite=True)
+    (run / "NOTES.txt").write_text("mine")
+    new = tmp_path / "new"
+    new.mkdir()
+    with pytest.raises(OutputChanged, match="changed while"):
+        install_output(new, run, state)
+    assert (run / "NOTES.txt").read_text() == "mine" and new.is_dir()
+
+
+def test_a_file_changed_in_the_old_run_meanwhile_is_never_deleted(tmp_path):
+    """Bug caught: an edit to a file of the old run during the command (same names, same run id)
+    went unnoticed and the edited file was removed."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    state = claim_output(run, overwrite=True)
+    (run / "scores" / "loss.npz").write_bytes(b"edited by someone, and longer than before" * 100)
+    new = tmp_path / "new"
+    new.mkdir()
+    with pytest.raises(OutputChanged):
+        install_output(new, run, state)
+    assert (run / "scores" / "loss.npz").read_bytes().startswith(b"edited")
+
+
+def test_out_that_is_a_symlink_is_refused_before_any_work(tmp_path):
+    """Bug caught: `--out LINK --overwrite` (LINK -> a run) passed the checks, then renamed the link,
+    installed the new run and failed in rmtree (exit 2 after success, a stray link left); an empty
+    target failed in os.rmdir after all the work. A symlinked --out is refused up front."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    link = tmp_path / "link"
+    link.symlink_to(run, target_is_directory=True)
+    with pytest.raises(UsageError, match="symbolic link"):
+        claim_output(link, overwrite=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    link2 = tmp_path / "link2"
+    link2.symlink_to(empty, target_is_directory=True)
+    with pytest.raises(UsageError, match="symbolic link"):
+        claim_output(link2, overwrite=False)
+    assert (run / "manifest.json").is_file() and link.is_symlink()
+
+
+def test_train_overwrite_never_deletes_the_run_holding_its_config(tmp_path, capsys):
+    """Bug caught: `train --config R/cfg.toml --out R --overwrite` (R a dp-audit run) removed R and
+    the user's cfg.toml with it: the config was not counted among the inputs. Refused (exit 2)
+    before any training, everything kept."""
+    from dp_audit.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    cfg = run / "my-config.toml"
+    cfg.write_text('trainer = "dpsgd"\n')
+    code = main(["train", "--config", str(cfg), "--out", str(run), "--overwrite", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds an input" in err and len(err.strip().splitlines()) == 1
+    assert cfg.read_text() == 'trainer = "dpsgd"\n' and (run / "audit.json").is_file()
+
+
+def test_an_external_run_can_be_re_audited_and_its_checkpoint_is_verified(tmp_path):
+    """Bug caught (review of issue 13 item 3): `run --run X` on a run made by `run --model M --out X`
+    looked for X/model and exited 2, so an interrupted external audit could not be redone the way
+    the error message says ("rerun dp-audit run --run X"). Now the recorded checkpoint is audited,
+    after checking its files still have the recorded sha256 (an edited checkpoint: exit 3)."""
+    from dp_audit.audit import target_from_run
+    from dp_audit.errors import IntegrityError
+    from dp_audit.manifest import PENDING
+
+    model = _model(tmp_path / "model")
+    cans = _canaries(tmp_path / "c.jsonl")
+    out = tmp_path / "X"
+    target_from_checkpoint(model=model, canaries=cans, epsilon=1.0, delta=1e-5, out=out, kind="classifier")
+    (out / PENDING).write_text("{}")  # an audit that was killed
+    again = target_from_run(out)
+    assert again.model_path.resolve() == model.resolve() and again.source == "external"
+    assert again.kind == "classifier" and again.claim["epsilon"] == 1.0
+    (model / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(IntegrityError, match="checkpoint"):
+        target_from_run(out)

@@ -112,3 +112,34 @@ def test_top_level_reexport_is_lazy():
             "assert step_audit is s.step_audit and Construction is s.Construction; "
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_files_in_a_non_empty_out_are_never_overwritten(tmp_path, capsys):
+    """Bug caught (review of issue 13): `step-audit --out DIR` into a directory without a manifest
+    overwrote files dp-audit did not write (a user's trials.npz and step_audit.json became the
+    audit's). A non-empty --out is refused (exit 2) before the trials; nothing is replaced."""
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "trials.npz").write_bytes(b"precious")
+    (out / "step_audit.json").write_text('{"mine": 1}')
+    code = main(["step-audit", "--construction", "gaussian", "--trials", "200", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not empty" in err and len(err.strip().splitlines()) == 1
+    assert (out / "trials.npz").read_bytes() == b"precious" and (out / "step_audit.json").read_text() == '{"mine": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]  # no temporary sibling left
+
+
+def test_a_failure_half_way_leaves_no_half_written_out(tmp_path, monkeypatch):
+    """Bug caught: files were written one by one into --out, so a failure (or kill) after
+    trials.npz left a directory with trials.npz and no manifest. Now the directory is built in a
+    temporary sibling: a failure leaves --out absent and no temporary sibling behind."""
+    import dp_audit.stepaudit.output as output
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(output, "atomic_write_json", boom)  # after trials.npz, before the manifest
+    out = tmp_path / "sa"
+    with pytest.raises(OSError):
+        step_audit(build("gaussian", mu=1.0), trials=200, seed=0, progress=False, out=out)
+    assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 import torch
@@ -168,18 +168,20 @@ def default_cache_root(out_dir: Path, cfg: RunConfig) -> Path:
     return Path(cfg.model.cache_dir) if cfg.model.cache_dir else Path(out_dir).resolve().parent / ".cache"
 
 
-def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, overwrite: bool = False) -> Path:
+def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, overwrite: bool = False,
+              inputs: Iterable[str | Path | None] = ()) -> Path:
     """Train with ``cfg.trainer`` and write a complete run directory at ``out_dir``.
 
     The directory is built in a temporary sibling and renamed into place at the end, so an
-    interrupted run never leaves a half-written run directory behind.
+    interrupted run never leaves a half-written run directory behind. ``inputs`` (e.g. the config
+    file) are files ``--overwrite`` must never remove with the old run.
     """
     import dp_audit.trainers.registry  # noqa: F401  (registers every trainer)
 
     out_dir = Path(out_dir)
     cache_root = default_cache_root(out_dir, cfg)
     # checked before any work; --overwrite replaces only a dp-audit run that does not hold the cache
-    state = claim_output(out_dir, overwrite=overwrite, inputs=[cache_root])
+    state = claim_output(out_dir, overwrite=overwrite, inputs=[cache_root, *inputs])
     trainer_cls = TRAINERS.get(cfg.trainer)
     prep = prepare(cfg, cache_root=cache_root, progress=progress and cfg.train.progress)
     g_init = torch.Generator().manual_seed(cfg.train.seed)

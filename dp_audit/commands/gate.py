@@ -42,6 +42,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from dp_audit.safetext import one_line
     from dp_audit.gate import (JUNIT, SUMMARY, evaluate_gate, load_policy, not_counted_reason, verdict_line,
                                write_outputs)
 
@@ -54,13 +55,15 @@ def run(args: argparse.Namespace) -> int:
     summary = args.summary or args.run / SUMMARY
     junit = args.junit or args.run / JUNIT
     write_outputs(result, summary=summary, junit=junit)
+    # attack names, reasons and paths come from files a user controls: one printable line each
     for w in result.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(f"warning: {one_line(w)}", file=sys.stderr)
     if not args.quiet:
         for e in result.estimates:
             tag = "" if e.is_bound else f"  ({not_counted_reason(e)}; not counted)"
-            print(f"  ε_LB {e.method:<16} on {e.attack:<12} {e.epsilon_lb:8.3f}  (α={e.alpha:.3g}){tag}")
-    print(verdict_line(result))
+            print(f"  ε_LB {one_line(e.method):<16} on {one_line(e.attack):<12} {e.epsilon_lb:8.3f}  "
+                  f"(α={e.alpha:.3g}){tag}")
+    print(one_line(verdict_line(result)))
     if not args.quiet:
-        print(f"wrote {summary} and {junit}")
+        print(one_line(f"wrote {summary} and {junit}"))
     return EXIT_VIOLATION if result.verdict.status == "fail" else EXIT_OK

@@ -72,9 +72,10 @@ def load_audit_config(path: Path | None, overrides: list[str]) -> AuditConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dp_audit.audit import run_audit, target_from_checkpoint, target_from_run
+    from dp_audit.audit import _validate_before_writing, run_audit, target_from_checkpoint, target_from_run
 
     cfg = load_audit_config(args.config, args.overrides)
+    _validate_before_writing(cfg)  # before --out is created (issue 13 item 9)
     if (args.run is None) == (args.model is None):
         raise UsageError("give either --run DIR or --model DIR (with --canaries, --epsilon, --delta, --out)")
     if args.run is not None:

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, quiet=args.quiet)
     from dp_audit.trainers.base import train_run
 
-    out = train_run(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite)
+    out = train_run(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, inputs=[args.config])
     manifest = json.loads((out / "manifest.json").read_text())
     claim = manifest["claim"]
     eps = claim["epsilon"]

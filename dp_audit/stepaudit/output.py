@@ -6,10 +6,16 @@
 - ``step_audit.json``: :meth:`StepAuditResult.to_dict` (claim, estimates, verdict, timings);
 - ``manifest.json``: kind ``step-audit``, the configuration, the seed, the per-step claim, tool
   and library versions and the sha256 of both files; written last, each file atomically.
+
+The three files are written into a temporary sibling of ``out`` that is renamed into place at the
+end: ``out`` must be absent or empty, so no file dp-audit did not write is ever replaced, and a
+killed step audit leaves no half-written ``out``.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,30 +23,48 @@ import numpy as np
 
 from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.io import atomic_write_json, load_npz, read_json, save_npz
-from dp_audit.manifest import MANIFEST, load_manifest, write_manifest
+from dp_audit.manifest import MANIFEST, load_manifest, new_run_id, write_manifest
+from dp_audit.rundir import OutputChanged, OutputState, claim_output, install_output
 from dp_audit.stepaudit.result import KIND, StepAuditResult
 
 TRIALS = "trials.npz"
 RESULT = "step_audit.json"
 
 
-def check_out(out: str | Path) -> Path:
-    """``out`` can receive a new audit: not a file, no manifest in it yet."""
+def check_out(out: str | Path) -> OutputState:
+    """``out`` can receive a new audit: absent or an empty directory (a directory holding files,
+    e.g. an earlier audit or a user's ``trials.npz``, is refused: nothing is ever overwritten)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a directory")
     if (out / MANIFEST).exists():
         raise UsageError(f"{out} already holds an audit ({MANIFEST}); choose another --out")
-    return out
+    if out.is_dir() and not out.is_symlink() and any(out.iterdir()):
+        raise UsageError(f"--out {out} exists and is not empty; choose a new or empty directory")
+    return claim_output(out, overwrite=False)
 
 
 def write_step_audit(res: StepAuditResult, out: str | Path, *, config: Mapping[str, Any] | None = None) -> Path:
-    """Write the three files into ``out`` (created; a directory that already holds a manifest is
-    refused, so an earlier audit is never overwritten)."""
-    out = check_out(out)
+    """Write the three files into a temporary sibling and rename it to ``out`` (which must be
+    absent or empty: nothing already there is ever overwritten)."""
+    out = Path(out)
+    state = check_out(out)
     if res.scores_d0 is None or res.scores_d1 is None:
         raise UsageError("this result carries no trial scores (it was read from JSON); nothing to write")
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        _write_files(res, tmp, config, name=out.name)
+        install_output(tmp, out, state)
+    except OutputChanged:
+        raise  # the finished audit stays in tmp, as the message says
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_files(res: StepAuditResult, out: Path, config: Mapping[str, Any] | None, *, name: str) -> None:
     d0 = np.asarray(res.scores_d0, dtype=np.float64)
     d1 = np.asarray(res.scores_d1, dtype=np.float64)
     save_npz(out / TRIALS, scores_d0=d0, scores_d1=d1, scores=np.concatenate([d0, d1]),
@@ -51,8 +75,8 @@ def write_step_audit(res: StepAuditResult, out: str | Path, *, config: Mapping[s
            "construction_info": res.info, **dict(config or {})}
     claim = {"epsilon": res.claim_epsilon, "delta": res.delta, "mu": res.claim_mu, "per": "step",
              "accountant": "gdp" if res.claim_mu is not None else "construction"}
-    write_manifest(out, kind=KIND, config=cfg, seeds={"seed": res.seed}, claim=claim, artifacts=[TRIALS, RESULT])
-    return out
+    write_manifest(out, kind=KIND, config=cfg, seeds={"seed": res.seed}, claim=claim, artifacts=[TRIALS, RESULT],
+                   run_id=new_run_id(name))
 
 
 def read_step_audit(path: str | Path) -> StepAuditResult:
