@@ -225,9 +225,9 @@ def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: s
                 optimizer.step()
                 losses.append(float(loss.detach()))
             step += 1
+            # no loss in the bar: stderr ends up in CI logs and train.log files, and a batch's
+            # loss is a statistic of the private data computed without noise
             bar.update(1)
-            if losses:  # the operator's console only; never written to the run directory
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     return losses
 
