@@ -111,3 +111,20 @@ def test_progress_output_of_dp_training_shows_no_training_loss(capsys):
     assert "loss" not in err, err
     for v in [*losses, *(s.loss for s in steps)]:
         assert f"{v:.3f}" not in err, (v, err)
+
+
+@pytest.mark.parametrize("sections", [{"trainer": "dpzo"}, {"trainer": "nondp"},
+                                      {"trainer": "dpflat", "dpflat": {"blackbox": True, "awp": False,
+                                                                       "sparse": False}}])
+def test_inject_bug_on_a_trainer_that_does_not_implement_it_is_a_usage_error(sections):
+    """``privacy.inject_bug`` is implemented by the Opacus path only (DP-SGD, white-box DP-Flat).
+    Bug caught: DP-ZO, non-private and black-box DP-Flat runs accepted it and trained a correct
+    pipeline, while dp-audit run labels the run "bug: ..." (a regression suite would expect a
+    refutation of a mechanism that was never broken)."""
+    from dp_audit.errors import UsageError
+
+    with pytest.raises(UsageError, match="inject_bug"):
+        run_config_from_dict({**sections, "privacy": {"inject_bug": "no-noise"}})
+    run_config_from_dict({**sections})  # the same config without the bug is valid
+    run_config_from_dict({"trainer": "dpsgd", "privacy": {"inject_bug": "no-noise"}})
+    run_config_from_dict({"trainer": "dpflat", "model": {"tuning": "prefix"}, "privacy": {"inject_bug": "no-noise"}})
