@@ -36,7 +36,7 @@ class OneBatch:
             yield self.tensors
 
 
-def _expected_clipped_sum(model, batch) -> list[torch.Tensor]:
+def _expected_clipped_sum(model, batch, clip: float = CLIP) -> list[torch.Tensor]:
     """Σ_i min(1, C/(‖∇ℓ_i‖ + 1e-6))·∇ℓ_i over the examples of ``batch`` (Opacus' flat clipping)."""
     params = [p for p in model.parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for p in params]
@@ -45,7 +45,7 @@ def _expected_clipped_sum(model, batch) -> list[torch.Tensor]:
         loss = torch.nn.functional.cross_entropy(model(**{k: one[k] for k in INPUT_KEYS}).logits, one["labels"])
         grads = torch.autograd.grad(loss, params)
         norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
-        coef = min(1.0, CLIP / (float(norm) + 1e-6))
+        coef = min(1.0, clip / (float(norm) + 1e-6))
         for t, g in zip(total, grads):
             t.add_(g, alpha=coef)
     return total
@@ -128,3 +128,43 @@ def test_inject_bug_on_a_trainer_that_does_not_implement_it_is_a_usage_error(sec
     run_config_from_dict({**sections})  # the same config without the bug is valid
     run_config_from_dict({"trainer": "dpsgd", "privacy": {"inject_bug": "no-noise"}})
     run_config_from_dict({"trainer": "dpflat", "model": {"tuning": "prefix"}, "privacy": {"inject_bug": "no-noise"}})
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_injected_no_clip_bug_really_removes_clipping_and_the_ledger_says_what_ran(mode):
+    """``inject_bug = "no-clip"``: the release must be the *unclipped* sum plus N(0, σ²C²), divided
+    by qn, and the ledger's observed σ must be noise std / clip norm as run. Bug caught: in ghost
+    mode Opacus clips with the module's max_grad_norm, not the optimizer's, so the injection only
+    changed the optimizer's attributes: the mechanism stayed correct (clipped at C, noise σC) while
+    the observed record claimed σ·C/10⁶ (the gate refuted a correct run through its ledger, and
+    the black-box regression test of the bug tested nothing)."""
+    from dp_audit.trainers.dpsgd import observed_mechanism
+
+    cfg = run_config_from_dict({"train": {"optimizer": "sgd", "lr": LR, "batch_size": 4, "seed": SEED,
+                                          "progress": False},
+                                "privacy": {"max_grad_norm": CLIP, "reproducible_noise": True,
+                                            "inject_bug": "no-clip"}})
+    setup = DPSetup(noise_multiplier=SIGMA, sample_rate=QN / N, steps=1, max_grad_norm=CLIP,
+                    accounted_sample_rate=QN / N, expected_batch_size=QN, reproducible_noise=True)
+    data = tiny_batch(n=N, seed=3)
+    batch = {k: v[:BATCH] for k, v in data.items()}
+    model = tiny_full_model()
+    params = [p for p in model.parameters() if p.requires_grad]
+    unclipped = _expected_clipped_sum(model, batch, clip=1e30)
+    clipped = _expected_clipped_sum(model, batch, clip=CLIP)
+    before = [p.detach().clone() for p in params]
+    gsm, optimizer, loader = make_private(model, SimpleNamespace(train=data), cfg, setup,
+                                          generator=torch.Generator().manual_seed(0), mode=mode)
+    run_steps(gsm, optimizer, OneBatch(batch), setup, cfg=cfg, desc="")
+    g = noise_generator(reproducible=True, train_seed=SEED)
+    worst = far = 0.0
+    for p, b, s, c in zip(params, before, unclipped, clipped):
+        noise = torch.normal(mean=0.0, std=SIGMA * CLIP, size=p.shape, generator=g, dtype=p.dtype)
+        worst = max(worst, float((p.detach() - (b - LR * (s + noise) / QN)).abs().max()))
+        far = max(far, float((p.detach() - (b - LR * (c + noise) / QN)).abs().max()))
+    assert worst < 20 * TOL, worst  # unclipped gradients are larger: a little more rounding
+    assert far > 100 * TOL  # and the clipped release is far from it (the bug is visible)
+    obs = observed_mechanism(optimizer, loader, steps=1, module=gsm)
+    # noise std σC over the clip norm that ran (10⁶): σ·C/10⁶
+    assert obs["noise_multiplier"] == pytest.approx(SIGMA * CLIP / 1e6)
+    assert obs["max_grad_norm"] == pytest.approx(1e6)
