@@ -169,6 +169,20 @@ def cross_check(ledger: Mapping[str, Any], *, claimed_epsilon: float, delta: flo
             "flags": flags, "rtol": rtol}
 
 
+NOISE_REPLAYABLE = "noise replayable: not DP if the manifest is released"
+
+
+def replayable_noise_parts(ledger: Mapping[str, Any] | None) -> list[dict[str, str]]:
+    """The ledger's ``noise`` entry (written by dp-audit's DP trainers) as an unaccounted part when
+    the noise is replayable (``privacy.reproducible_noise = true``: noise and Poisson batches
+    seeded from train.seed, which manifest.json records). Read by the gate and the report."""
+    noise = (ledger or {}).get("noise") if isinstance(ledger, Mapping) else None
+    if not isinstance(noise, Mapping) or noise.get("replayable") is not True:
+        return []
+    return [{"component": "noise", "reason": f"{NOISE_REPLAYABLE} (source {noise.get('source', '?')}: the DP noise is "
+             "regenerated from the seed recorded in manifest.json; privacy.reproducible_noise = true)"}]
+
+
 # ---------------------------------------------------------------------------------------------
 # the mechanism as run
 
@@ -278,5 +292,5 @@ def prv_epsilon_bounds(history: list[tuple[float, float, int]], *, delta: float,
     return max(float(lower), 0.0), float(estimate), float(upper)
 
 
-__all__ = ["cross_check", "epsilon_from_ledger", "epsilon_lower_of_observed", "laplace_pure_epsilon",
-           "observed_epsilon_lower", "observed_events", "prv_epsilon_bounds", "ACCOUNTANTS"]
+__all__ = ["NOISE_REPLAYABLE", "cross_check", "epsilon_from_ledger", "epsilon_lower_of_observed", "laplace_pure_epsilon",
+           "observed_epsilon_lower", "observed_events", "prv_epsilon_bounds", "replayable_noise_parts", "ACCOUNTANTS"]

@@ -174,6 +174,11 @@ class RunConfig:
         _choice("privacy.accountant", self.privacy.accountant, ("rdp", "prv"))
         _choice("dpzo.noise", self.dpzo.noise, ("gaussian", "laplace"))
         _validate_dpflat_dpzo(self)
+        if self.privacy.inject_bug != "none" and (self.trainer not in ("dpsgd", "dpflat") or self.dpflat.blackbox
+                                                  and self.trainer == "dpflat"):
+            raise UsageError(f"privacy.inject_bug = {self.privacy.inject_bug!r} is implemented by the Opacus trainers "
+                             f"only (dpsgd, white-box dpflat), not by trainer {self.trainer!r}"
+                             + (" with dpflat.blackbox = true" if self.trainer == "dpflat" else ""))
         _choice("model.backbone", self.model.backbone, ("tiny", "minilm"))
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
         _choice("privacy.grad_sample_mode", self.privacy.grad_sample_mode, ("auto", "hooks", "ghost"))

@@ -251,8 +251,11 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
                              exposure=policy.exposure_bound and has_exposure_bound(entry)))
     ledger = _hashed_ledger(run_dir, manifest)
     observed = _observed_estimate(run_dir, ledger, delta) if policy.observed_mechanism else None
+    from dp_audit.accounting import replayable_noise_parts
+
+    # replayable noise (privacy.reproducible_noise) is named like any unaccounted part
     parts = unaccounted_parts(claim.get("unaccounted"), manifest["claim"].get("unaccounted"),
-                              (ledger or {}).get("unaccounted"))
+                              (ledger or {}).get("unaccounted"), replayable_noise_parts(ledger))
     result = gate_scores(sets, claimed_epsilon=eps_claim, delta=delta, policy=policy, threat_model=threat_model,
                          observed=observed, unaccounted=parts)
     return dataclasses.replace(result, run_id=manifest.get("run_id"))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from dp_audit.accounting import NOISE_REPLAYABLE, replayable_noise_parts as _replayable_noise  # noqa: F401
 from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.io import dumps_json, load_scores, read_json, sha256_file
 
@@ -364,19 +365,6 @@ def _unaccounted(*sources: tuple[str, Any]) -> tuple[UnaccountedPart, ...]:
             if comp not in seen:  # the same component listed by the claim and the ledger shows once
                 seen[comp] = UnaccountedPart(component=comp, reason=reason, source=source)
     return tuple(seen.values())
-
-
-NOISE_REPLAYABLE = "noise replayable: not DP if the manifest is released"
-
-
-def _replayable_noise(ledger: Mapping[str, Any] | None) -> list[dict[str, str]]:
-    """The ledger's ``noise`` entry (written by dp-audit's DP trainers) as an unaccounted part when
-    the noise is replayable (``privacy.reproducible_noise = true``: seeded from train.seed)."""
-    noise = (ledger or {}).get("noise")
-    if not isinstance(noise, Mapping) or noise.get("replayable") is not True:
-        return []
-    return [{"component": "noise", "reason": f"{NOISE_REPLAYABLE} (source {noise.get('source', '?')}: the DP noise is "
-             "regenerated from the seed recorded in manifest.json; privacy.reproducible_noise = true)"}]
 
 
 def _scores(run_dir: Path, rel: str | None, attack: str, check) -> tuple[tuple[float, ...], tuple[float, ...]] | tuple[None, None]:

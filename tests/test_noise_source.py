@@ -172,3 +172,30 @@ def test_poisson_batches_are_secret_by_default(tiny_config, monkeypatch):
         train_dpzo(zmodel, zprep, plan_zo(zcfg, zprep.n_train), generator=zgen)
         monkeypatch.setattr(zo, "poisson_indices", real)
         assert seen and all((g is zgen) is reproducible for g in seen)
+
+
+@pytest.mark.parametrize("reproducible", [True, False])
+def test_gate_names_replayable_noise_and_fails_on_it_with_on_unaccounted_fail(reproducible, tmp_path):
+    """A null run (no leakage) whose ledger says the noise is replayable: the gate must name it
+    like any unaccounted part (the verdict line says "noise"), and ``on_unaccounted = "fail"``
+    (CI requiring a claim that covers all of training) must fail it; with OS-entropy noise the
+    same run passes. Bug caught: the replayable flag shown by the report but ignored by the gate
+    (a run that is not DP once its manifest is released passed a gate that demands full
+    accounting)."""
+    from dp_audit.gate import GatePolicy, evaluate_gate, verdict_line
+    from dp_audit.io import atomic_write_json
+    from dp_audit.manifest import add_artifacts
+    from tests.test_gate import make_run
+
+    run = make_run(tmp_path / "r", mu=0.0, epsilon=1.0)
+    atomic_write_json(run / "ledger.json", {"events": [], "unaccounted": [],
+                                            "noise": noise_record(reproducible=reproducible)})
+    add_artifacts(run, ["ledger.json"])
+    res = evaluate_gate(run, GatePolicy(on_unaccounted="fail"))
+    if reproducible:
+        assert res.verdict.status == "fail" and res.unaccounted == ("noise",) and res.failed_on_unaccounted
+        assert "not accounted: noise" in verdict_line(res)
+        assert "not DP if the manifest is released" in res.unaccounted_reasons[0]
+        assert evaluate_gate(run).verdict.status == "pass"  # default policy: warn, named
+    else:
+        assert res.verdict.status == "pass" and res.unaccounted == ()

@@ -110,17 +110,25 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
     optimizer.expected_batch_size = setup.expected_batch_size or setup.sample_rate * len(ds)
     optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=loader.sample_rate))
     optimizer.dp_accountant = engine.accountant
-    _inject_bug(optimizer, cfg, setup)
+    _inject_bug(optimizer, cfg, setup, module=gsm)
     return gsm, optimizer, loader
 
 
-def _inject_bug(optimizer, cfg: RunConfig, setup: DPSetup) -> None:
+def _clips_in_module(module) -> bool:
+    """Ghost clipping: the module computes the clipping coefficients from its own max_grad_norm
+    (Opacus GradSampleModuleFastGradientClipping); with hooks the optimizer clips."""
+    return module is not None and hasattr(module, "get_clipping_coef")
+
+
+def _inject_bug(optimizer, cfg: RunConfig, setup: DPSetup, *, module=None) -> None:
     bug = cfg.privacy.inject_bug
     if bug == "no-noise":
         optimizer.noise_multiplier = 0.0
     elif bug == "no-clip":  # per-sample gradients unclipped, noise std still σ·C
         optimizer.noise_multiplier = setup.noise_multiplier * setup.max_grad_norm / _HUGE_CLIP
         optimizer.max_grad_norm = _HUGE_CLIP
+        if _clips_in_module(module):  # ghost: the coefficients come from the module's norm
+            module.max_grad_norm = _HUGE_CLIP
     elif bug == "noise-multiplier-ignored":  # noise std C instead of σ·C
         optimizer.noise_multiplier = 1.0
 
@@ -132,15 +140,18 @@ def counted_steps(optimizer) -> int | None:
     return None if history is None else int(sum(int(h[-1]) for h in history))
 
 
-def observed_mechanism(optimizer, loader, *, steps: int) -> dict[str, Any]:
-    """The mechanism as run, read back from Opacus after training: the noise std is
-    ``noise_multiplier·max_grad_norm`` on a sum of gradients clipped to ``max_grad_norm``, so
-    the effective σ is the optimizer's ``noise_multiplier``; the Poisson rate is the data
+def observed_mechanism(optimizer, loader, *, steps: int, module=None) -> dict[str, Any]:
+    """The mechanism as run, read back from Opacus after training: the noise std is the
+    optimizer's ``noise_multiplier·max_grad_norm``, on a sum of gradients clipped to the norm
+    that really clipped them (the optimizer's with hooks; ghost clipping: the module's, pass it
+    as ``module``), so the effective σ is noise std / clip norm; the Poisson rate is the data
     loader's; ``steps`` is what Opacus' accountant counted (noise-only steps on empty batches
     included), ``planned_steps`` the loop's target. The ledger's accounted fields say what the
     pipeline believed (DESIGN.md §6)."""
     counted = counted_steps(optimizer)
-    return {"noise_multiplier": float(optimizer.noise_multiplier), "max_grad_norm": float(optimizer.max_grad_norm),
+    std = float(optimizer.noise_multiplier) * float(optimizer.max_grad_norm)
+    clip = float(module.max_grad_norm) if _clips_in_module(module) else float(optimizer.max_grad_norm)
+    return {"noise_multiplier": std / clip, "max_grad_norm": clip,
             "sample_rate": float(getattr(loader, "sample_rate", float("nan"))),
             "steps": int(steps if counted is None else counted), "planned_steps": int(steps),
             "expected_batch_size": float(optimizer.expected_batch_size),
@@ -225,9 +236,9 @@ def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: s
                 optimizer.step()
                 losses.append(float(loss.detach()))
             step += 1
+            # no loss in the bar: stderr ends up in CI logs and train.log files, and a batch's
+            # loss is a statistic of the private data computed without noise
             bar.update(1)
-            if losses:  # the operator's console only; never written to the run directory
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     return losses
 
@@ -261,10 +272,10 @@ class DPSGDTrainer:
         setup = plan(cfg, prep.n_train)
         gsm, optimizer, loader = make_private(model, prep, cfg, setup, generator=generator)
         losses = run_steps(gsm, optimizer, loader, setup, cfg=cfg, desc=f"DP-SGD (σ={setup.noise_multiplier:.2f})")
-        unacc = ([{"component": "implementation", "reason": f"injected bug: {cfg.privacy.inject_bug}"}]
-                 if cfg.privacy.inject_bug != "none" else [])
+        # an injected bug is not listed as unaccounted: the ledger says what the buggy pipeline believes
         return TrainResult(
-            model=unwrap(gsm), ledger=ledger_for(setup, observed=observed_mechanism(optimizer, loader, steps=setup.steps)),
+            model=unwrap(gsm), ledger=ledger_for(setup, observed=observed_mechanism(optimizer, loader, steps=setup.steps,
+                                                                             module=gsm)),
             claim=claim_for(setup, cfg), metrics={"steps": setup.steps},
             private_metrics={"final_train_loss": losses[-1] if losses else float("nan")},
             extra={"dp": {**setup.__dict__, "inject_bug": cfg.privacy.inject_bug}},

@@ -170,7 +170,7 @@ def run_zo(model, params: Sequence[torch.Tensor], data: Batch, *, steps: int, sa
                            noise_scale=noise_scale, normaliser=sample_rate * n if private else None,
                            generator=noise_generator, loss_fn=loss_fn, restore=restore, chunk=chunk))
         bar.update(1)
-        if not math.isnan(out[-1].loss):
+        if not private and not math.isnan(out[-1].loss):  # DP: a private batch's loss, no noise: not shown
             bar.set_postfix(loss=f"{out[-1].loss:.3f}")
     bar.close()
     return out
