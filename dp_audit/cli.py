@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DPAuditError as exc:
-        print(f"dp-audit {args.command}: error: {_one_line(exc, limit=2000)}", file=sys.stderr)
+        print(f"dp-audit {args.command}: error: {one_line(exc, limit=2000)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"dp-audit {args.command}: interrupted", file=sys.stderr)
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the environment, not the audit: unreadable input, unwritable output
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "") or type(exc).__name__
-        print(f"dp-audit {args.command}: error: {_one_line(f'cannot access{where}: {reason}', limit=2000)}",
+        print(f"dp-audit {args.command}: error: {one_line(f'cannot access{where}: {reason}', limit=2000)}",
               file=sys.stderr)  # a path a user gave may hold a newline
         return EXIT_USAGE
     except UnicodeError as exc:
@@ -83,15 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - an unforeseen error must never look like a verdict
         log = _write_traceback(args.command)
-        print(f"dp-audit {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)}"
+        print(f"dp-audit {args.command}: internal error: {type(exc).__name__}: {one_line(exc, limit=300)}"
               f" (traceback: {log}; please report it)", file=sys.stderr)
         return EXIT_INTERNAL
-
-
-def _one_line(exc: BaseException | str, *, limit: int = 300) -> str:
-    """The message on one line: whitespace folded, other control characters (which a terminal or
-    str.splitlines would treat as line breaks, e.g. \x1e from a file a user controls) escaped."""
-    return one_line(exc, limit=limit)
 
 
 def _write_traceback(command: str) -> str:

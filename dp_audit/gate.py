@@ -28,7 +28,7 @@ from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.estimate import ESTIMATORS, MU_GDP_ONLY, STRATEGIES, estimate_epsilon
 from dp_audit.io import atomic_write_text, load_scores, read_json
 from dp_audit.manifest import load_manifest
-from dp_audit.mdtext import md_code, md_text
+from dp_audit.safetext import md_code, md_text
 from dp_audit.records import EpsilonEstimate, Verdict
 
 AUDIT = "audit.json"

@@ -3,7 +3,7 @@ a table of ε_LB per method, the top attack metrics and the unaccounted parts of
 
 from __future__ import annotations
 
-from dp_audit.mdtext import md_code, md_text
+from dp_audit.safetext import md_code, md_text
 from dp_audit.reports.viewmodel import ComparisonView, ReportView, fmt_eps, fmt_num
 
 ICONS = {"fail": "❌", "pass": "✅"}
