@@ -150,3 +150,19 @@ def test_reader_refuses_a_verdict_the_trials_do_not_give(tmp_path, edit):
     _edit(out, change)
     with pytest.raises(IntegrityError):
         read_step_audit(out)
+
+
+def test_cli_bad_delta_and_seed_are_usage_errors(tmp_path, capsys):
+    """--delta 0, --delta 1 and --seed -1 are usage errors (exit 2, one line), not internal errors.
+    Bug caught: gaussian_claim called gdp_epsilon (ValueError) before the Construction checked δ,
+    and a negative seed reached SeedSequence (ValueError): the CLI exited 4 with a traceback log
+    (seen before the fix)."""
+    from dp_audit.cli import main
+
+    for extra in (["--delta", "0"], ["--delta", "1"], ["--seed", "-1"]):
+        code = main(["step-audit", "--construction", "dpsgd-dirac", "--trials", "100", "--no-progress",
+                     "--out", str(tmp_path / "x"), *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (extra, code, err)
+        assert len(err.splitlines()) == 1 and "internal error" not in err
+    assert not (tmp_path / "x").exists()
