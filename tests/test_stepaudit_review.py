@@ -166,3 +166,32 @@ def test_cli_bad_delta_and_seed_are_usage_errors(tmp_path, capsys):
         assert code == 2, (extra, code, err)
         assert len(err.splitlines()) == 1 and "internal error" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_paper_awp_with_a_random_micro_batch_refuses_batched_trials_and_varies_per_trial():
+    """Paper-mode AWP whose micro-batch (2 of 8) is drawn per step: the step is random beyond its
+    noise (v depends on whether the canary was drawn), so one noise-free step cannot stand for n
+    trials. The batched path must refuse (a usage error, exit 2 through the API/CLI, not an
+    internal error), and the real step, noise off, must give different releases across trials
+    (the canary in v or not) with the draw taken from the step's generator (same seed, same
+    releases). Bugs caught: a batched shortcut used on such a step (every trial of a chunk would
+    share one micro-batch: dependent trials); the refusal raised as ValueError (seen: exit 4 path);
+    a micro-batch drawn from the global RNG (the same seed gives different releases)."""
+    from dp_audit.errors import UsageError
+    from dp_audit.stepaudit.opacus_step import OpacusStep
+
+    from dp_audit.stepaudit.constructions import _awp_examples
+    from dp_audit.stepaudit.toy import ToyPrefixModel
+
+    cons = build("dpflat-awp-paper", sigma=1e-12)
+    model = ToyPrefixModel(_awp_examples(8, 8), tokens=1, width=8)  # the same data, a fresh model
+    runner = OpacusStep(model, noise_multiplier=1e-12, max_grad_norm=1.0, expected_batch_size=8,
+                        awp_mode="paper", gamma=1e-4, micro_batch=2)
+    with pytest.raises(UsageError, match="unbatched"):
+        runner.batched(cons.state, cons.d1, torch.Generator().manual_seed(0), 4)
+    g = torch.Generator().manual_seed(1)
+    s = [float(cons.statistic(runner.step(cons.state, cons.d1, g).unsqueeze(0))[0]) for _ in range(40)]
+    assert len({round(x, 6) for x in s}) >= 2, s  # canary in v in some trials, not in others
+    g2 = torch.Generator().manual_seed(1)
+    s2 = [float(cons.statistic(runner.step(cons.state, cons.d1, g2).unsqueeze(0))[0]) for _ in range(40)]
+    assert s == s2
