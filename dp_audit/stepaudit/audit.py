@@ -40,6 +40,8 @@ def step_audit(construction: Construction, *, trials: int, alpha: float = 0.05, 
         raise UsageError(f"unknown threshold strategy {threshold!r}; known: {', '.join(bounds.STRATEGIES)}")
     if not isinstance(trials, int) or trials < 2:
         raise UsageError(f"trials must be an integer >= 2, got {trials!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise UsageError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     if out is not None:
         from dp_audit.stepaudit.output import check_out
 

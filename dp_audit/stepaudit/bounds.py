@@ -35,7 +35,7 @@ import numpy as np
 from scipy import special
 
 from dp_audit.errors import UsageError
-from dp_audit.estimate import estimate_epsilon, multirun
+from dp_audit.estimate import MU_GDP_ONLY, estimate_epsilon, multirun
 from dp_audit.estimate.gdp_math import gdp_epsilon
 from dp_audit.records import EpsilonEstimate
 
@@ -121,6 +121,10 @@ def bound(s0: np.ndarray, s1: np.ndarray, *, method: str, alpha: float, delta: f
                    "quantile_levels": QUANTILE_LEVELS, "selection_alpha": alpha * SELECTION_FACTOR[method]}
         if "mu_lb" in counts:
             details["mu_lb"] = counts["mu_lb"]
+        if method == "gdp":
+            # the ε of μ_LB-GDP: it refutes a μ-GDP claim, but it is not an ε lower bound of a step
+            # that is not μ-GDP (randomized response at ε = 4 gets ≈ 25), as in estimate_epsilon
+            details["validity"] = MU_GDP_ONLY
         return EpsilonEstimate(method=method, epsilon_lb=eps, alpha=alpha, delta=delta,
                                m=int(s0.size + s1.size - 2 * calibration), threshold="calibration",
                                threat_model="step-level", counts=counts, details=details)

@@ -70,7 +70,12 @@ class Construction:
 
 def gaussian_claim(mu: float, delta: float) -> dict[str, float]:
     """``claim_epsilon``, ``delta`` and ``claim_mu`` of a μ-GDP step (keyword arguments of
-    :class:`Construction`)."""
+    :class:`Construction`). A δ outside (0, 1) or a μ that is not a finite number > 0 is a
+    usage error (exit 2), not an internal one."""
+    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
+        raise UsageError(f"delta must be in (0, 1), got {delta!r}")
+    if not (isinstance(mu, (int, float)) and mu > 0 and math.isfinite(mu)):
+        raise UsageError(f"the claim's mu must be a finite number > 0, got {mu!r}")
     return {"claim_epsilon": gdp_epsilon(delta, mu), "delta": float(delta), "claim_mu": float(mu)}
 
 

@@ -176,14 +176,14 @@ def _dpflat(mode: str, *, sigma: float, delta: float, batch_size: int, dim: int,
     # the side; DP-SAT's previous release points along +e0 (a public, data-independent choice)
     state = {"prefix": _unit(dim, 1).view(1, dim),
              "previous_release": _unit(dim, 0).view(1, dim) if mode == "dpsat" else None}
-    ids = list(range(batch_size))  # canary first: it is in AWP's first micro-batch
+    ids = list(range(batch_size))  # AWP's micro-batch is the whole batch (micro_batch = |d1|): the canary is in v
     k = batch_size - 2
     expected = {"paper": (2 * k + 1) * clip, "dpsat": clip, "per-example": clip}[mode]
     desc = (f"DP-Flat step, AWP mode {mode} (γ={gamma:g}), Opacus q=1, σ={sigma:g}, C={clip:g}: canary with a "
             f"dominant raw gradient, a decoy, and {k} examples whose clipped gradient flips with v")
     info = {"trainer": "dpflat", "awp_mode": mode, "gamma": gamma, "kink_examples": k,
             "expected_sensitivity": expected, "claimed_sensitivity": clip,
-            "canary": "raw gradient 50*e0, first in the micro-batch"}
+            "canary": "raw gradient 50*e0, in the micro-batch (the whole batch)"}
     return _opacus_construction(f"dpflat-awp-{mode}", desc, model, state=state, d0=ids[1:], d1=ids,
                                 direction=-_unit(dim, 0), sigma=sigma, clip=clip, delta=delta, awp_mode=mode,
                                 gamma=gamma, info=info)

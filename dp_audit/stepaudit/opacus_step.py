@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from dp_audit.errors import UsageError
 from dp_audit.trainers.dpflat_awp import AWP
 from dp_audit.trainers.dpflat_prefix import PrefixHook, prefix_weight
 from dp_audit.trainers.modeling import INPUT_KEYS
@@ -103,8 +104,8 @@ class OpacusStep:
 
         if self.awp_mode == "paper" and self.micro_batch < int(batch["labels"].shape[0]):
             # the micro-batch is then random: one noise-free step would not stand for every trial
-            raise ValueError("batched trials need a step that is random only in its noise: paper-mode AWP "
-                             "with a micro-batch smaller than the batch must run unbatched")
+            raise UsageError("batched trials need a step that is random only in its noise: paper-mode AWP "
+                             "with a micro-batch smaller than the batch must run unbatched (batched=False)")
         o = self.optimizer
         sigma = o.noise_multiplier
         o.noise_multiplier = 0.0

@@ -88,12 +88,66 @@ def read_step_audit(path: str | Path) -> StepAuditResult:
     data = read_json(path / RESULT, what="step-audit result", integrity=True)
     try:
         res = StepAuditResult.from_dict(data)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise IntegrityError(f"{path / RESULT}: malformed step-audit result ({exc})") from None
     z = load_npz(path / TRIALS, integrity=True)
     if "scores_d0" not in z or "scores_d1" not in z:
         raise IntegrityError(f"{path / TRIALS}: missing scores_d0/scores_d1")
-    return res.with_scores(z["scores_d0"], z["scores_d1"])
+    res = res.with_scores(z["scores_d0"], z["scores_d1"])
+    claim = manifest.get("claim") or {}
+    if (claim.get("epsilon"), claim.get("mu"), claim.get("delta")) != (res.claim_epsilon, res.claim_mu, res.delta):
+        raise IntegrityError(f"{path / RESULT}: its claim differs from the manifest's")
+    check_consistent(res, where=str(path / RESULT))
+    return res
 
 
-__all__ = ["RESULT", "TRIALS", "check_out", "read_step_audit", "write_step_audit"]
+def check_consistent(res: StepAuditResult, *, where: str) -> None:
+    """The recorded verdict is what the recorded trials and claim give: the bounds recomputed from
+    the scores (same estimators, α split, δ, threshold strategy and calibration split), ε_LB
+    their maximum, refuted iff one exceeds the claim, the claim's ε the ε of its μ. The hashes
+    only say the files were not changed after the manifest; this says a consistent edit of
+    step_audit.json (refuted: false next to a refuting bound) is not accepted (IntegrityError)."""
+    from dp_audit.estimate.gdp_math import gdp_epsilon
+    from dp_audit.stepaudit import bounds
+
+    def bad(what: str) -> IntegrityError:
+        return IntegrityError(f"{where}: inconsistent step-audit result ({what})")
+
+    try:
+        s0 = np.asarray(res.scores_d0, dtype=np.float64).reshape(-1)
+        s1 = np.asarray(res.scores_d1, dtype=np.float64).reshape(-1)
+        n, n_cal, alpha, delta = int(res.trials), int(res.calibration_trials), float(res.alpha), float(res.delta)
+        claim = float(res.claim_epsilon)
+        if s0.size != n or s1.size != n or not (np.all(np.isfinite(s0)) and np.all(np.isfinite(s1))):
+            raise bad(f"trials.npz does not hold {n} finite scores per side")
+        if not (0 < alpha < 0.5 and 0 < delta < 1 and claim >= 0) or res.threshold not in bounds.STRATEGIES:
+            raise bad("alpha, delta, claim or threshold out of range")
+        if res.claim_mu is not None:
+            implied = gdp_epsilon(delta, float(res.claim_mu))
+            if abs(implied - claim) > 1e-6 * max(1.0, implied):
+                raise bad(f"claim ε {claim:g} is not the ε of μ={res.claim_mu:g} at δ={delta:g}")
+        methods = ("clopper-pearson", "gdp") if res.claim_mu is not None else ("clopper-pearson",)
+        if tuple(e.method for e in res.estimates) != methods:
+            raise bad(f"estimators {[e.method for e in res.estimates]}, the claim counts {list(methods)}")
+        a_each = alpha / len(methods)
+        for e in res.estimates:
+            again = bounds.bound(s0, s1, method=e.method, alpha=a_each, delta=delta, threshold=res.threshold,
+                                 calibration=n_cal if res.threshold == "calibration" else 0).epsilon_lb
+            if not np.isclose(float(e.epsilon_lb), again, rtol=1e-9, atol=1e-12):
+                raise bad(f"{e.method} ε_LB {e.epsilon_lb} recorded, the trials give {again}")
+            if bool(e.details.get("refutes")) != (again > claim):
+                raise bad(f"{e.method} 'refutes' does not match its bound")
+        eps_lb = max(float(e.epsilon_lb) for e in res.estimates)
+        refuted = eps_lb > claim
+        v = res.verdict
+        if (not np.isclose(float(res.eps_lb), eps_lb, rtol=1e-12) or bool(res.refuted) != refuted
+                or v.status != ("fail" if refuted else "pass") or float(v.claimed_epsilon) != claim
+                or not np.isclose(float(v.epsilon_lb_max), eps_lb, rtol=1e-12) or int(v.n_tests) != len(methods)):
+            raise bad(f"eps_lb/refuted/verdict do not follow from the bounds (ε_LB {eps_lb:g}, claim {claim:g})")
+    except IntegrityError:
+        raise
+    except (UsageError, TypeError, ValueError) as exc:
+        raise bad(str(exc)) from None
+
+
+__all__ = ["RESULT", "TRIALS", "check_consistent", "check_out", "read_step_audit", "write_step_audit"]

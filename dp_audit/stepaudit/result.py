@@ -85,12 +85,26 @@ class StepAuditResult:
 
 
 def summary_line(res: StepAuditResult) -> str:
-    per = ", ".join(f"{e.method} {e.epsilon_lb:.3f}" + ("" if e.details.get("counted") else " (not counted)")
-                    for e in res.estimates)
+    """One line: claim, ε_LB per estimator, verdict. When the largest bound is the GDP one, the
+    line also gives the largest bound valid for any mechanism: the GDP number is the ε of μ_LB-GDP,
+    a lower bound only if the step is μ-GDP (it refutes the μ-GDP claim either way)."""
+    def tag(e: EpsilonEstimate) -> str:
+        if not e.details.get("counted"):
+            return " (not counted)"
+        mu = e.details.get("mu_lb")
+        return f" (μ_LB={mu:.3g})" if e.method == "gdp" and mu is not None else ""
+
+    per = ", ".join(f"{e.method} {e.epsilon_lb:.3f}{tag(e)}" for e in res.estimates)
     word = "REFUTED" if res.refuted else "not refuted"
-    return (f"{res.construction}: per-step claim ε={res.claim_epsilon:.3f} (δ={res.delta:g}"
+    line = (f"{res.construction}: per-step claim ε={res.claim_epsilon:.3f} (δ={res.delta:g}"
             + (f", μ={res.claim_mu:.3g}" if res.claim_mu is not None else "")
             + f"); ε_LB = {res.eps_lb:.3f} at {100 * (1 - res.alpha):g}% ({per}); {res.trials} trials per side; {word}")
+    best = max(res.estimates, key=lambda e: e.epsilon_lb, default=None)
+    if best is not None and best.details.get("validity"):
+        free = [e.epsilon_lb for e in res.estimates if not e.details.get("validity")]
+        line += (f"; the {best.method} bound is {best.details['validity']}"
+                 + (f" (for any mechanism: ε_LB = {max(free):.3f})" if free else ""))
+    return line
 
 
 __all__ = ["KIND", "StepAuditResult", "summary_line"]
