@@ -32,7 +32,8 @@ def test_gate_passes_dpsgd_and_refutes_paper_awp(audits, capsys):
 
 def test_gate_recomputes_instead_of_trusting_the_stored_verdict(audits, tmp_path):
     """Bug caught: a gate that reads step_audit.json's verdict: rewriting it to "pass" (hashes and
-    digest redone, as a careful tamperer would) must not turn a refuted step into a pass."""
+    digest redone, as a careful tamperer would) must not turn a refuted step into a pass. The
+    reader recomputes the bounds from trials.npz and refuses the contradiction (exit 3)."""
     import shutil
 
     from dp_audit.manifest import add_artifacts
@@ -44,7 +45,7 @@ def test_gate_recomputes_instead_of_trusting_the_stored_verdict(audits, tmp_path
     data["verdict"]["epsilon_lb_max"] = 0.0
     (run / "step_audit.json").write_text(json.dumps(data))
     add_artifacts(run, ["step_audit.json"])
-    assert main(["gate", "--run", str(run), "--quiet"]) == 1
+    assert main(["gate", "--run", str(run), "--quiet"]) == 3
 
 
 def test_gate_on_tampered_trials_is_integrity_error(audits, tmp_path):
