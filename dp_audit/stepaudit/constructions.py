@@ -288,6 +288,7 @@ def dpzo_laplace(*, epsilon_step: float = 1.0, delta: float = DEFAULT_DELTA, cli
 # the second milestone's constructions register themselves on import (they use the helpers above)
 from dp_audit.stepaudit import constructions_distill as _distill_constructions  # noqa: E402,F401
 from dp_audit.stepaudit import constructions_sparse as _sparse_constructions  # noqa: E402,F401
+from dp_audit.stepaudit import transformer as _transformer_constructions  # noqa: E402,F401
 
 __all__ = ["CONSTRUCTIONS", "build", "dpsgd_dirac", "dpzo_gaussian", "dpzo_laplace", "gaussian", "gaussian_null",
            "projection"]
