@@ -23,7 +23,7 @@ docs/awp-leak.md.
 exit codes: 0 claim not refuted, 1 per-step claim refuted (ε_LB > claim at 1 - alpha),
 2 usage error, 3 integrity error."""
 
-OPTIONS = ("sigma", "mu", "epsilon_step", "gamma", "clip", "batch_size")
+OPTIONS = ("sigma", "mu", "epsilon_step", "gamma", "clip", "batch_size", "lam")
 
 
 def add_parser(sub) -> None:
@@ -43,6 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument("--epsilon-step", type=float, help="ε0 of the Laplace DP-ZO step (default 1)")
     p.add_argument("--gamma", type=float, help="AWP radius γ of the DP-Flat constructions (default 1e-4)")
     p.add_argument("--clip", type=float, help="clipping norm C (default 1)")
+    p.add_argument("--lam", type=float, help="distillation weight λ of the dpflat-distill constructions (default 0.1)")
     p.add_argument("--batch-size", type=int, help="examples in d1 (canary included; default 8)")
     p.add_argument("--unbatched", action="store_true", help="run every trial through step_fn (slow; for checks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -11,7 +11,10 @@ trainer code path on the synthetic model of :mod:`dp_audit.stepaudit.toy`:
   AWP component (trainers/dpflat_awp.py) in that mode, on a batch built so that the canary sets
   v's direction in paper mode and the other examples' clipped gradients flip with v;
 - ``dpzo-gaussian`` / ``dpzo-laplace``: one DP-ZO step (trainers/zo.py ``zo_step``) with a canary
-  whose SPSA scalar is clipped to ±C.
+  whose SPSA scalar is clipped to ±C;
+- ``dpflat-distill-{paper,public,escape}`` (:mod:`.constructions_distill`), ``dpflat-sparse-{paper,public}``
+  (:mod:`.constructions_sparse`) and the real prefix-tuned transformer (:mod:`.transformer`,
+  registered as ``transformer-*``).
 
 Every builder takes keyword options (``sigma``, ``delta``, ...); the CLI passes the ones given.
 """
@@ -281,6 +284,11 @@ def dpzo_laplace(*, epsilon_step: float = 1.0, delta: float = DEFAULT_DELTA, cli
     """One DP-ZO step (zo_step) with Laplace noise C/ε0 (pure ε0-DP); a clipped canary."""
     return _dpzo("laplace", sigma=0.0, epsilon_step=epsilon_step, delta=delta, clip=clip, dim=dim, others=others)
 
+
+# the second milestone's constructions register themselves on import (they use the helpers above)
+from dp_audit.stepaudit import constructions_distill as _distill_constructions  # noqa: E402,F401
+from dp_audit.stepaudit import constructions_sparse as _sparse_constructions  # noqa: E402,F401
+from dp_audit.stepaudit import transformer as _transformer_constructions  # noqa: E402,F401
 
 __all__ = ["CONSTRUCTIONS", "build", "dpsgd_dirac", "dpzo_gaussian", "dpzo_laplace", "gaussian", "gaussian_null",
            "projection"]
