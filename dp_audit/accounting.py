@@ -38,6 +38,8 @@ def _events(ledger: Mapping[str, Any]) -> list[dict[str, Any]]:
         missing = [k for k in need if k not in ev]
         if missing:
             raise UsageError(f"ledger event {i} ({mech}): missing {', '.join(missing)}")
+        for k in need:
+            _finite_number(ev[k], f"ledger event {i}: {k}")
         q, steps = float(ev["sample_rate"]), int(ev["steps"])
         if not 0 < q <= 1 or steps < 0:
             raise UsageError(f"ledger event {i}: need 0 < sample_rate <= 1 and steps >= 0")
@@ -47,6 +49,15 @@ def _events(ledger: Mapping[str, Any]) -> list[dict[str, Any]]:
             raise UsageError(f"ledger event {i}: epsilon_step must be > 0")
         out.append(dict(ev))
     return out
+
+
+def _finite_number(value: Any, where: str) -> float:
+    """A ledger number: int or float (not bool, not a string), finite. JSON readers accept NaN and
+    Infinity; a NaN σ or q would otherwise reach the accountants (the PRV discretisation then
+    never terminates) and an infinite step count crashes int()."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{where} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _opacus(kind: str, events: list[dict[str, Any]], delta: float) -> float | None:
@@ -172,8 +183,7 @@ def observed_events(ledger: Mapping[str, Any]) -> list[dict[str, Any]] | None:
         return None
     for i, o in enumerate(obs):
         for k in ("noise_multiplier", "sample_rate", "steps"):
-            if not isinstance(o.get(k), (int, float)) or isinstance(o.get(k), bool):
-                raise UsageError(f"ledger event {i}: observed.{k} must be a number")
+            _finite_number(o.get(k), f"ledger event {i}: observed.{k}")
     return [dict(o) for o in obs]
 
 
@@ -201,8 +211,10 @@ def epsilon_lower_of_observed(obs: list[dict[str, Any]], *, delta: float) -> flo
     if not 0 < delta < 1:
         raise UsageError(f"delta must be in (0, 1), got {delta}")
     history = []
-    for o in obs:
-        sigma, q, steps = float(o["noise_multiplier"]), float(o["sample_rate"]), int(o["steps"])
+    for i, o in enumerate(obs):
+        sigma, q, steps = (_finite_number(o.get(k), f"observed record {i}: {k}")
+                           for k in ("noise_multiplier", "sample_rate", "steps"))
+        steps = int(steps)
         if steps <= 0 or q <= 0:
             continue
         if sigma <= 0:
