@@ -125,3 +125,30 @@ def test_gdp_alone_under_an_eps_delta_claim_is_a_usage_error():
         GatePolicy(fdp_null="gdp", claim_model="eps-delta")
     assert GatePolicy(fdp_null="gdp").claim_model == "mu-gdp"
     assert GatePolicy(estimators=("gdp",), claim_model="mu-gdp").counts("gdp")
+
+
+@pytest.mark.parametrize("estimators", [("fdp",), ("steinke", "fdp")], ids=["fdp", "steinke+fdp"])
+def test_gate_null_calibration_is_sensitive_to_the_alpha_split(estimators):
+    """The tests above cannot see a missing α split: the Bonferroni one-run bounds sit far below
+    ε = 2 (refutation rate about 0.004), so testing every pair at the full α only moves it to
+    about 0.012, and 500 seeds cannot tell that from α. Here the null is made sharp: five
+    independent attacks on randomized response at ε = 2 (binary scores), held-out threshold
+    selection (whose test half is an exact binomial test at its level), so a single attack at
+    level a refutes in about 0.7·a of the seeds. Measured: 0.034 with α/K (K = 5 or 10), 0.15 to
+    0.24 when every pair is tested at α. Bug caught: the gate computing each bound at α instead
+    of α/K (while reporting α/K), or K not counting every attack."""
+    rng = np.random.default_rng(2024)
+    n_attacks = 5
+    member = rng.random((SEEDS, n_attacks, M)) < 0.5
+    keep = rng.random((SEEDS, n_attacks, M)) < math.exp(EPS) / (1 + math.exp(EPS))
+    scores = np.where(keep, member, ~member).astype(float)
+    policy = GatePolicy(estimators=estimators, threshold="heldout")
+    fails, lbs = 0, np.empty(SEEDS)
+    for s in range(SEEDS):
+        sets = [ScoreSet(f"attack{j}", scores[s, j], member[s, j]) for j in range(n_attacks)]
+        res = gate_scores(sets, claimed_epsilon=EPS, delta=DELTA, policy=policy)
+        assert res.verdict.n_tests == n_attacks * len(estimators)
+        fails += res.verdict.status == "fail"
+        lbs[s] = res.verdict.epsilon_lb_max
+    assert fails / SEEDS <= ALPHA + SLACK, fails / SEEDS
+    assert lbs.mean() > 1.5  # power: the held-out audit of randomized response is nearly tight
