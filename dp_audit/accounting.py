@@ -24,13 +24,11 @@ MECHANISMS = ("subsampled_gaussian", "subsampled_laplace", "none")
 
 
 def _number(ev: Mapping[str, Any], key: str, i: int, *, integer: bool = False, where: str = "") -> float:
-    """A finite number (an integer for counts) from a ledger record, else a one-line UsageError."""
-    value = ev.get(key)
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or not math.isfinite(value):
-        kind = "an integer" if integer else "a finite number"
-        raise UsageError(f"ledger event {i}: {where}{key} must be {kind}, got {value!r}")
-    return value
+    """``ev[key]`` as a finite number (:func:`_finite_number`); an integer for counts."""
+    value = _finite_number(ev.get(key), f"ledger event {i}: {where}{key}")
+    if integer and not value.is_integer():
+        raise UsageError(f"ledger event {i}: {where}{key} must be a whole number, got {value!r}")
+    return int(value) if integer else value
 
 
 def _events(ledger: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -57,6 +55,15 @@ def _events(ledger: Mapping[str, Any]) -> list[dict[str, Any]]:
             raise UsageError(f"ledger event {i}: epsilon_step must be > 0")
         out.append(dict(ev))
     return out
+
+
+def _finite_number(value: Any, where: str) -> float:
+    """A ledger number: int or float (not bool, not a string), finite. JSON readers accept NaN and
+    Infinity; a NaN σ or q would otherwise reach the accountants (the PRV discretisation then
+    never terminates) and an infinite step count crashes int()."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{where} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _opacus(kind: str, events: list[dict[str, Any]], delta: float) -> float | None:
@@ -227,8 +234,10 @@ def epsilon_lower_of_observed(obs: list[dict[str, Any]], *, delta: float) -> flo
     if not 0 < delta < 1:
         raise UsageError(f"delta must be in (0, 1), got {delta}")
     history = []
-    for o in obs:
-        sigma, q, steps = float(o["noise_multiplier"]), float(o["sample_rate"]), int(o["steps"])
+    for i, o in enumerate(obs):
+        sigma, q, steps = (_finite_number(o.get(k), f"observed record {i}: {k}")
+                           for k in ("noise_multiplier", "sample_rate", "steps"))
+        steps = int(steps)
         if steps <= 0 or q <= 0:
             continue
         if sigma <= 0:

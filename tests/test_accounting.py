@@ -180,3 +180,63 @@ def test_observed_bound_on_a_small_grid_widens_its_error_then_scales_steps_down(
     monkeypatch.setattr(acc, "PRV_MAX_POINTS", 2_000)
     short = acc.prv_epsilon_bounds([(2.0, 0.004, 25_000)], delta=1e-5)
     assert 0 <= short[0] < wide[0] and short[2] == float("inf")
+
+
+class _Hang(Exception):
+    pass
+
+
+def _within(seconds: int, fn):
+    """fn() under a SIGALRM deadline: a hang becomes a test failure, not a stuck suite."""
+    import signal
+
+    def _raise(*_):
+        raise _Hang(f"no answer within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.alarm(seconds)
+    try:
+        return fn()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("noise_multiplier", float("nan")), ("sample_rate", float("nan")), ("noise_multiplier", float("inf")),
+    ("steps", float("inf")), ("sample_rate", None), ("noise_multiplier", "1.0"), ("steps", True)])
+def test_non_finite_or_non_numeric_observed_records_are_refused(field, value):
+    """ledger.json is read with json.loads, which accepts NaN and Infinity (and the trainer writes
+    NaN when its loader has no sample_rate). Bugs caught: a NaN σ or q reaching the PRV
+    discretisation, whose domain search never terminates (the gate hung forever); an infinite
+    step count crashing int() with an OverflowError (an internal error, not exit 3); a string or
+    a bool read as a number. Each must be a one-line UsageError (the gate reports it as an
+    integrity error of ledger.json), within seconds."""
+    from pathlib import Path
+
+    from dp_audit.accounting import observed_epsilon_lower
+    from dp_audit.errors import IntegrityError
+    from dp_audit.gate import _observed_estimate
+
+    rec = {"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 10, field: value}
+    ledger = {"events": [{"mechanism": "subsampled_gaussian", "noise_multiplier": 1.0, "sample_rate": 0.1,
+                          "steps": 10, "observed": rec}]}
+    with pytest.raises(UsageError, match=f"observed.{field} must be a finite number"):
+        _within(20, lambda: observed_epsilon_lower(ledger, delta=1e-5))
+    with pytest.raises(IntegrityError, match="ledger.json"):
+        _within(20, lambda: _observed_estimate(Path("run"), ledger, 1e-5))
+
+
+@pytest.mark.parametrize("field,value", [("noise_multiplier", float("nan")), ("sample_rate", float("nan")),
+                                         ("steps", float("inf")), ("sample_rate", None), ("steps", "ten"),
+                                         ("noise_multiplier", "abc")])
+def test_non_finite_or_non_numeric_accounted_fields_are_usage_errors(field, value):
+    """The accounted event's own fields. Bugs caught: float()/int() on None or a string raising
+    TypeError/ValueError, int(inf) raising OverflowError (all became 'internal error' exits
+    instead of a one-line usage/integrity error), a NaN σ passing the `σ <= 0` check and reaching
+    the accountants."""
+    ev = {"mechanism": "subsampled_gaussian", "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 10,
+          field: value}
+    for accountant in ("rdp", "prv", "pld"):
+        with pytest.raises(UsageError, match=f"{field} must be a finite number"):
+            _within(20, lambda: epsilon_from_ledger({"events": [ev]}, delta=1e-5, accountant=accountant))

@@ -72,8 +72,9 @@ COUNTED = [
 @pytest.mark.parametrize("name,design,kw", COUNTED, ids=[c[0] for c in COUNTED])
 def test_gate_refutes_a_correct_epsilon_2_mechanism_at_most_alpha(null, name, design, kw):
     """Bug caught: any counted estimator whose null is narrower than (ε, δ)-DP (a μ-GDP test
-    counted under an (ε, δ) claim, as the multi-run gdp estimator was), an α not split over the
-    counted tests, or an uncorrected threshold search. The audit must also have power on the
+    counted under an (ε, δ) claim, as the multi-run gdp estimator was) or an uncorrected threshold
+    search (seen failing: candidates tested at the full α). Not caught here: an α not split over
+    the counted tests (the rate moves from 0.4% to 1.2%); the split-sensitive test below is. The audit must also have power on the
     pure-ε nulls (mean ε_LB > 1 of the true 2), so a gate that never refutes cannot pass."""
     rate, lbs = refutations(null, GatePolicy(**kw), design)
     assert rate <= ALPHA + SLACK, (null, name, rate)
@@ -125,3 +126,30 @@ def test_gdp_alone_under_an_eps_delta_claim_is_a_usage_error():
         GatePolicy(fdp_null="gdp", claim_model="eps-delta")
     assert GatePolicy(fdp_null="gdp").claim_model == "mu-gdp"
     assert GatePolicy(estimators=("gdp",), claim_model="mu-gdp").counts("gdp")
+
+
+@pytest.mark.parametrize("estimators", [("fdp",), ("steinke", "fdp")], ids=["fdp", "steinke+fdp"])
+def test_gate_null_calibration_is_sensitive_to_the_alpha_split(estimators):
+    """The tests above cannot see a missing α split: the Bonferroni one-run bounds sit far below
+    ε = 2 (refutation rate about 0.004), so testing every pair at the full α only moves it to
+    about 0.012, and 500 seeds cannot tell that from α. Here the null is made sharp: five
+    independent attacks on randomized response at ε = 2 (binary scores), held-out threshold
+    selection (whose test half is an exact binomial test at its level), so a single attack at
+    level a refutes in about 0.7·a of the seeds. Measured: 0.034 with α/K (K = 5 or 10), 0.15 to
+    0.24 when every pair is tested at α. Bug caught: the gate computing each bound at α instead
+    of α/K (while reporting α/K), or K not counting every attack."""
+    rng = np.random.default_rng(2024)
+    n_attacks = 5
+    member = rng.random((SEEDS, n_attacks, M)) < 0.5
+    keep = rng.random((SEEDS, n_attacks, M)) < math.exp(EPS) / (1 + math.exp(EPS))
+    scores = np.where(keep, member, ~member).astype(float)
+    policy = GatePolicy(estimators=estimators, threshold="heldout")
+    fails, lbs = 0, np.empty(SEEDS)
+    for s in range(SEEDS):
+        sets = [ScoreSet(f"attack{j}", scores[s, j], member[s, j]) for j in range(n_attacks)]
+        res = gate_scores(sets, claimed_epsilon=EPS, delta=DELTA, policy=policy)
+        assert res.verdict.n_tests == n_attacks * len(estimators)
+        fails += res.verdict.status == "fail"
+        lbs[s] = res.verdict.epsilon_lb_max
+    assert fails / SEEDS <= ALPHA + SLACK, fails / SEEDS
+    assert lbs.mean() > 1.5  # power: the held-out audit of randomized response is nearly tight
