@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from dp_audit.manifest import (PENDING, add_artifacts, drop_artifacts, load_manifest, new_run_id, utc_now,
                                write_manifest)
-from dp_audit.rundir import OutputChanged, claim_output, install_output
+from dp_audit.rundir import claim_output, staged_output
 
 AUDIT = "audit.json"
 
@@ -132,9 +130,7 @@ def target_from_checkpoint(
 
     cand_texts = read_candidates(candidates) if candidates is not None else None
     state = claim_output(out, overwrite=overwrite, inputs=[model, base, canaries, candidates])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_output(out, state) as tmp:
         write_canaries(tmp / "canaries.jsonl", cans)
         if cand_texts is not None:
             atomic_write_text(tmp / CANDIDATES, "\n".join(cand_texts) + "\n")
@@ -150,13 +146,6 @@ def target_from_checkpoint(
                               "base_path": str(Path(base).resolve()) if base else None,
                               "allow_pickle": bool(allow_pickle)}},
         )
-        install_output(tmp, out, state)
-    except OutputChanged:
-        raise  # the new run stays in tmp, as the message says
-    except BaseException:
-        if tmp.exists():
-            shutil.rmtree(tmp)  # the temporary directory this function created
-        raise
     return Target(run_dir=out, model_path=model, base_path=Path(base) if base else None, tokenizer_path=None,
                   kind=kind or "auto", claim=claim, canaries=tuple(cans), source="external", manifest=manifest,
                   ledger=None, allow_pickle=allow_pickle)

@@ -11,13 +11,14 @@ start of a command and its end (files put there meanwhile, or another run writte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from dp_audit.errors import UsageError
 
@@ -94,6 +95,23 @@ def claim_output(out: str | Path, *, overwrite: bool, inputs: Iterable[str | Pat
         if item is not None and (_contains(out, Path(item)) or _contains(Path(item), out)):
             raise UsageError(f"refusing to overwrite {out}: it holds an input of this command ({item})")
     return state
+
+
+@contextlib.contextmanager
+def staged_output(out: Path, state: OutputState) -> Iterator[Path]:
+    """Build the new output in a temporary sibling of ``out`` (yielded), then :func:`install_output`
+    it. On an error the temporary directory (created here) is removed, except when ``out`` changed
+    meanwhile: then the finished output stays there, as the error message says."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield tmp
+        install_output(tmp, out, state)
+    except OutputChanged:
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def install_output(tmp: Path, out: Path, state: OutputState) -> Path:

@@ -11,8 +11,6 @@ import dataclasses
 import json
 import math
 import secrets
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol
@@ -27,7 +25,7 @@ from dp_audit.io import atomic_write_json
 from dp_audit.manifest import new_run_id, write_manifest
 from dp_audit.records import PrivacyClaim
 from dp_audit.registry import Registry
-from dp_audit.rundir import OutputChanged, claim_output, install_output
+from dp_audit.rundir import claim_output, staged_output
 from dp_audit.trainers.backbone import ensure_backbone
 from dp_audit.trainers.data import TaskData, make_task, with_canaries
 from dp_audit.trainers.modeling import Batch, build_classifier, encode, predict_losses
@@ -192,9 +190,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
     model = result.model
     metrics = {**evaluation_metrics(model, prep), **result.metrics}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged_output(out_dir, state) as tmp:  # nothing is removed if out_dir changed meanwhile
         artifacts = _write_model(tmp, model, base_state, prep, cfg)
         write_canaries(tmp / "canaries.jsonl", prep.canaries)
         atomic_write_json(tmp / "ledger.json", result.ledger)
@@ -206,12 +202,6 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
             extra={"notes": {"trainer": cfg.trainer, "tuning": cfg.model.tuning, "metrics": metrics,
                              **result.extra}},
         )
-        install_output(tmp, out_dir, state)  # nothing is removed if out_dir changed meanwhile
-    except OutputChanged:
-        raise  # the finished run stays in tmp, as the message says
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -14,8 +14,6 @@ killed step audit leaves no half-written ``out``.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,7 +22,7 @@ import numpy as np
 from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.io import atomic_write_json, load_npz, read_json, save_npz
 from dp_audit.manifest import MANIFEST, load_manifest, new_run_id, write_manifest
-from dp_audit.rundir import OutputChanged, OutputState, claim_output, install_output
+from dp_audit.rundir import OutputState, claim_output, staged_output
 from dp_audit.stepaudit.result import KIND, StepAuditResult
 
 TRIALS = "trials.npz"
@@ -51,16 +49,8 @@ def write_step_audit(res: StepAuditResult, out: str | Path, *, config: Mapping[s
     state = check_out(out)
     if res.scores_d0 is None or res.scores_d1 is None:
         raise UsageError("this result carries no trial scores (it was read from JSON); nothing to write")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_output(out, state) as tmp:
         _write_files(res, tmp, config, name=out.name)
-        install_output(tmp, out, state)
-    except OutputChanged:
-        raise  # the finished audit stays in tmp, as the message says
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
