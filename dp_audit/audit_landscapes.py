@@ -27,7 +27,6 @@ Seeds: one ``torch.Generator`` per part, each seeded from ``AuditConfig.seed`` t
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence

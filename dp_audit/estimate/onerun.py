@@ -24,7 +24,7 @@ import functools
 import math
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize, special
 
 from dp_audit.estimate.gdp_math import gdp_epsilon, gdp_mu
 
