@@ -199,3 +199,12 @@ def test_gate_names_replayable_noise_and_fails_on_it_with_on_unaccounted_fail(re
         assert evaluate_gate(run).verdict.status == "pass"  # default policy: warn, named
     else:
         assert res.verdict.status == "pass" and res.unaccounted == ()
+
+
+def test_reproducible_noise_streams_of_one_training_differ():
+    """Bug caught (review): with reproducible_noise, DP-Flat's DP selection run and its main run
+    drew the same noise (both seeded from train.seed alone): correlated noise across two releases."""
+    draw = lambda g: torch.randn(8, generator=g)  # noqa: E731
+    main = draw(noise_generator(reproducible=True, train_seed=3))
+    assert torch.equal(main, draw(noise_generator(reproducible=True, train_seed=3, stream=0)))
+    assert not torch.equal(main, draw(noise_generator(reproducible=True, train_seed=3, stream=1)))

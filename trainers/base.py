@@ -95,17 +95,20 @@ def noise_record(*, reproducible: bool) -> dict[str, Any]:
     return {"source": "os_entropy", "replayable": False, "batches": "os_entropy"}
 
 
-def noise_seed(train_seed: int) -> int:
+def noise_seed(train_seed: int, stream: int = 0) -> int:
     """The noise seed of ``privacy.reproducible_noise = true``: a stream derived from train.seed,
-    independent of the training generator's (seeded with train.seed + 1)."""
-    state = np.random.SeedSequence(entropy=int(train_seed), spawn_key=(0x6E6F697365,)).generate_state(2, np.uint32)
+    independent of the training generator's (seeded with train.seed + 1); ``stream`` separates the
+    DP runs of one training (DP-Flat's selection prefix and its main run)."""
+    key = (0x6E6F697365,) if stream == 0 else (0x6E6F697365, int(stream))
+    state = np.random.SeedSequence(entropy=int(train_seed), spawn_key=key).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def noise_generator(*, reproducible: bool, train_seed: int) -> torch.Generator:
+def noise_generator(*, reproducible: bool, train_seed: int, stream: int = 0) -> torch.Generator:
     """The generator of the DP noise. Default: seeded from 63 bits of OS entropy (``secrets``),
-    a seed that is never stored or returned. ``reproducible``: :func:`noise_seed` of train.seed."""
-    seed = noise_seed(train_seed) if reproducible else secrets.randbits(63)
+    a seed that is never stored or returned. ``reproducible``: :func:`noise_seed` of train.seed
+    (and ``stream``, so that two DP runs of one training never share their noise)."""
+    seed = noise_seed(train_seed, stream) if reproducible else secrets.randbits(63)
     return torch.Generator().manual_seed(seed)
 
 

@@ -177,7 +177,8 @@ class _References:
                                              "max_grad_norm": f.sparse_reference_clip, "inject_bug": "none"},
                                train={"epochs": epochs})
             setup = plan(rcfg, self.prep.n_train)
-            gsm, optimizer, loader = make_private(self.model, self.prep, rcfg, setup, generator=g)
+            gsm, optimizer, loader = make_private(self.model, self.prep, rcfg, setup, generator=g,
+                                                  noise_stream=1)  # never the main run's noise
             losses = run_steps(gsm, optimizer, loader, setup, cfg=rcfg,
                                desc=f"DP selection prefix (ε={f.sparse_reference_epsilon:g})")
             unwrap(gsm)

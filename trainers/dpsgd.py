@@ -70,7 +70,7 @@ def grad_sample_mode(cfg: RunConfig) -> str:
 
 
 def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, generator: torch.Generator,
-                 params: list[torch.nn.Parameter] | None = None, mode: str | None = None):
+                 params: list[torch.nn.Parameter] | None = None, mode: str | None = None, noise_stream: int = 0):
     """Wrap model/optimizer/loader with Opacus; returns (grad-sample module, DP optimizer, loader).
 
     The Poisson batches come from :func:`~dp_audit.trainers.base.sampling_generator` (OS entropy;
@@ -93,7 +93,7 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
     optimizer = make_optimizer(params, name=cfg.train.optimizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     engine = PrivacyEngine(accountant=cfg.privacy.accountant)
     mode = mode or grad_sample_mode(cfg)
-    noise = noise_generator(reproducible=setup.reproducible_noise, train_seed=cfg.train.seed)
+    noise = noise_generator(reproducible=setup.reproducible_noise, train_seed=cfg.train.seed, stream=noise_stream)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = engine.make_private(
@@ -152,10 +152,18 @@ def observed_mechanism(optimizer, loader, *, steps: int, module=None) -> dict[st
     std = float(optimizer.noise_multiplier) * float(optimizer.max_grad_norm)
     clip = float(module.max_grad_norm) if _clips_in_module(module) else float(optimizer.max_grad_norm)
     return {"noise_multiplier": std / clip, "max_grad_norm": clip,
-            "sample_rate": float(getattr(loader, "sample_rate", float("nan"))),
+            "sample_rate": _loader_rate(loader),
             "steps": int(steps if counted is None else counted), "planned_steps": int(steps),
             "expected_batch_size": float(optimizer.expected_batch_size),
             "source": "opacus DPOptimizer, DPDataLoader and accountant after training"}
+
+
+def _loader_rate(loader) -> float:
+    rate = getattr(loader, "sample_rate", None)
+    if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+        raise RuntimeError(f"the DP data loader has no valid Poisson sample rate ({rate!r}): the mechanism as "
+                           "run cannot be recorded")  # a dp-audit defect, not the user's: exit 4
+    return float(rate)
 
 
 def ledger_for(setup: DPSetup, *, component: str = "dpsgd", unaccounted: list[dict[str, Any]] | None = None,
