@@ -373,9 +373,9 @@ def _scores(run_dir: Path, rel: str | None, attack: str, check) -> tuple[tuple[f
     path = (run_dir / rel).resolve()
     if run_dir.resolve() not in path.parents:
         raise IntegrityError(f"audit.json: scores_file {rel!r} of attack {attack!r} is outside the run directory")
+    check(Path(rel).as_posix())  # a listed file that is missing is an integrity error
     if not path.is_file():
         return None, None
-    check(Path(rel).as_posix())
     try:
         scores, member = load_scores(path, integrity=True)
     except UsageError as exc:  # a malformed result file is an integrity problem here
@@ -559,6 +559,8 @@ def build_view(run_dir: str | Path, *, verify: bool = True) -> ReportView:
 
     def check(rel: str) -> None:
         if verify and rel in artifacts:
+            if not (run_dir / rel).is_file():  # listed, then deleted: never render without it
+                raise IntegrityError(f"artifact listed in the manifest is missing: {run_dir / rel}")
             actual = sha256_file(run_dir / rel)
             if actual != artifacts[rel]:
                 raise IntegrityError(f"sha256 mismatch for {run_dir / rel}: manifest {str(artifacts[rel])[:12]}…, "

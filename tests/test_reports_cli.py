@@ -147,3 +147,13 @@ def test_rerendering_a_legacy_run_keeps_its_hashes_valid(tmp_path):
     assert main(["report", "--run", str(run), "--format", "html,md"]) == 0
     assert main(["gate", "--run", str(run), "--quiet"]) == 1  # the fixture's verdict (refuted), not 3
 
+
+
+def test_report_with_a_deleted_scores_file_is_an_integrity_error(tmp_path):
+    """Bug caught (issue 13 item 11): `report` exited 0 when a scores file the manifest lists was
+    deleted, silently dropping its histogram."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    (run / "scores" / "zlib.npz").unlink()
+    assert main(["report", "--run", str(run), "--format", "md", "--out", str(tmp_path / "o")]) == 3
+    assert main(["report", "--run", str(run), "--format", "md", "--out", str(tmp_path / "o2"), "--no-verify"]) == 0

@@ -86,12 +86,16 @@ def test_missing_sections_render_as_not_run(tmp_path):
     assert "not run" in out["md"].read_text()
 
 
-def test_missing_scores_file_keeps_other_figures(tmp_path):
+def test_missing_scores_file_is_an_integrity_error_unless_unverified(tmp_path):
+    """A scores file the manifest lists, then deleted: an integrity error (issue 13 item 11: it was
+    silently dropped); with verify=False (--no-verify) the other figures are still drawn."""
     run = copy_run(tmp_path)
     (run / "scores" / "zlib.npz").unlink()
-    v = build_view(run)
+    with pytest.raises(IntegrityError, match="missing"):
+        build_view(run)
+    v = build_view(run, verify=False)
     assert v.attacks[0].member_scores is not None and v.attacks[1].member_scores is None
-    html = render_run(run, formats=("html",), out_dir=tmp_path / "out")["html"].read_text()
+    html = render_run(run, formats=("html",), out_dir=tmp_path / "out", verify=False)["html"].read_text()
     assert html.count("<figure") == 4
 
 
