@@ -179,6 +179,13 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     candidates = run_candidates(run_dir) if kind == "causal-lm" else None
     attack_names = resolve_attacks(cfg.attacks, kind=kind, n_references=cfg.reference_models,
                                    has_candidates=candidates is not None, source=target.source)
+    from dp_audit.dirac import has_dirac
+
+    # a run trained with Dirac gradient canaries is always audited white-box with them too (docs/whitebox.md)
+    dirac = target.source == "dp-audit" and has_dirac(run_dir, target.manifest)
+    if "whitebox-dirac" in attack_names and not dirac:
+        raise UsageError("attack 'whitebox-dirac' needs a run trained with Dirac gradient canaries "
+                         "(canaries.gradient = m, trainer dpsgd)")
     # From here on files are rewritten: mark the audit pending (gate and report refuse the run until
     # it finishes) and stop vouching for the old audit outputs. A rerun redoes them.
     atomic_write_json(run_dir / PENDING, {"started": utc_now(), "pid": os.getpid()})
@@ -199,6 +206,12 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     land = run_landscapes(target, cfg, model=model, tokenizer=tokenizer, kind=kind, rng=rng, progress=progress)
     attacks = [*attacks, *land.attacks]
     written += list(land.files)
+    if dirac:
+        from dp_audit.audit_attacks import run_dirac_attack
+
+        dirac_result, dirac_file = run_dirac_attack(run_dir, rng=rng)
+        attacks.append(dirac_result)
+        written.append(dirac_file)
 
     audit: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -208,7 +221,8 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
         "source": target.source,
         "model": _model_info(target, info),
         "claim": target.claim,
-        "threat_model": "white-box" if land.attacks else "black-box",  # the landscape attack perturbs weights
+        # the landscape attack perturbs weights; the Dirac attack reads them
+        "threat_model": "white-box" if land.attacks or dirac else "black-box",
         "canaries": {"m": len(target.canaries), "n_members": int(member.sum()),
                      "kind": target.manifest.get("config", {}).get("canaries", {}).get("kind", "user-supplied"),
                      "file": "canaries.jsonl", "seed": target.manifest.get("seeds", {}).get("canaries")},

@@ -28,7 +28,7 @@ from dp_audit.errors import UsageError
 ALL = "all"
 CANDIDATES = "candidates.txt"
 # attack names handled by other stages of run_audit (not in the ATTACKS registry): passed through
-EXTERNAL_ATTACKS = ("landscape",)
+EXTERNAL_ATTACKS = ("landscape", "whitebox-dirac")
 
 
 def _registry():
@@ -170,3 +170,17 @@ def run_attacks(names: Sequence[str], signals: Any, reference: Any, member: np.n
                           "max_exposure": float(np.log2(signals.candidate_loss.shape[1] + 1))})
         results.append(dataclasses.replace(res, details={**res.details, **extra}))
     return results, written
+
+
+def run_dirac_attack(run_dir: Path, *, rng: np.random.Generator) -> tuple[Any, str]:
+    """The white-box Dirac gradient-canary attack of a run trained with ``canaries.gradient``
+    (:mod:`dp_audit.attacks.dirac`): write ``scores/whitebox-dirac.npz`` and return its
+    AttackResult (threat model white-box, design one-run) and the written path."""
+    from dp_audit.attacks.dirac import NAME, SCORES_FILE, THREAT_MODEL, scores_for_run
+    from dp_audit.attacks.metrics import attack_metrics
+    from dp_audit.io import save_npz
+
+    res = scores_for_run(run_dir)
+    save_npz(Path(run_dir) / SCORES_FILE, scores=res.scores, member=res.member)
+    out = attack_metrics(NAME, res.scores, res.member, scores_file=SCORES_FILE, rng=rng, threat_model=THREAT_MODEL)
+    return dataclasses.replace(out, details={**out.details, **res.details}), SCORES_FILE

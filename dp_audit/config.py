@@ -70,6 +70,9 @@ class CanaryConfig:
     seed: int = 1
     n_words: int = 10
     repeat: int = 1  # how many times a member canary is inserted
+    # Dirac gradient canaries (white-box, DP-SGD with full fine-tuning; docs/whitebox.md): m canaries,
+    # each a member with probability 1/2, sampled at the Poisson rate q, per-sample gradient C·e_i
+    gradient: int = 0
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ class RunConfig:
                              f"{p.claimed_epsilon})")
         if self.canaries.m < 0 or self.train.epochs < 1 or self.train.batch_size < 1:
             raise UsageError("canaries.m must be >= 0, train.epochs and train.batch_size >= 1")
+        _validate_gradient_canaries(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -299,6 +303,24 @@ def _validate_dpflat_dpzo(cfg: RunConfig) -> None:
                          "Opacus' ghost clipping does not support the PEFT prefix encoder")
     if f.sparse and cfg.model.backbone == "tiny" and f.sparse_k >= cfg.model.num_layers:
         raise UsageError(f"dpflat.sparse_k = {f.sparse_k} must be below model.num_layers = {cfg.model.num_layers}")
+
+
+def _validate_gradient_canaries(cfg: RunConfig) -> None:
+    """``canaries.gradient`` (Dirac gradient canaries) needs the Opacus per-sample gradients of
+    DP-SGD with full fine-tuning: their coordinates are unused position-embedding rows."""
+    m = cfg.canaries.gradient
+    if m < 0:
+        raise UsageError(f"canaries.gradient must be >= 0, got {m}")
+    if not m:
+        return
+    if cfg.trainer != "dpsgd":
+        raise UsageError(f"canaries.gradient (Dirac gradient canaries) is implemented for trainer 'dpsgd' only, "
+                         f"not {cfg.trainer!r}")
+    if cfg.model.tuning != "full":
+        raise UsageError(f"canaries.gradient needs model.tuning = 'full' (got {cfg.model.tuning!r}): the canary "
+                         "coordinates are unused position-embedding rows")
+    if cfg.privacy.grad_sample_mode == "ghost":
+        raise UsageError("canaries.gradient needs per-sample gradients: privacy.grad_sample_mode = 'hooks' or 'auto'")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

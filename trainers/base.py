@@ -21,8 +21,8 @@ import torch
 from dp_audit.canaries import Canary, make_canaries, write_canaries
 from dp_audit.config import RunConfig
 from dp_audit.errors import UsageError
-from dp_audit.io import atomic_write_json
-from dp_audit.manifest import new_run_id, write_manifest
+from dp_audit.io import atomic_write_bytes, atomic_write_json
+from dp_audit.manifest import inside, new_run_id, write_manifest
 from dp_audit.records import PrivacyClaim
 from dp_audit.registry import Registry
 from dp_audit.rundir import claim_output, staged_output
@@ -59,6 +59,9 @@ class TrainResult:
     # statistics of the private training data computed without noise (training losses, clipped
     # fractions): released only with privacy.release_training_stats, then listed as unaccounted
     private_metrics: dict[str, Any] = field(default_factory=dict)
+    # extra run-directory artifacts (relative path -> bytes), written and hashed with the run
+    # (e.g. the Dirac canary record and w_0)
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 # Names of training-data statistics: if a trainer puts one in ``metrics`` it is treated as a
@@ -198,9 +201,11 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
         write_canaries(tmp / "canaries.jsonl", prep.canaries)
         atomic_write_json(tmp / "ledger.json", result.ledger)
         atomic_write_json(tmp / "metrics.json", metrics)
+        for rel, data in result.files.items():
+            atomic_write_bytes(inside(tmp, rel), data)
         write_manifest(
             tmp, kind="train", config=cfg.to_dict(), seeds=seeds_of(cfg), claim=result.claim.to_dict(),
-            artifacts=[*artifacts, "canaries.jsonl", "ledger.json", "metrics.json"],
+            artifacts=[*artifacts, "canaries.jsonl", "ledger.json", "metrics.json", *result.files],
             run_id=new_run_id(cfg.name or out_dir.name), data_fingerprint=prep.task.fingerprint,
             extra={"notes": {"trainer": cfg.trainer, "tuning": cfg.model.tuning, "metrics": metrics,
                              **result.extra}},

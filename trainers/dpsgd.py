@@ -201,7 +201,7 @@ def _dp_optimizer(optimizer):
     return inner
 
 
-def noise_only_step(optimizer):
+def noise_only_step(optimizer, *, before_release: Callable[[], None] | None = None):
     """The step of an empty Poisson batch: the clipped sum is 0, so the update releases noise only,
     N(0, σ²C²)/(qn) per coordinate before the inner optimiser; Opacus' accountant hook (and any
     other step hook) runs as for any step. Call after ``zero_grad``; ``optimizer`` may be a wrapper
@@ -214,14 +214,18 @@ def noise_only_step(optimizer):
             p.grad = torch.zeros_like(p)
         else:  # hooks: zero per-sample gradients of an empty batch
             p.grad_sample = p.new_zeros((0, *p.shape))
+    if before_release is not None:  # e.g. Dirac canaries sampled into an otherwise empty batch
+        before_release()
     return optimizer.step()
 
 
 def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: str,
-              before_step: Callable[[int, dict], None] | None = None, loss_fn: Callable | None = None) -> list[float]:
+              before_step: Callable[[int, dict], None] | None = None, loss_fn: Callable | None = None,
+              after_backward: Callable[[int, int], None] | None = None) -> list[float]:
     """The DP training loop: exactly ``setup.steps`` Poisson batches, empty ones included (each a
     :func:`noise_only_step`); returns the mean losses of the non-empty batches (statistics of the
-    private data: not for release)."""
+    private data: not for release). ``after_backward(step, batch_size)`` runs once per step after
+    the per-sample gradients exist and before the optimizer clips them (Dirac canaries)."""
     gsm.train()
     losses: list[float] = []
     bar = tqdm(total=setup.steps, desc=desc, disable=not cfg.train.progress, leave=False)
@@ -235,12 +239,15 @@ def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: s
             if before_step is not None:
                 before_step(step, batch)
             if is_empty(batch):
-                noise_only_step(optimizer)
+                noise_only_step(optimizer, before_release=None if after_backward is None
+                                else (lambda: after_backward(step, 0)))
             else:
                 loss = (loss_fn or _ce)(gsm, batch)
                 with warnings.catch_warnings():  # Opacus' full backward hooks on frozen inputs: harmless
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     loss.backward()
+                if after_backward is not None:
+                    after_backward(step, int(batch["labels"].shape[0]))
                 optimizer.step()
                 losses.append(float(loss.detach()))
             step += 1
@@ -278,13 +285,29 @@ class DPSGDTrainer:
     def fit(self, prep: Prepared, model, *, generator: torch.Generator) -> TrainResult:
         cfg = prep.cfg
         setup = plan(cfg, prep.n_train)
+        canaries = dirac_canaries(model, cfg, setup)  # None unless canaries.gradient > 0; reads w_0 first
         gsm, optimizer, loader = make_private(model, prep, cfg, setup, generator=generator)
-        losses = run_steps(gsm, optimizer, loader, setup, cfg=cfg, desc=f"DP-SGD (σ={setup.noise_multiplier:.2f})")
+        hook = None if canaries is None else canaries.hook(_dp_optimizer(optimizer).params,
+                                                           loader.batch_sampler.generator)
+        losses = run_steps(gsm, optimizer, loader, setup, cfg=cfg, desc=f"DP-SGD (σ={setup.noise_multiplier:.2f})",
+                           after_backward=hook)
         # an injected bug is not listed as unaccounted: the ledger says what the buggy pipeline believes
+        ledger = ledger_for(setup, observed=observed_mechanism(optimizer, loader, steps=setup.steps, module=gsm))
+        extra = {"dp": {**setup.__dict__, "inject_bug": cfg.privacy.inject_bug}}
+        if canaries is not None:
+            ledger["gradient_canaries"] = extra["gradient_canaries"] = canaries.ledger_entry()
         return TrainResult(
-            model=unwrap(gsm), ledger=ledger_for(setup, observed=observed_mechanism(optimizer, loader, steps=setup.steps,
-                                                                             module=gsm)),
-            claim=claim_for(setup, cfg), metrics={"steps": setup.steps},
+            model=unwrap(gsm), ledger=ledger, claim=claim_for(setup, cfg), metrics={"steps": setup.steps},
             private_metrics={"final_train_loss": losses[-1] if losses else float("nan")},
-            extra={"dp": {**setup.__dict__, "inject_bug": cfg.privacy.inject_bug}},
+            extra=extra, files={} if canaries is None else canaries.files(),
         )
+
+
+def dirac_canaries(model, cfg: RunConfig, setup: DPSetup):
+    """The run's Dirac gradient canaries (``canaries.gradient``), or None (docs/whitebox.md)."""
+    if not cfg.canaries.gradient:
+        return None
+    from dp_audit.trainers.dirac import DiracCanaries, position_slot
+
+    return DiracCanaries(position_slot(model, max_length=cfg.data.max_length), m=cfg.canaries.gradient,
+                         norm=setup.max_grad_norm, sample_rate=setup.sample_rate, seed=cfg.canaries.seed)

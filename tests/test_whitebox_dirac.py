@@ -1,0 +1,194 @@
+"""Dirac gradient canaries (``canaries.gradient``; dp_audit.trainers.dirac) and the white-box
+one-run attack ``whitebox-dirac`` (dp_audit.attacks.dirac); docs/whitebox.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from tests.conftest import TINY, merge
+
+
+class _Toy(torch.nn.Module):
+    """A BERT-named position table plus a head: enough for the canary slot."""
+
+    def __init__(self):
+        super().__init__()
+        self.embeddings = torch.nn.Module()
+        self.embeddings.position_embeddings = torch.nn.Embedding(20, 5)
+        self.head = torch.nn.Linear(5, 2)
+
+
+def _canaries(m: int = 20, *, norm: float = 0.7, q: float = 0.3, seed: int = 3):
+    from dp_audit.trainers.dirac import DiracCanaries, position_slot
+
+    model = _Toy()
+    return model, DiracCanaries(position_slot(model, max_length=6), m=m, norm=norm, sample_rate=q, seed=seed)
+
+
+def test_canary_gradient_has_norm_c_on_its_coordinate_only():
+    """Bug caught: a canary's per-sample gradient with the wrong norm (e.g. C/B, or scaled like a
+    mean loss), spread over several coordinates, written on a used position row, or overwriting
+    the real examples' per-sample gradients instead of being appended."""
+    model, can = _canaries()
+    params = list(model.parameters())
+    real = {p: torch.randn(4, *p.shape) for p in params}
+    for p in params:
+        p.grad_sample = real[p].clone()
+    idx = torch.as_tensor(can.index[can.member][:3])
+    can.add_per_sample_gradients(params, idx, batch_size=4)
+    slot = model.embeddings.position_embeddings.weight
+    for p in params:
+        assert p.grad_sample.shape == (7, *p.shape)
+        assert torch.equal(p.grad_sample[:4], real[p])  # the real examples' gradients untouched
+    norms = torch.stack([p.grad_sample[4:].reshape(3, -1).norm(dim=1) for p in params], dim=1).norm(dim=1)
+    assert torch.allclose(norms, torch.full((3,), 0.7), rtol=0, atol=1e-7)
+    flat = slot.grad_sample[4:].reshape(3, -1)
+    for j in range(3):
+        nz = torch.nonzero(flat[j]).flatten().tolist()
+        assert nz == [int(idx[j])]
+        assert int(idx[j]) // slot.shape[1] >= 6  # an unused position row (>= max_length)
+    assert torch.count_nonzero(model.head.weight.grad_sample[4:]) == 0
+
+
+def test_members_included_at_rate_q_nonmembers_never():
+    """Bug caught: member canaries added to every batch (rate 1) or at a rate other than q, or
+    non-member canaries ever entering a batch."""
+    _, can = _canaries(m=40, q=0.3)
+    g = torch.Generator().manual_seed(11)
+    members, steps = set(can.index[can.member].tolist()), 2000
+    count = 0
+    for _ in range(steps):
+        idx = can.draw(g).tolist()
+        assert set(idx) <= members  # never a non-member
+        assert len(set(idx)) == len(idx)
+        count += len(idx)
+    n = steps * len(members)
+    assert stats.binomtest(count, n, 0.3).pvalue > 1e-3
+    assert 0 < len(members) < 40
+
+
+def _cfg(cache_dir: Path, **sections):
+    from dp_audit.config import run_config_from_dict
+
+    base = merge(TINY, {"model": {"cache_dir": str(cache_dir)}, "canaries": {"m": 40, "gradient": 200},
+                        "train": {"optimizer": "sgd", "lr": 0.1, "batch_size": 100, "epochs": 2},
+                        "privacy": {"epsilon": 2.0}})
+    return run_config_from_dict(merge(base, sections))
+
+
+def _train(cache_dir: Path, out: Path, **sections) -> Path:
+    from dp_audit.trainers.base import train_run
+
+    return train_run(_cfg(cache_dir, **sections), out, progress=False)
+
+
+def test_w0_saved_hashed_and_equal_to_the_initial_weights(cache_dir, tmp_path):
+    """Bug caught: w_0 taken after training (or after the first step) instead of before it, or
+    not recorded in the manifest (an edited w_0 would then go unnoticed: exit 3 expected)."""
+    from safetensors.numpy import load_file
+
+    from dp_audit.cli import main
+    from dp_audit.dirac import RECORD, W0
+    from dp_audit.manifest import load_manifest
+
+    run = _train(cache_dir, tmp_path / "r")
+    man = load_manifest(run)
+    assert W0 in man["artifacts"] and RECORD in man["artifacts"]
+    w0 = load_file(str(run / W0))["w0"]
+    base = load_file(str(run / "base_model" / "model.safetensors"))  # the model before training
+    final = load_file(str(run / "model" / "model.safetensors"))
+    name = "bert.embeddings.position_embeddings.weight"
+    np.testing.assert_array_equal(w0, base[name])
+    assert not np.array_equal(w0, final[name])  # training moved the canary rows
+    assert main(["run", "--run", str(run), "--set", "formats=[]", "--quiet"]) == 0
+    from safetensors.numpy import save_file
+
+    save_file({"w0": w0 + 1e-3}, str(run / W0))
+    assert main(["gate", "--run", str(run), "--quiet"]) == 3
+
+
+def test_scores_are_w0_minus_wT_at_each_canary_coordinate(cache_dir, tmp_path):
+    """Bug caught: the score taken from the wrong difference (w_T − w_0: members would score low),
+    from the wrong coordinate, or from the wrong parameter file."""
+    from safetensors.numpy import load_file
+
+    from dp_audit.attacks.dirac import dirac_scores, scores_for_run
+    from dp_audit.dirac import W0
+
+    w0 = np.arange(12.0).reshape(3, 4)
+    wt = w0.copy()
+    wt.reshape(-1)[[5, 9]] -= [2.0, 0.5]  # two descent steps along -e_5, -e_9
+    np.testing.assert_array_equal(dirac_scores(w0, wt, np.array([5, 9, 1])), [2.0, 0.5, 0.0])
+
+    run = _train(cache_dir, tmp_path / "r", privacy={"inject_bug": "no-noise"})
+    res = scores_for_run(run)
+    w0 = load_file(str(run / W0))["w0"].reshape(-1).astype(np.float64)
+    wt = load_file(str(run / "model" / "model.safetensors"))["bert.embeddings.position_embeddings.weight"]
+    rec_index = np.arange(24 * 32, 24 * 32 + 200)  # rows >= max_length 24 of a 32-wide table
+    np.testing.assert_array_equal(res.scores, w0[rec_index] - wt.reshape(-1)[rec_index].astype(np.float64))
+    # no noise: a non-member coordinate never moves; a member's moved by lr·C/(qn) per inclusion, down
+    assert np.all(res.scores[~res.member] == 0)
+    step = 0.1 * 1.0 / 100
+    k = res.scores[res.member] / step
+    assert np.all(np.abs(k - np.round(k)) < 1e-2) and (k > 0.5).mean() > 0.8
+
+
+def test_claim_and_mechanism_unchanged_by_canaries(cache_dir, tmp_path):
+    """Bug caught: the canaries change the claim or the accounted mechanism (e.g. counted into n,
+    which would change q and σ), or the ledger stops saying that the claim covers them."""
+    from dp_audit.io import read_json
+    from dp_audit.manifest import load_manifest
+
+    with_c = _train(cache_dir, tmp_path / "with")
+    without = _train(cache_dir, tmp_path / "without", canaries={"gradient": 0})
+    a, b = load_manifest(with_c), load_manifest(without)
+    assert a["claim"] == b["claim"]
+    la, lb = read_json(with_c / "ledger.json"), read_json(without / "ledger.json")
+    strip = lambda ev: {k: v for k, v in ev.items() if k != "observed"}  # noqa: E731
+    assert [strip(e) for e in la["events"]] == [strip(e) for e in lb["events"]]
+    obs_a, obs_b = la["events"][0]["observed"], lb["events"][0]["observed"]
+    for key in ("noise_multiplier", "max_grad_norm", "sample_rate", "steps"):
+        assert obs_a[key] == obs_b[key]
+    assert la["gradient_canaries"]["covered_by_claim"] is True and "gradient_canaries" not in lb
+    assert la["unaccounted"] == lb["unaccounted"] == []
+
+
+def test_gate_counts_the_dirac_attack_and_refutes_no_noise(cache_dir, tmp_path):
+    """Bug caught: run_audit not scoring the Dirac canaries (or not white-box / one-run), the gate
+    not counting them (α split over 1 attack), or a no-noise pipeline passing: its black-box LOSS
+    bound is 0 here, only the white-box Dirac score refutes it."""
+    from dp_audit.audit import run_audit, target_from_run
+    from dp_audit.config import AuditConfig
+    from dp_audit.gate import GatePolicy, evaluate_gate
+
+    run = _train(cache_dir, tmp_path / "r", train={"epochs": 4}, privacy={"inject_bug": "no-noise"})
+    audit = run_audit(target_from_run(run), AuditConfig(formats=()), progress=False, render=False)
+    entry = {a["name"]: a for a in audit["attacks"]}["whitebox-dirac"]
+    assert entry["threat_model"] == "white-box" and entry["details"]["design"] == "one-run"
+    assert entry["scores_file"] == "scores/whitebox-dirac.npz" and audit["threat_model"] == "white-box"
+    res = evaluate_gate(run, GatePolicy(observed_mechanism=False))
+    assert res.verdict.n_tests == 2  # {loss, whitebox-dirac} x {fdp}
+    assert res.verdict.status == "fail" and res.verdict.best_attack == "whitebox-dirac"
+    assert res.verdict.epsilon_lb_max > float(audit["claim"]["epsilon"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_correct_dpsgd_never_refuted_by_dirac_canaries(cache_dir, tmp_path, seed):
+    """Bug caught: any leak beyond the claim in the canary path (non-members added, noise not
+    applied to the canary coordinates, canaries escaping clipping): at a small claim (ε = 0.5),
+    the f-DP bound of 200 Dirac canaries would exceed it. Correct DP-SGD must stay below."""
+    from dp_audit.attacks.dirac import scores_for_run
+    from dp_audit.estimate import estimate_epsilon
+    from dp_audit.manifest import load_manifest
+
+    run = _train(cache_dir, tmp_path / "r", canaries={"seed": 50 + seed}, train={"seed": seed, "epochs": 4},
+                 privacy={"epsilon": 0.5})
+    res = scores_for_run(run)
+    claim = float(load_manifest(run)["claim"]["epsilon"])
+    est = estimate_epsilon(res.scores, res.member, method="fdp", alpha=0.05, delta=1e-5)
+    assert est.epsilon_lb <= claim
