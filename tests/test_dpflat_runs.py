@@ -116,7 +116,8 @@ def test_paper_mode_runs_the_published_pipeline(runs):
     """Issue 12 item 9, read back from the run. Bugs caught: a selection prefix trained without
     privacy in paper mode (official: DP, ε = 8, C = 0.2), a teacher trained without the layer mask,
     a trainable classifier head (official: prefix only; checked on the saved weights: the adapter's
-    head equals the base model's), and the private variant using private data for its references."""
+    head equals the base model's), and the private variant using private data for its references
+    (checked on the number of examples each reference was trained on, not only on its label)."""
     from safetensors.torch import load_file
 
     notes = _manifest(runs["flat-paper"])["notes"]["dpflat"]
@@ -127,6 +128,9 @@ def test_paper_mode_runs_the_published_pipeline(runs):
     private = _manifest(runs["flat-private"])["notes"]["dpflat"]["reference_training"]
     assert private["selection"]["split"] == "public" and private["selection"]["dp"] is False
     assert private["teacher"]["split"] == "public"
+    # the data actually used, not only its label (rev6: a teacher or selection prefix trained on the
+    # private split while labelled "public" passed): the public split's training part, 600 - 600 // 4
+    assert private["teacher"]["n"] == private["selection"]["n"] == 600 - 600 // 4
 
     def heads(run_dir):
         adapter = load_file(str(run_dir / "model" / "adapter_model.safetensors"))

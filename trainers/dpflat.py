@@ -47,9 +47,12 @@ from dp_audit.trainers.zo import cross_entropy_each, run_zo
 # --------------------------------------------------------------------------- helpers
 
 def public_splits(prep: Prepared) -> tuple[Batch, Batch]:
-    """The public split cut in (train, probe): the probe part has min(n_dev, n_public/4) examples."""
+    """The public split cut in (train, probe): the probe part is its last max(1, n_public // 4)
+    examples. The cut reads the public split only: sized by the private dev split (as it was:
+    min(n_dev, n_public/4)), one example added to the dev split moved a public example between the
+    teacher's data and the probe, so the public modes were functions of private data."""
     n = int(prep.public["labels"].shape[0])
-    m = max(1, min(int(prep.dev["labels"].shape[0]), n // 4))
+    m = max(1, n // 4)
     return subset(prep.public, slice(0, n - m)), subset(prep.public, slice(n - m, n))
 
 
