@@ -82,13 +82,23 @@ def _step_audits(root: Path, *, quiet: bool) -> list[tuple[str, str, float, floa
     for i, name in enumerate(STEP_AUDITS):
         res = step_audit(build(name), trials=STEP_TRIALS, seed=i, progress=not quiet)
         d = root / name
-        if (d / "manifest.json").is_file() and (d / "step_audit.json").is_file():
+        if _is_step_audit(d):
             _remove_previous_step_audit(d)
         write_step_audit(res, d)
         gate = evaluate_step_audit(d, GatePolicy())  # what `dp-audit gate --run` on it decides
         rows.append((name, gate.verdict.status, gate.verdict.epsilon_lb_max, gate.verdict.claimed_epsilon))
     _print_steps(rows)
     return rows
+
+
+def _is_step_audit(d: Path) -> bool:
+    """A step-audit directory (its manifest says so): the only kind the demo replaces."""
+    import json
+
+    try:
+        return json.loads((d / "manifest.json").read_text(encoding="utf-8")).get("kind") == "step-audit"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _remove_previous_step_audit(d: Path) -> None:
