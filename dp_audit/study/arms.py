@@ -84,12 +84,12 @@ def awp_leak_sweeps() -> tuple[SweepPoint, ...]:
 
 
 # The built-in task at two sizes. --quick: the whole study in a few minutes on 2 CPUs (a tiny
-# backbone, 400 private examples, 2 epochs); the full study uses the demo's settings.
+# backbone, 800 private examples, 3 epochs); the full study uses the demo's settings.
 QUICK_BASE: dict[str, Any] = {
-    "data": {"n_public": 600, "n_train": 400, "n_dev": 100, "n_test": 200, "vocab_size": 200, "max_length": 24},
+    "data": {"n_public": 600, "n_train": 800, "n_dev": 100, "n_test": 300, "vocab_size": 200, "max_length": 24},
     "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "pretrain_epochs": 2},
-    "canaries": {"m": 100, "kind": "rare-token"},
-    "train": {"epochs": 2, "batch_size": 32, "lr": 1e-3},
+    "canaries": {"m": 200, "kind": "rare-token"},
+    "train": {"epochs": 3, "batch_size": 32, "lr": 1e-3},
     "privacy": {"epsilon": 1.0, "delta": 1e-5, "max_grad_norm": 1.0},
     "dpflat": {"distill_epochs": 2},
 }

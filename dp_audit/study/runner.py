@@ -62,6 +62,19 @@ def _best(values) -> float | None:
     return max(values) if values else None
 
 
+def whitebox_eps_lb(audit: Mapping[str, Any]) -> float | None:
+    """The largest white-box bound in an audit.json (e.g. the one-run Dirac-canary audit), else None."""
+    return _best(e.get("epsilon_lb") for e in audit.get("estimates", [])
+                 if isinstance(e, dict) and e.get("threat_model") == "white-box" and e.get("is_bound", True))
+
+
+def best_mia(audit: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(best AUC, best TPR at 1% FPR) over the attacks of an audit.json."""
+    attacks = [a for a in audit.get("attacks", []) if isinstance(a, dict)]
+    return (_best(a.get("auc") for a in attacks),
+            _best((a.get("tpr_at_fpr") or {}).get("0.01") for a in attacks))
+
+
 def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_dir: Path, progress: bool) -> ArmRow:
     """Train, audit end to end, gate; then the step-level audits. Returns the arm's row."""
     from dp_audit.audit import run_audit, target_from_run
@@ -88,9 +101,8 @@ def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_d
     audit = read_json(run_dir / "audit.json", integrity=True)
     claimed = gate.verdict.claimed_epsilon
     bb = _best(e.epsilon_lb for e in gate.estimates if e.is_bound and e.threat_model == "black-box")
-    wb = _best(e.get("epsilon_lb") for e in audit.get("estimates", [])
-               if isinstance(e, dict) and e.get("threat_model") == "white-box" and e.get("is_bound", True))
-    attacks = [a for a in audit.get("attacks", []) if isinstance(a, dict)]
+    wb = whitebox_eps_lb(audit)
+    auc, tpr = best_mia(audit)
     acc = load_manifest(run_dir).get("notes", {}).get("metrics", {}).get("test_accuracy")
     t2 = time.time()
     steps = _step_audits(arm.constructions, arm_dir / "step", trials=settings["trials"], seed=seed,
@@ -102,8 +114,7 @@ def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_d
         step_claim_epsilon=top.claim_epsilon if top else None, step_eps_lb=top.eps_lb if top else None,
         step_refuted=any(r.refuted for r in steps) if steps else None,
         blackbox_eps_lb=bb, blackbox_refuted=(bb > claimed) if bb is not None else None, whitebox_eps_lb=wb,
-        mia_auc=_best(a.get("auc") for a in attacks),
-        mia_tpr_at_1pct_fpr=_best((a.get("tpr_at_fpr") or {}).get("0.01") for a in attacks),
+        mia_auc=auc, mia_tpr_at_1pct_fpr=tpr,
         test_accuracy=acc,
         timings={"train_s": round(t1 - t0, 2), "audit_s": round(t2 - t1, 2), "step_s": round(time.time() - t2, 2)})
 
