@@ -31,6 +31,7 @@ def test_paper_refutes_private_does_not_conclusion_says_private_fixes_it():
     assert "DP-Flat paper mode, AWP: refutes its claim at the step level (ε_LB 39.60 > per-step claim 4.38" in text
     assert "end-to-end black-box" not in text  # black-box did not refute: it must not be said to
     assert "The private variants fix it" in text and "NOT" not in text
+    assert "black-box one-run audit refutes no arm (largest ε_LB 0.00): the leak of awp-paper is seen only" in text
 
 
 def test_private_refutes_paper_does_not_conclusion_says_the_reverse():
@@ -66,6 +67,10 @@ def test_sweep_sentence_names_the_first_refuted_value():
               for v, lb in ((1.0, 40.0), (0.01, 3.0), (0.1, 12.0), (0.03, 4.0))]
     (line,) = conclusion([], sweeps)
     assert "starts at lam = 0.1 (ε_LB 12.00" in line and "every larger value" in line
+    low = [SweepRow(name="g", sweep="awp-gamma", construction="c", option="gamma", value=v, step_claim_epsilon=1.0,
+                    step_eps_lb=9.0, step_refuted=True) for v in (0.1, 1e-4)]
+    (line,) = conclusion([], low)
+    assert "already at the smallest value tried, gamma = 0.0001" in line
 
 
 def test_table_cells_follow_the_numbers_and_dashes_for_missing():
