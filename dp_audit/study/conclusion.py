@@ -49,7 +49,8 @@ def sweep_sentence(rows: Sequence[SweepRow]) -> str:
     first = refuted[0]
     monotone = all(r.step_refuted for r in rows if r.value >= first.value)
     tail = "and at every larger value" if monotone else "but not at every larger value"
-    return (f"{name} ({span}): the step-level refutation starts at {first.option} = {first.value:g} "
+    where = ("already at the smallest value tried, " if first is rows[0] else "the step-level refutation starts at ")
+    return (f"{name} ({span}): {where}{first.option} = {first.value:g} "
             f"(ε_LB {first.step_eps_lb:.2f} > per-step claim {first.step_claim_epsilon:.2f}) {tail}.")
 
 
@@ -87,6 +88,12 @@ def conclusion(arms: Sequence[ArmRow], sweeps: Sequence[SweepRow] = ()) -> list[
     elif private:
         lines.append(f"No private variant ({names}) refutes its claim; as no paper-mode component did either, "
                      f"this study does not show that they fix anything.")
+    bb = [r.blackbox_eps_lb for r in arms if r.blackbox_eps_lb is not None]
+    if bb and not any(r.blackbox_refuted for r in arms):
+        seen = [r.label for r in arms if r.step_refuted]
+        lines.append(f"End to end, the black-box one-run audit refutes no arm (largest ε_LB {max(bb):.2f})"
+                     + (f": the leak of {', '.join(seen)} is seen only in DP's own threat model (step level)."
+                        if seen else "."))
     by_sweep: dict[str, list[SweepRow]] = {}
     for s in sweeps:
         by_sweep.setdefault(s.sweep, []).append(s)
