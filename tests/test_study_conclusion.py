@@ -43,6 +43,7 @@ def test_private_refutes_paper_does_not_conclusion_says_the_reverse():
     assert "DP-Flat paper mode, AWP: no refutation" in text
     assert "The private variants do NOT fix it: dpsat refutes its claim at the end-to-end black-box" in text
     assert "fix it:" not in text.replace("do NOT fix it:", "")
+    assert "refutes no arm" not in text  # dpsat's black-box bound refutes: the "nothing end to end" line is false
 
 
 def test_a_refuting_control_is_a_warning_not_a_finding():
