@@ -173,8 +173,10 @@ def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoi
         if row is not None:
             skipped.append(point.name)
         else:
-            row = (compute_sweep if sweep_fn is None else sweep_fn)(point, d, settings=settings,
-                                                                    **({"progress": progress} if sweep_fn is None else {}))
+            if sweep_fn is None:
+                row = compute_sweep(point, d, settings=settings, progress=progress)
+            else:
+                row = sweep_fn(point, d, settings=settings)
             write_result(d / RESULT, row, settings=settings)
             computed.append(point.name)
             log(f"[study] sweep {i}/{len(sweeps)} {point.construction} {point.option}={point.value:g}: "
