@@ -82,3 +82,13 @@ def test_outputs_are_written_atomically_no_temp_files_left(tmp_path):
     assert not [n for n in names if n.endswith(".tmp")]
     html = (tmp_path / "study.html").read_text()
     assert "A &lt;b&gt;" in html and "A <b>" not in html  # autoescaped
+
+
+def test_bad_options_are_usage_errors_before_any_work(tmp_path, capsys):
+    """Bug caught: --trials too small (or negative --seed) accepted and failing later inside a step
+    audit, after a study directory was created."""
+    out = tmp_path / "s"
+    assert main(["study", "awp-leak", "--out", str(out), "--quick", "--trials", "10"]) == 2
+    assert main(["study", "awp-leak", "--out", str(out), "--quick", "--seed", "-1"]) == 2
+    assert "--trials must be at least 100" in capsys.readouterr().err
+    assert not out.exists()
