@@ -25,7 +25,7 @@ from dp_audit import __version__
 from dp_audit.errors import EXIT_INTERNAL, EXIT_USAGE, DPAuditError
 from dp_audit.safetext import one_line
 
-COMMANDS = ("train", "run", "estimate", "gate", "report", "demo", "step_audit")
+COMMANDS = ("train", "run", "estimate", "gate", "report", "demo", "step_audit", "study")
 
 EPILOG = """exit codes: 0 success (gate: pass), 1 gate violation, 2 usage error (bad argument, config or input,
             unwritable output), 3 integrity error, 4 internal error (a bug: traceback in a log file)

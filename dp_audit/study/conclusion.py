@@ -1,0 +1,101 @@
+"""The study's conclusion, computed from the rows alone (no prose is written by hand).
+
+A claim is refuted at a threat model when that threat model's ε_LB (a 95% lower bound) exceeds
+the claim it is compared with: the per-step claim at the step level, the run's claimed ε end to end.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from dp_audit.study.row import ArmRow, SweepRow
+
+SWEEP_NAMES = {"awp-gamma": "AWP radius γ", "distill-lambda": "distillation weight λ"}
+
+
+def _gt(lb: float | None, claim: float | None) -> bool:
+    return lb is not None and claim is not None and lb > claim
+
+
+def refutations(row: ArmRow) -> list[str]:
+    """Each threat model at which this arm refutes its claim, with the numbers."""
+    out = []
+    if row.step_refuted:
+        by = f"{row.step_eps_lb:.2f} > per-step claim {row.step_claim_epsilon:.2f}"
+        out.append(f"step level (ε_LB {by}, by {row.step_eps_lb - row.step_claim_epsilon:.2f})")
+    if row.blackbox_refuted:
+        out.append(f"end-to-end black-box (ε_LB {row.blackbox_eps_lb:.2f} > claimed {row.claimed_epsilon:.2f})")
+    if _gt(row.whitebox_eps_lb, row.claimed_epsilon):
+        out.append(f"end-to-end white-box (ε_LB {row.whitebox_eps_lb:.2f} > claimed {row.claimed_epsilon:.2f})")
+    return out
+
+
+def _not_refuted(row: ArmRow) -> str:
+    parts = []
+    if row.step_eps_lb is not None:
+        parts.append(f"step ε_LB {row.step_eps_lb:.2f} ≤ {row.step_claim_epsilon:.2f}")
+    if row.blackbox_eps_lb is not None:
+        parts.append(f"black-box ε_LB {row.blackbox_eps_lb:.2f} ≤ {row.claimed_epsilon:.2f}")
+    return "; ".join(parts) or "no bound computed"
+
+
+def sweep_sentence(rows: Sequence[SweepRow]) -> str:
+    rows = sorted(rows, key=lambda r: r.value)
+    name = SWEEP_NAMES.get(rows[0].sweep, rows[0].sweep)
+    span = f"{rows[0].value:g} … {rows[-1].value:g}"
+    refuted = [r for r in rows if r.step_refuted]
+    if not refuted:
+        return f"{name} ({span}): the step-level audit refutes the per-step claim at no value tried."
+    first = refuted[0]
+    monotone = all(r.step_refuted for r in rows if r.value >= first.value)
+    tail = "and at every larger value" if monotone else "but not at every larger value"
+    where = ("already at the smallest value tried, " if first is rows[0] else "the step-level refutation starts at ")
+    return (f"{name} ({span}): {where}{first.option} = {first.value:g} "
+            f"(ε_LB {first.step_eps_lb:.2f} > per-step claim {first.step_claim_epsilon:.2f}) {tail}.")
+
+
+def conclusion(arms: Sequence[ArmRow], sweeps: Sequence[SweepRow] = ()) -> list[str]:
+    """Plain sentences: what each non-private component does to the claim, whether the private
+    variants fix it, whether the controls hold, and where the sweeps start refuting."""
+    lines: list[str] = []
+    controls = [r for r in arms if r.group == "control"]
+    paper = [r for r in arms if r.group == "paper"]
+    private = [r for r in arms if r.group == "private"]
+    bad_controls = [r for r in controls if refutations(r)]
+    if bad_controls:
+        lines.append("WARNING: control(s) " + ", ".join(f"{r.label} ({'; '.join(refutations(r))})" for r in bad_controls)
+                     + " refute a claim they satisfy by construction: the audit or the trainer is broken, "
+                       "and nothing below can be trusted.")
+    elif controls:
+        lines.append("Controls hold: " + ", ".join(r.label for r in controls)
+                     + " stay within their claims at every threat model audited.")
+    broken = [r for r in paper if refutations(r)]
+    for r in paper:
+        what = r.component or r.label
+        if refutations(r):
+            lines.append(f"DP-Flat paper mode, {what}: refutes its claim at the " + "; at the ".join(refutations(r))
+                         + ".")
+        else:
+            lines.append(f"DP-Flat paper mode, {what}: no refutation ({_not_refuted(r)}).")
+    bad_private = [r for r in private if refutations(r)]
+    names = ", ".join(r.label for r in private)
+    if bad_private:
+        lines.append("The private variants do NOT fix it: " + "; ".join(
+            f"{r.label} refutes its claim at the {'; at the '.join(refutations(r))}" for r in bad_private) + ".")
+    elif private and broken:
+        lines.append(f"The private variants fix it: none of {names} refutes its claim at any threat model audited, "
+                     f"where the paper-mode component(s) {', '.join(r.component or r.label for r in broken)} do.")
+    elif private:
+        lines.append(f"No private variant ({names}) refutes its claim; as no paper-mode component did either, "
+                     f"this study does not show that they fix anything.")
+    bb = [r.blackbox_eps_lb for r in arms if r.blackbox_eps_lb is not None]
+    if bb and not any(r.blackbox_refuted for r in arms):
+        seen = [r.label for r in arms if r.step_refuted]
+        lines.append(f"End to end, the black-box one-run audit refutes no arm (largest ε_LB {max(bb):.2f})"
+                     + (f": the leak of {', '.join(seen)} is seen only in DP's own threat model (step level)."
+                        if seen else "."))
+    by_sweep: dict[str, list[SweepRow]] = {}
+    for s in sweeps:
+        by_sweep.setdefault(s.sweep, []).append(s)
+    lines.extend(sweep_sentence(rows) for rows in by_sweep.values())
+    return lines

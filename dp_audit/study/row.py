@@ -1,0 +1,109 @@
+"""One arm's (or sweep point's) result, and its hash-checked file ``result.json``.
+
+The file holds ``{"kind", "settings", "row", "sha256"}`` where ``sha256`` is the canonical
+fingerprint of ``row`` and ``settings``; a file whose hash, kind, settings or name does not match
+is not a result (the arm is done again). ``None`` numbers are "-" in the tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from dp_audit.io import atomic_write_json, canonical_fingerprint
+
+RESULT = "result.json"
+ARM_KIND = "study-arm"
+SWEEP_KIND = "study-sweep-point"
+
+
+@dataclass(frozen=True)
+class ArmRow:
+    name: str
+    label: str
+    group: str
+    claimed_epsilon: float | None  # the run's claim (accountant over the ledger)
+    step_constructions: tuple[str, ...] = ()
+    step_claim_epsilon: float | None = None  # per-step claim of the construction(s)
+    step_eps_lb: float | None = None  # max over the constructions, each at α/k
+    step_refuted: bool | None = None
+    blackbox_eps_lb: float | None = None  # end-to-end one-run (largest counted black-box bound of the gate)
+    blackbox_refuted: bool | None = None
+    whitebox_eps_lb: float | None = None  # audit.json estimates with threat_model "white-box", if any
+    mia_auc: float | None = None
+    mia_tpr_at_1pct_fpr: float | None = None
+    test_accuracy: float | None = None
+    component: str = ""
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["step_constructions"] = list(self.step_constructions)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ArmRow":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in data.items() if k in names}
+        kw["step_constructions"] = tuple(kw.get("step_constructions") or ())
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    name: str
+    sweep: str
+    construction: str
+    option: str
+    value: float
+    step_claim_epsilon: float
+    step_eps_lb: float
+    step_refuted: bool
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SweepRow":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _digest(kind: str, settings: Mapping[str, Any], row: Mapping[str, Any]) -> str:
+    return canonical_fingerprint({"kind": kind, "settings": dict(settings), "row": dict(row)})
+
+
+def write_result(path: Path, row: ArmRow | SweepRow, *, settings: Mapping[str, Any]) -> Path:
+    kind = ARM_KIND if isinstance(row, ArmRow) else SWEEP_KIND
+    d = row.to_dict()
+    return atomic_write_json(path, {"kind": kind, "settings": dict(settings), "row": d,
+                                    "sha256": _digest(kind, settings, d)})
+
+
+def read_result(path: Path, *, name: str, settings: Mapping[str, Any]) -> ArmRow | SweepRow | None:
+    """The row in ``path`` if it is a complete, unaltered result of ``name`` under ``settings``;
+    else None (absent, unreadable, edited, another arm's or another study's)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        kind, row = data["kind"], data["row"]
+        if data["settings"] != _plain(settings) or row.get("name") != name:
+            return None
+        if data["sha256"] != _digest(kind, data["settings"], row):
+            return None
+        cls = {ARM_KIND: ArmRow, SWEEP_KIND: SweepRow}[kind]
+        return cls.from_dict(row)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _plain(settings: Mapping[str, Any]) -> Any:
+    import json
+
+    from dp_audit.io import dumps_json
+
+    return json.loads(dumps_json(dict(settings)))

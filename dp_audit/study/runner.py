@@ -1,0 +1,188 @@
+"""Run the study: every arm and sweep point once, resumably (docs/awp-leak.md "The study").
+
+Each arm writes into ``DIR/arms/<name>/``: ``run/`` (the trained run, audited: audit.json,
+summary.md), ``step/<construction>/`` (the step-level audits) and last ``result.json`` (the row,
+hash-checked). A rerun skips an arm whose result.json is valid and redoes any other one (a killed
+arm has no result.json); :mod:`.store` decides what may be replaced. Sweep points likewise in
+``DIR/sweeps/<name>/``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from dp_audit.study.arms import (FULL_BASE, FULL_TRIALS, QUICK_BASE, QUICK_TRIALS, Arm, SweepPoint, merge)
+from dp_audit.study.row import RESULT, ArmRow, SweepRow, read_result, write_result
+from dp_audit.study.store import clear_step_dir, open_study_dir
+
+STUDY = "awp-leak"
+ALPHA = 0.05
+ESTIMATORS = ("fdp", "steinke")  # the gate splits α over both
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    out: Path
+    arms: tuple[ArmRow, ...]
+    sweeps: tuple[SweepRow, ...]
+    computed: tuple[str, ...]  # names done in this invocation
+    skipped: tuple[str, ...]  # names whose valid result was reused
+
+
+def study_settings(*, quick: bool, trials: int | None, seed: int) -> dict[str, Any]:
+    """What makes two studies the same study (recorded in DIR/study-dir.json and every result)."""
+    return {"study": STUDY, "quick": bool(quick), "seed": int(seed), "alpha": ALPHA,
+            "trials": int(trials if trials is not None else (QUICK_TRIALS if quick else FULL_TRIALS))}
+
+
+# --------------------------------------------------------------------------- one arm
+
+
+def _step_audits(constructions: Sequence[str], d: Path, *, trials: int, seed: int, alpha: float,
+                 progress: bool, options: Mapping[str, Any] | None = None):
+    """Each construction at α/k into ``d/<construction>``; returns the results."""
+    from dp_audit.stepaudit import step_audit
+    from dp_audit.stepaudit.constructions import build
+
+    out = []
+    for j, name in enumerate(constructions):
+        target = d / name
+        clear_step_dir(target)
+        res = step_audit(build(name, **dict(options or {})), trials=trials, alpha=alpha / len(constructions),
+                         seed=seed * 1000 + j, progress=progress, out=target)
+        out.append(res)
+    return out
+
+
+def _best(values) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return max(values) if values else None
+
+
+def whitebox_eps_lb(audit: Mapping[str, Any]) -> float | None:
+    """The largest white-box bound in an audit.json (e.g. the one-run Dirac-canary audit), else None."""
+    return _best(e.get("epsilon_lb") for e in audit.get("estimates", [])
+                 if isinstance(e, dict) and e.get("threat_model") == "white-box" and e.get("is_bound", True))
+
+
+def best_mia(audit: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(best AUC, best TPR at 1% FPR) over the attacks of an audit.json."""
+    attacks = [a for a in audit.get("attacks", []) if isinstance(a, dict)]
+    return (_best(a.get("auc") for a in attacks),
+            _best((a.get("tpr_at_fpr") or {}).get("0.01") for a in attacks))
+
+
+def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_dir: Path, progress: bool) -> ArmRow:
+    """Train, audit end to end, gate; then the step-level audits. Returns the arm's row."""
+    from dp_audit.audit import run_audit, target_from_run
+    from dp_audit.config import AuditConfig, from_mapping, run_config_from_dict
+    from dp_audit.gate import GatePolicy, evaluate_gate, write_outputs
+    from dp_audit.io import read_json
+    from dp_audit.manifest import load_manifest
+    from dp_audit.trainers.base import train_run
+
+    seed = settings["seed"]
+    base = QUICK_BASE if settings["quick"] else FULL_BASE
+    cfg = run_config_from_dict(merge(merge(base, arm.spec), {
+        "name": arm.name, "model": {"cache_dir": str(cache_dir)},
+        "train": {"seed": seed, "progress": progress}, "canaries": {"seed": seed + 1}}))
+    t0 = time.time()
+    run_dir = train_run(cfg, arm_dir / "run", progress=progress, overwrite=True)
+    t1 = time.time()
+    audit_cfg = from_mapping(AuditConfig, {"attacks": ["loss"], "estimators": list(ESTIMATORS),
+                                           "alpha": settings["alpha"], "formats": ["json"]})
+    run_audit(target_from_run(run_dir), audit_cfg, progress=progress)
+    gate = evaluate_gate(run_dir, GatePolicy(estimators=audit_cfg.estimators, alpha=audit_cfg.alpha,
+                                             fdp_null=audit_cfg.fdp_null))
+    write_outputs(gate, summary=run_dir / "summary.md", junit=run_dir / "gate.junit.xml")
+    audit = read_json(run_dir / "audit.json", integrity=True)
+    claimed = gate.verdict.claimed_epsilon
+    bb = _best(e.epsilon_lb for e in gate.estimates if e.is_bound and e.threat_model == "black-box")
+    wb = whitebox_eps_lb(audit)
+    auc, tpr = best_mia(audit)
+    acc = load_manifest(run_dir).get("notes", {}).get("metrics", {}).get("test_accuracy")
+    t2 = time.time()
+    steps = _step_audits(arm.constructions, arm_dir / "step", trials=settings["trials"], seed=seed,
+                         alpha=settings["alpha"], progress=progress)
+    top = max(steps, key=lambda r: r.eps_lb - r.claim_epsilon) if steps else None
+    return ArmRow(
+        name=arm.name, label=arm.label, group=arm.group, component=arm.component, claimed_epsilon=claimed,
+        step_constructions=tuple(arm.constructions),
+        step_claim_epsilon=top.claim_epsilon if top else None, step_eps_lb=top.eps_lb if top else None,
+        step_refuted=any(r.refuted for r in steps) if steps else None,
+        blackbox_eps_lb=bb, blackbox_refuted=(bb > claimed) if bb is not None else None, whitebox_eps_lb=wb,
+        mia_auc=auc, mia_tpr_at_1pct_fpr=tpr,
+        test_accuracy=acc,
+        timings={"train_s": round(t1 - t0, 2), "audit_s": round(t2 - t1, 2), "step_s": round(time.time() - t2, 2)})
+
+
+def compute_sweep(point: SweepPoint, d: Path, *, settings: Mapping[str, Any], progress: bool) -> SweepRow:
+    t0 = time.time()
+    (res,) = _step_audits((point.construction,), d / "step", trials=settings["trials"], seed=settings["seed"],
+                          alpha=settings["alpha"], progress=progress, options={point.option: point.value})
+    return SweepRow(name=point.name, sweep=point.sweep, construction=point.construction, option=point.option,
+                    value=point.value, step_claim_epsilon=res.claim_epsilon, step_eps_lb=res.eps_lb,
+                    step_refuted=res.refuted, timings={"step_s": round(time.time() - t0, 2)})
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoint], settings: Mapping[str, Any],
+              arm_fn: Callable[..., ArmRow] | None = None, sweep_fn: Callable[..., SweepRow] | None = None,
+              progress: bool = False, log: Callable[[str], None] = print) -> StudyResult:
+    """Run (or resume) the study in ``out``; write study.json, study.md, study.html (and the
+    comparison report of the run directories). ``arm_fn``/``sweep_fn`` replace the real work (tests)."""
+    from dp_audit.study.render import write_outputs
+
+    out = open_study_dir(Path(out), study=STUDY, settings=settings)
+    cache_dir = (out / "cache").resolve()
+    t0 = time.time()
+    computed, skipped = [], []
+    arm_rows: list[ArmRow] = []
+    for i, arm in enumerate(arms, 1):
+        d = out / "arms" / arm.name
+        row = read_result(d / RESULT, name=arm.name, settings=settings)
+        if row is not None:
+            log(f"[study] arm {i}/{len(arms)} {arm.name}: done earlier, result reused")
+            skipped.append(arm.name)
+        else:
+            log(f"[study] arm {i}/{len(arms)} {arm.name}: training, auditing, step-level audit ...")
+            t = time.time()
+            if arm_fn is None:
+                row = compute_arm(arm, d, settings=settings, cache_dir=cache_dir, progress=progress)
+            else:
+                row = arm_fn(arm, d, settings=settings)
+            write_result(d / RESULT, row, settings=settings)
+            computed.append(arm.name)
+            log(f"[study]   {arm.name}: claimed ε {_fmt(row.claimed_epsilon)}, step ε_LB {_fmt(row.step_eps_lb)} "
+                f"(per-step claim {_fmt(row.step_claim_epsilon)}), black-box ε_LB {_fmt(row.blackbox_eps_lb)}, "
+                f"MIA AUC {_fmt(row.mia_auc)}, test acc {_fmt(row.test_accuracy)} [{time.time() - t:.0f} s]")
+        arm_rows.append(row)
+    sweep_rows: list[SweepRow] = []
+    for i, point in enumerate(sweeps, 1):
+        d = out / "sweeps" / point.name
+        row = read_result(d / RESULT, name=point.name, settings=settings)
+        if row is not None:
+            skipped.append(point.name)
+        else:
+            if sweep_fn is None:
+                row = compute_sweep(point, d, settings=settings, progress=progress)
+            else:
+                row = sweep_fn(point, d, settings=settings)
+            write_result(d / RESULT, row, settings=settings)
+            computed.append(point.name)
+            log(f"[study] sweep {i}/{len(sweeps)} {point.construction} {point.option}={point.value:g}: "
+                f"ε_LB {row.step_eps_lb:.2f} vs per-step claim {row.step_claim_epsilon:.2f}"
+                f"{' REFUTED' if row.step_refuted else ''}")
+        sweep_rows.append(row)
+    result = StudyResult(out, tuple(arm_rows), tuple(sweep_rows), tuple(computed), tuple(skipped))
+    write_outputs(result, settings=settings, elapsed_s=time.time() - t0, log=log)
+    return result

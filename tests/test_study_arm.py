@@ -1,0 +1,32 @@
+"""One real arm of the study (train_run -> run_audit -> evaluate_gate, and step_audit) on the quick
+config: the row's numbers are the ones in the files it wrote (issue 17)."""
+
+from __future__ import annotations
+
+import json
+
+from dp_audit.study.arms import awp_leak_arms
+from dp_audit.study.runner import run_study, study_settings
+
+
+def test_dpsgd_arm_row_matches_its_run_and_step_audit(tmp_path):
+    """Bug caught: the row reading the wrong file or field (e.g. the ledger's observed-mechanism
+    bound as the black-box ε_LB, the calibration rather than the claim, a step audit of another
+    construction), and a DP-SGD arm refuting its claim (a control must hold)."""
+    arm = next(a for a in awp_leak_arms() if a.name == "dpsgd")
+    settings = study_settings(quick=True, trials=2000, seed=0)
+    res = run_study(tmp_path, arms=(arm,), sweeps=(), settings=settings, log=lambda s: None)
+    (row,) = res.arms
+    run = tmp_path / "arms" / "dpsgd" / "run"
+    audit = json.loads((run / "audit.json").read_text())
+    step = json.loads((tmp_path / "arms" / "dpsgd" / "step" / "dpsgd-dirac" / "step_audit.json").read_text())
+    assert row.claimed_epsilon == audit["claim"]["epsilon"]
+    bb = [e["epsilon_lb"] for e in audit["estimates"] if e["threat_model"] == "black-box" and e["is_bound"]]
+    assert row.blackbox_eps_lb == max(bb)
+    assert row.step_eps_lb == step["eps_lb"] and row.step_claim_epsilon == step["claim"]["epsilon"]
+    assert step["construction"]["name"] == "dpsgd-dirac" and step["trials"]["per_side"] == 2000
+    assert row.whitebox_eps_lb is None  # no white-box estimate in this audit: "-"
+    assert row.step_refuted is False and row.blackbox_refuted is False
+    assert row.mia_auc == max(a["auc"] for a in audit["attacks"])
+    assert (tmp_path / "comparison" / "report.html").is_file()
+    assert json.loads((tmp_path / "study.json").read_text())["arms"][0]["step_eps_lb"] == row.step_eps_lb
