@@ -25,7 +25,9 @@ def test_dpsgd_arm_row_matches_its_run_and_step_audit(tmp_path):
     assert row.blackbox_eps_lb == max(bb)
     assert row.step_eps_lb == step["eps_lb"] and row.step_claim_epsilon == step["claim"]["epsilon"]
     assert step["construction"]["name"] == "dpsgd-dirac" and step["trials"]["per_side"] == 2000
-    assert row.whitebox_eps_lb is None  # no white-box estimate in this audit: "-"
+    wb = [e["epsilon_lb"] for e in audit["estimates"] if e["threat_model"] == "white-box" and e["is_bound"]]
+    assert wb and row.whitebox_eps_lb == max(wb)  # the Dirac-canary audit of the DP-SGD arm
+    assert row.whitebox_eps_lb <= row.claimed_epsilon
     assert row.step_refuted is False and row.blackbox_refuted is False
     assert row.mia_auc == max(a["auc"] for a in audit["attacks"])
     assert (tmp_path / "comparison" / "report.html").is_file()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+DIRAC_CANARIES = 200  # white-box Dirac gradient canaries of the DP-SGD arm
 GROUPS = ("control", "paper", "private")  # DP-correct references | DP-Flat paper mode | DP-Flat private variants
 
 _OFF = {"awp": False, "sparse": False, "distill": False}
@@ -34,7 +35,10 @@ def _dpflat(label_name: str, label: str, group: str, dpflat: dict, constructions
 
 def awp_leak_arms() -> tuple[Arm, ...]:
     return (
-        Arm("dpsgd", "DP-SGD", "control", {"trainer": "dpsgd"}, ("dpsgd-dirac",)),
+        # DP-SGD also carries Dirac gradient canaries: its white-box one-run ε_LB (docs/whitebox.md);
+        # they are implemented for DP-SGD only, so the other arms show "-" in that column
+        Arm("dpsgd", "DP-SGD", "control", {"trainer": "dpsgd", "canaries": {"gradient": DIRAC_CANARIES}},
+            ("dpsgd-dirac",)),
         _dpflat("dpflat-paper-awp", "DP-Flat paper: AWP only", "paper",
                 {**_OFF, "awp": True, "awp_mode": "paper"}, ("dpflat-awp-paper",), "AWP"),
         _dpflat("dpflat-paper-sparse", "DP-Flat paper: sparse only", "paper",
