@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dp_audit.study.arms import awp_leak_arms
 from dp_audit.study.runner import run_study, study_settings
 
@@ -24,6 +26,9 @@ def test_dpsgd_arm_row_matches_its_run_and_step_audit(tmp_path):
     bb = [e["epsilon_lb"] for e in audit["estimates"] if e["threat_model"] == "black-box" and e["is_bound"]]
     assert row.blackbox_eps_lb == max(bb)
     assert row.step_eps_lb == step["eps_lb"] and row.step_claim_epsilon == step["claim"]["epsilon"]
+    # the step is audited at the run's own noise (its per-step claim), not a fixed σ = 1
+    sigma = json.loads((run / "ledger.json").read_text())["events"][-1]["noise_multiplier"]
+    assert step["claim"]["mu"] == pytest.approx(1 / sigma) and sigma != 1.0
     assert step["construction"]["name"] == "dpsgd-dirac" and step["trials"]["per_side"] == 2000
     wb = [e["epsilon_lb"] for e in audit["estimates"] if e["threat_model"] == "white-box" and e["is_bound"]]
     assert wb and row.whitebox_eps_lb == max(wb)  # the Dirac-canary audit of the DP-SGD arm
@@ -32,3 +37,17 @@ def test_dpsgd_arm_row_matches_its_run_and_step_audit(tmp_path):
     assert row.mia_auc == max(a["auc"] for a in audit["attacks"])
     assert (tmp_path / "comparison" / "report.html").is_file()
     assert json.loads((tmp_path / "study.json").read_text())["arms"][0]["step_eps_lb"] == row.step_eps_lb
+
+
+def test_run_noise_options_read_the_main_dp_event():
+    """Bugs caught: the step constructions audited at σ = 1 whatever the run used; a Laplace run's
+    ε per step ignored; a non-DP ledger crashing the study."""
+    from dp_audit.study.runner import run_noise_options
+
+    gauss = {"events": [{"mechanism": "subsampled_gaussian", "noise_multiplier": 9.0},
+                        {"mechanism": "subsampled_gaussian", "noise_multiplier": 1.7}]}
+    assert run_noise_options(gauss) == {"sigma": 1.7}
+    assert run_noise_options({"events": [{"mechanism": "subsampled_laplace", "epsilon_step": 0.29}]}) == \
+        {"epsilon_step": 0.29}
+    assert run_noise_options({"events": [{"mechanism": "none"}]}) == {}
+    assert run_noise_options({}) == {}

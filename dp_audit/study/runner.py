@@ -68,6 +68,19 @@ def whitebox_eps_lb(audit: Mapping[str, Any]) -> float | None:
                  if isinstance(e, dict) and e.get("threat_model") == "white-box" and e.get("is_bound", True))
 
 
+def run_noise_options(ledger: Mapping[str, Any]) -> dict[str, float]:
+    """The step constructions' noise option from the run's own ledger, so that the step-level
+    column audits the mechanism at the noise the run used (its per-step claim): ``sigma`` (the
+    noise multiplier of a Gaussian event) or ``epsilon_step`` (a Laplace event); {} otherwise."""
+    events = [e for e in ledger.get("events", []) if isinstance(e, Mapping)]
+    main = events[-1] if events else {}  # the main DP run (DP-Flat may list a selection run first)
+    if main.get("mechanism") == "subsampled_gaussian" and main.get("noise_multiplier", 0) > 0:
+        return {"sigma": float(main["noise_multiplier"])}
+    if main.get("mechanism") == "subsampled_laplace" and main.get("epsilon_step", 0) > 0:
+        return {"epsilon_step": float(main["epsilon_step"])}
+    return {}
+
+
 def best_mia(audit: Mapping[str, Any]) -> tuple[float | None, float | None]:
     """(best AUC, best TPR at 1% FPR) over the attacks of an audit.json."""
     attacks = [a for a in audit.get("attacks", []) if isinstance(a, dict)]
@@ -106,7 +119,8 @@ def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_d
     acc = load_manifest(run_dir).get("notes", {}).get("metrics", {}).get("test_accuracy")
     t2 = time.time()
     steps = _step_audits(arm.constructions, arm_dir / "step", trials=settings["trials"], seed=seed,
-                         alpha=settings["alpha"], progress=progress)
+                         alpha=settings["alpha"], progress=progress,
+                         options=run_noise_options(read_json(run_dir / "ledger.json", integrity=True)))
     top = max(steps, key=lambda r: r.eps_lb - r.claim_epsilon) if steps else None
     return ArmRow(
         name=arm.name, label=arm.label, group=arm.group, component=arm.component, claimed_epsilon=claimed,
