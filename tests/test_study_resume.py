@@ -99,3 +99,25 @@ def test_a_result_of_another_arm_is_not_reused(tmp_path):
     again = Fake()
     _run(tmp_path, again)
     assert again.calls == ["arm2"]
+
+
+def test_a_result_of_an_older_arm_definition_is_not_reused(tmp_path):
+    """Bug caught: a result accepted when its name and the study settings match although the arm it
+    measured is no longer the arm the study asks for (its config, its step constructions or a sweep
+    point's construction changed, e.g. the DP-SGD arm gaining Dirac canaries): the stale row would
+    fill the table and the conclusion."""
+    import dataclasses
+
+    _run(tmp_path, Fake())
+    arms = list(ARMS)
+    arms[1] = dataclasses.replace(arms[1], spec={"trainer": "dpsgd", "canaries": {"gradient": 200}})
+    arms[3] = dataclasses.replace(arms[3], constructions=("c3", "other"))
+    sweeps = (dataclasses.replace(SWEEPS[0], construction="d"), SWEEPS[1])
+    again = Fake()
+    run_study(tmp_path, arms=tuple(arms), sweeps=sweeps, settings=SETTINGS, arm_fn=again.arm,
+              sweep_fn=again.sweep, log=lambda s: None)
+    assert again.calls == ["arm1", "arm3", SWEEPS[0].name]
+    third = Fake()
+    run_study(tmp_path, arms=tuple(arms), sweeps=sweeps, settings=SETTINGS, arm_fn=third.arm,
+              sweep_fn=third.sweep, log=lambda s: None)
+    assert third.calls == []  # the redone results are reused under the new definitions

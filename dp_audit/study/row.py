@@ -1,8 +1,10 @@
 """One arm's (or sweep point's) result, and its hash-checked file ``result.json``.
 
-The file holds ``{"kind", "settings", "row", "sha256"}`` where ``sha256`` is the canonical
-fingerprint of ``row`` and ``settings``; a file whose hash, kind, settings or name does not match
-is not a result (the arm is done again). ``None`` numbers are "-" in the tables.
+The file holds ``{"kind", "settings", "definition", "row", "sha256"}`` where ``sha256`` is the
+canonical fingerprint of ``row``, ``settings`` and ``definition`` (what the arm or sweep point *is*:
+its merged run config, its step constructions and options, the tool version); a file whose hash,
+kind, settings, definition or name does not match is not a result (the arm is done again): a
+result of an older arm definition is stale, never reused. ``None`` numbers are "-" in the tables.
 """
 
 from __future__ import annotations
@@ -72,20 +74,24 @@ class SweepRow:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _digest(kind: str, settings: Mapping[str, Any], row: Mapping[str, Any]) -> str:
-    return canonical_fingerprint({"kind": kind, "settings": dict(settings), "row": dict(row)})
+def _digest(kind: str, settings: Mapping[str, Any], definition: Any, row: Mapping[str, Any]) -> str:
+    return canonical_fingerprint({"kind": kind, "settings": dict(settings), "definition": definition,
+                                  "row": dict(row)})
 
 
-def write_result(path: Path, row: ArmRow | SweepRow, *, settings: Mapping[str, Any]) -> Path:
+def write_result(path: Path, row: ArmRow | SweepRow, *, settings: Mapping[str, Any],
+                 definition: Mapping[str, Any]) -> Path:
     kind = ARM_KIND if isinstance(row, ArmRow) else SWEEP_KIND
-    d = row.to_dict()
-    return atomic_write_json(path, {"kind": kind, "settings": dict(settings), "row": d,
-                                    "sha256": _digest(kind, settings, d)})
+    d, definition = row.to_dict(), _plain(definition)
+    return atomic_write_json(path, {"kind": kind, "settings": dict(settings), "definition": definition, "row": d,
+                                    "sha256": _digest(kind, settings, definition, d)})
 
 
-def read_result(path: Path, *, name: str, settings: Mapping[str, Any]) -> ArmRow | SweepRow | None:
-    """The row in ``path`` if it is a complete, unaltered result of ``name`` under ``settings``;
-    else None (absent, unreadable, edited, another arm's or another study's)."""
+def read_result(path: Path, *, name: str, settings: Mapping[str, Any],
+                definition: Mapping[str, Any]) -> ArmRow | SweepRow | None:
+    """The row in ``path`` if it is a complete, unaltered result of ``name`` under ``settings`` and
+    the current ``definition`` of that arm (or sweep point); else None (absent, unreadable, edited,
+    another arm's or another study's, or stale: computed for an older definition)."""
     import json
 
     try:
@@ -93,7 +99,9 @@ def read_result(path: Path, *, name: str, settings: Mapping[str, Any]) -> ArmRow
         kind, row = data["kind"], data["row"]
         if data["settings"] != _plain(settings) or row.get("name") != name:
             return None
-        if data["sha256"] != _digest(kind, data["settings"], row):
+        if data.get("definition") != _plain(definition):
+            return None
+        if data["sha256"] != _digest(kind, data["settings"], data["definition"], row):
             return None
         cls = {ARM_KIND: ArmRow, SWEEP_KIND: SweepRow}[kind]
         return cls.from_dict(row)
@@ -101,9 +109,9 @@ def read_result(path: Path, *, name: str, settings: Mapping[str, Any]) -> ArmRow
         return None
 
 
-def _plain(settings: Mapping[str, Any]) -> Any:
+def _plain(obj: Mapping[str, Any]) -> Any:
     import json
 
     from dp_audit.io import dumps_json
 
-    return json.loads(dumps_json(dict(settings)))
+    return json.loads(dumps_json(dict(obj)))

@@ -38,6 +38,24 @@ def study_settings(*, quick: bool, trials: int | None, seed: int) -> dict[str, A
             "trials": int(trials if trials is not None else (QUICK_TRIALS if quick else FULL_TRIALS))}
 
 
+def arm_definition(arm: Arm, *, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What the arm *is* (its result is stale when this changes): the merged run config, the step
+    constructions, its group and component, and the tool version that computes it."""
+    from dp_audit import __version__
+
+    base = QUICK_BASE if settings["quick"] else FULL_BASE
+    return {"config": merge(base, arm.spec), "constructions": list(arm.constructions), "group": arm.group,
+            "label": arm.label, "component": arm.component, "tool_version": __version__}
+
+
+def sweep_definition(point: SweepPoint) -> dict[str, Any]:
+    """What a sweep point *is*: its construction, option, value and extra options, and the tool version."""
+    from dp_audit import __version__
+
+    return {"sweep": point.sweep, "construction": point.construction, "option": point.option,
+            "value": float(point.value), "options": dict(point.options), "tool_version": __version__}
+
+
 # --------------------------------------------------------------------------- one arm
 
 
@@ -163,7 +181,8 @@ def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoi
     arm_rows: list[ArmRow] = []
     for i, arm in enumerate(arms, 1):
         d = out / "arms" / arm.name
-        row = read_result(d / RESULT, name=arm.name, settings=settings)
+        definition = arm_definition(arm, settings=settings)
+        row = read_result(d / RESULT, name=arm.name, settings=settings, definition=definition)
         if row is not None:
             log(f"[study] arm {i}/{len(arms)} {arm.name}: done earlier, result reused")
             skipped.append(arm.name)
@@ -174,7 +193,7 @@ def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoi
                 row = compute_arm(arm, d, settings=settings, cache_dir=cache_dir, progress=progress)
             else:
                 row = arm_fn(arm, d, settings=settings)
-            write_result(d / RESULT, row, settings=settings)
+            write_result(d / RESULT, row, settings=settings, definition=definition)
             computed.append(arm.name)
             log(f"[study]   {arm.name}: claimed ε {_fmt(row.claimed_epsilon)}, step ε_LB {_fmt(row.step_eps_lb)} "
                 f"(per-step claim {_fmt(row.step_claim_epsilon)}), black-box ε_LB {_fmt(row.blackbox_eps_lb)}, "
@@ -183,7 +202,8 @@ def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoi
     sweep_rows: list[SweepRow] = []
     for i, point in enumerate(sweeps, 1):
         d = out / "sweeps" / point.name
-        row = read_result(d / RESULT, name=point.name, settings=settings)
+        definition = sweep_definition(point)
+        row = read_result(d / RESULT, name=point.name, settings=settings, definition=definition)
         if row is not None:
             skipped.append(point.name)
         else:
@@ -191,7 +211,7 @@ def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoi
                 row = compute_sweep(point, d, settings=settings, progress=progress)
             else:
                 row = sweep_fn(point, d, settings=settings)
-            write_result(d / RESULT, row, settings=settings)
+            write_result(d / RESULT, row, settings=settings, definition=definition)
             computed.append(point.name)
             log(f"[study] sweep {i}/{len(sweeps)} {point.construction} {point.option}={point.value:g}: "
                 f"ε_LB {row.step_eps_lb:.2f} vs per-step claim {row.step_claim_epsilon:.2f}"
