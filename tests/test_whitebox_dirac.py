@@ -192,3 +192,35 @@ def test_correct_dpsgd_never_refuted_by_dirac_canaries(cache_dir, tmp_path, seed
     claim = float(load_manifest(run)["claim"]["epsilon"])
     est = estimate_epsilon(res.scores, res.member, method="fdp", alpha=0.05, delta=1e-5)
     assert est.epsilon_lb <= claim
+
+
+@pytest.mark.parametrize("sections, needle", [
+    ({"model": {"tuning": "prefix"}}, "model.tuning = 'full'"),
+    ({"model": {"tuning": "lora"}}, "model.tuning = 'full'"),
+    ({"privacy": {"grad_sample_mode": "ghost"}}, "per-sample gradients"),
+    ({"trainer": "dpzo"}, "trainer 'dpsgd' only"),
+    ({"canaries": {"gradient": -1}}, ">= 0"),
+])
+def test_configs_where_canary_coordinates_could_get_real_gradients_are_refused(cache_dir, sections, needle):
+    """Bug caught: Dirac canaries accepted with prefix or LoRA tuning (the position table is frozen,
+    or, trained through a prefix, not the released parameter), with ghost clipping (no per-sample
+    gradient rows to append to: the canary would skip clipping), or in a trainer that never calls
+    the canary hook (the record would claim members that never entered a batch)."""
+    from dp_audit.errors import UsageError
+
+    with pytest.raises(UsageError, match=needle):
+        _cfg(cache_dir, **sections)
+
+
+def test_too_many_canaries_for_the_unused_rows_is_a_usage_error():
+    """Bug caught: canary coordinates spilling past the table (index error mid-training) or wrapping
+    into used position rows (< max_length) where real inputs have gradients."""
+    from dp_audit.errors import UsageError
+    from dp_audit.trainers.dirac import DiracCanaries, position_slot
+
+    model = _Toy()  # 20 rows x 5, rows >= 6 unused: 70 free coordinates
+    slot = position_slot(model, max_length=6)
+    can = DiracCanaries(slot, m=70, norm=1.0, sample_rate=0.5, seed=0)
+    assert can.index.min() == 6 * 5 and can.index.max() == 20 * 5 - 1
+    with pytest.raises(UsageError, match="unused coordinates"):
+        DiracCanaries(slot, m=71, norm=1.0, sample_rate=0.5, seed=0)
