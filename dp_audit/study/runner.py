@@ -138,7 +138,8 @@ def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_d
     t2 = time.time()
     steps = _step_audits(arm.constructions, arm_dir / "step", trials=settings["trials"], seed=seed,
                          alpha=settings["alpha"], progress=progress,
-                         options=run_noise_options(read_json(run_dir / "ledger.json", integrity=True)))
+                         options={**run_noise_options(read_json(run_dir / "ledger.json", integrity=True)),
+                                  "delta": float(cfg.privacy.delta)})  # the run's own noise and δ
     top = max(steps, key=lambda r: r.eps_lb - r.claim_epsilon) if steps else None
     return ArmRow(
         name=arm.name, label=arm.label, group=arm.group, component=arm.component, claimed_epsilon=claimed,
