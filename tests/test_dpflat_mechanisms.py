@@ -47,6 +47,19 @@ def tiny_batch(n: int = 6, length: int = 9, seed: int = 1):
             "labels": torch.randint(0, 2, (n,), generator=g)}
 
 
+def _masked_prefix_model(*, seed: int, removed: list[int]):
+    """A tiny prefix model whose prefix has the layers ``removed`` zeroed and masked (as the trainer
+    leaves it after sparse selection): (model, prefix weight, mask, hook)."""
+    model = tiny_prefix_model(seed=seed)
+    w = prefix_weight(model)
+    mask = layout_of(model).mask(removed)
+    with torch.no_grad():
+        w.mul_(mask)
+    hook = PrefixHook(model)
+    hook.mask = mask
+    return model, w, mask, hook
+
+
 def forward(model, batch, **kw):
     return model(**{k: batch[k] for k in INPUT_KEYS}, **kw)
 
@@ -571,14 +584,7 @@ def test_private_modes_release_is_a_function_of_the_noised_clipped_sum(variant):
     from public data and P_now the public state. Bug caught: any data-dependent term added after
     the noise (paper distillation's Σc_i·λ∇R is one: the same check fails there, asserted below),
     a mask not applied to the noise, a public constant scaled by |B|."""
-    model = tiny_prefix_model(seed=3)
-    layout = layout_of(model)
-    w = prefix_weight(model)
-    mask = layout.mask([1])
-    with torch.no_grad():
-        w.mul_(mask)
-    hook = PrefixHook(model)
-    hook.mask = mask
+    model, w, mask, hook = _masked_prefix_model(seed=3, removed=[1])
     C, E, lam = 1e-2, 4, 0.05
     gsm, opt = _dp_optimizer(model, C=C, sigma=1.0, E=E, seed=4, lr=0.1)
     log = _capture(opt)
@@ -608,14 +614,7 @@ def test_dpsat_direction_is_the_previous_released_noisy_gradient_of_a_real_opacu
     (clipped, noised, scaled, masked), not along a fresh private gradient nor the pre-noise sum.
     Bugs caught: v from the current batch's raw gradient (= paper mode), v from the pre-noise
     clipped sum (not DP), v from a stale or unmasked gradient."""
-    model = tiny_prefix_model(seed=1)
-    layout = layout_of(model)
-    w = prefix_weight(model)
-    mask = layout.mask([2])
-    with torch.no_grad():
-        w.mul_(mask)
-    hook = PrefixHook(model)
-    hook.mask = mask
+    model, w, mask, hook = _masked_prefix_model(seed=1, removed=[2])
     gsm, opt = _dp_optimizer(model, C=1e-2, sigma=2.0, E=4, seed=8, lr=0.05)
     log = _capture(opt)
     awp = AWP(model=gsm, hook=hook, mode="dpsat", gamma=1e-2, active_steps=10, micro_batch=4)
@@ -630,7 +629,7 @@ def test_dpsat_direction_is_the_previous_released_noisy_gradient_of_a_real_opacu
     cos = lambda a, b: float((a * b).sum() / (a.norm() * b.norm()))  # noqa: E731
     assert cos(v, released) == pytest.approx(1.0, abs=1e-5)
     assert float(v.norm()) == pytest.approx(1e-2 * float(p_before.norm()), rel=1e-4)
-    assert torch.count_nonzero(v[:, layout.layer_slice(2)]) == 0
+    assert torch.count_nonzero(v[:, layout_of(model).layer_slice(2)]) == 0
     assert cos(v, presum * mask) < 0.9  # the noise is in v: not the pre-noise sum
     hook.mask = mask
     fresh = raw_prefix_gradient(gsm, b2) * mask
@@ -656,14 +655,7 @@ def test_an_empty_poisson_batch_is_a_noise_only_step_through_opacus(awp_mode):
 
     from dp_audit.trainers.dpsgd import run_steps
 
-    model = tiny_prefix_model(seed=2)
-    layout = layout_of(model)
-    w = prefix_weight(model)
-    mask = layout.mask([1])
-    with torch.no_grad():
-        w.mul_(mask)
-    hook = PrefixHook(model)
-    hook.mask = mask
+    model, w, mask, hook = _masked_prefix_model(seed=2, removed=[1])
     C, sigma, E, lam = 1e-2, 1.5, 4, 0.05
     gsm, opt = _dp_optimizer(model, C=C, sigma=sigma, E=E, seed=6, lr=0.05)
     log = _capture(opt)

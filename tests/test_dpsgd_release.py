@@ -51,17 +51,23 @@ def _expected_clipped_sum(model, batch, clip: float = CLIP) -> list[torch.Tensor
     return total
 
 
+def _cfg_and_setup(*, progress: bool, steps: int):
+    """The one-release setting of these tests: SGD, seeded noise, σ, C, q·n = QN."""
+    cfg = run_config_from_dict({"train": {"optimizer": "sgd", "lr": LR, "batch_size": 4, "seed": SEED,
+                                          "progress": progress},
+                                "privacy": {"max_grad_norm": CLIP, "reproducible_noise": True}})
+    setup = DPSetup(noise_multiplier=SIGMA, sample_rate=QN / N, steps=steps, max_grad_norm=CLIP,
+                    accounted_sample_rate=QN / N, expected_batch_size=QN, reproducible_noise=True)
+    return cfg, setup
+
+
 @pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_a_step_releases_the_clipped_sum_plus_sigma_c_noise_over_qn(mode):
     """Plausible bugs this catches: the noisy sum divided by the actual batch size (7) or by
     Opacus' ⌊n·(1/⌊n/B⌋)⌋ = 33 instead of qn = 30; ghost clipping's loss scaled by the batch mean twice (its
     first backward uses the mean loss); clipping skipped or at the wrong norm (C = 0.05 clips every
     example here); noise std σ instead of σC; the accountant counting a step twice (two hooks)."""
-    cfg = run_config_from_dict({"train": {"optimizer": "sgd", "lr": LR, "batch_size": 4, "seed": SEED,
-                                          "progress": False},
-                                "privacy": {"max_grad_norm": CLIP, "reproducible_noise": True}})
-    setup = DPSetup(noise_multiplier=SIGMA, sample_rate=QN / N, steps=1, max_grad_norm=CLIP,
-                    accounted_sample_rate=QN / N, expected_batch_size=QN, reproducible_noise=True)
+    cfg, setup = _cfg_and_setup(progress=False, steps=1)
     data = tiny_batch(n=N, seed=3)
     batch = {k: v[:BATCH] for k, v in data.items()}
     model = tiny_full_model()
@@ -91,11 +97,7 @@ def test_progress_output_of_dp_training_shows_no_training_loss(capsys):
     private data released with no unaccounted entry."""
     from dp_audit.trainers.zo import run_zo
 
-    cfg = run_config_from_dict({"train": {"optimizer": "sgd", "lr": LR, "batch_size": 4, "seed": SEED,
-                                          "progress": True},
-                                "privacy": {"max_grad_norm": CLIP, "reproducible_noise": True}})
-    setup = DPSetup(noise_multiplier=SIGMA, sample_rate=QN / N, steps=3, max_grad_norm=CLIP,
-                    accounted_sample_rate=QN / N, expected_batch_size=QN, reproducible_noise=True)
+    cfg, setup = _cfg_and_setup(progress=True, steps=3)
     data = tiny_batch(n=N, seed=3)
     gsm, optimizer, _ = make_private(tiny_full_model(), SimpleNamespace(train=data), cfg, setup,
                                      generator=torch.Generator().manual_seed(0))

@@ -86,6 +86,20 @@ def whitebox_eps_lb(audit: Mapping[str, Any]) -> float | None:
                  if isinstance(e, dict) and e.get("threat_model") == "white-box" and e.get("is_bound", True))
 
 
+def _resumable(d: Path, name: str, definition: Mapping[str, Any], compute, *, settings: Mapping[str, Any],
+               computed: list[str], skipped: list[str]):
+    """The row of ``name``: its valid earlier result in ``d`` (same settings and definition, hash
+    checked) if there is one, else ``compute()`` written atomically. Records which it was."""
+    row = read_result(d / RESULT, name=name, settings=settings, definition=definition)
+    if row is not None:
+        skipped.append(name)
+        return row
+    row = compute()
+    write_result(d / RESULT, row, settings=settings, definition=definition)
+    computed.append(name)
+    return row
+
+
 def run_noise_options(ledger: Mapping[str, Any]) -> dict[str, float]:
     """The step constructions' noise option from the run's own ledger, so that the step-level
     column audits the mechanism at the noise the run used (its per-step claim): ``sigma`` (the
@@ -182,41 +196,36 @@ def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoi
     arm_rows: list[ArmRow] = []
     for i, arm in enumerate(arms, 1):
         d = out / "arms" / arm.name
-        definition = arm_definition(arm, settings=settings)
-        row = read_result(d / RESULT, name=arm.name, settings=settings, definition=definition)
-        if row is not None:
-            log(f"[study] arm {i}/{len(arms)} {arm.name}: done earlier, result reused")
-            skipped.append(arm.name)
-        else:
+
+        def compute(arm=arm, d=d, i=i):
             log(f"[study] arm {i}/{len(arms)} {arm.name}: training, auditing, step-level audit ...")
             t = time.time()
-            if arm_fn is None:
-                row = compute_arm(arm, d, settings=settings, cache_dir=cache_dir, progress=progress)
-            else:
-                row = arm_fn(arm, d, settings=settings)
-            write_result(d / RESULT, row, settings=settings, definition=definition)
-            computed.append(arm.name)
+            row = (compute_arm(arm, d, settings=settings, cache_dir=cache_dir, progress=progress) if arm_fn is None
+                   else arm_fn(arm, d, settings=settings))
             log(f"[study]   {arm.name}: claimed ε {_fmt(row.claimed_epsilon)}, step ε_LB {_fmt(row.step_eps_lb)} "
                 f"(per-step claim {_fmt(row.step_claim_epsilon)}), black-box ε_LB {_fmt(row.blackbox_eps_lb)}, "
                 f"MIA AUC {_fmt(row.mia_auc)}, test acc {_fmt(row.test_accuracy)} [{time.time() - t:.0f} s]")
+            return row
+
+        row = _resumable(d, arm.name, arm_definition(arm, settings=settings), compute, settings=settings,
+                         computed=computed, skipped=skipped)
+        if arm.name in skipped:
+            log(f"[study] arm {i}/{len(arms)} {arm.name}: done earlier, result reused")
         arm_rows.append(row)
     sweep_rows: list[SweepRow] = []
     for i, point in enumerate(sweeps, 1):
         d = out / "sweeps" / point.name
-        definition = sweep_definition(point)
-        row = read_result(d / RESULT, name=point.name, settings=settings, definition=definition)
-        if row is not None:
-            skipped.append(point.name)
-        else:
-            if sweep_fn is None:
-                row = compute_sweep(point, d, settings=settings, progress=progress)
-            else:
-                row = sweep_fn(point, d, settings=settings)
-            write_result(d / RESULT, row, settings=settings, definition=definition)
-            computed.append(point.name)
+
+        def compute_point(point=point, d=d, i=i):
+            row = (compute_sweep(point, d, settings=settings, progress=progress) if sweep_fn is None
+                   else sweep_fn(point, d, settings=settings))
             log(f"[study] sweep {i}/{len(sweeps)} {point.construction} {point.option}={point.value:g}: "
                 f"ε_LB {row.step_eps_lb:.2f} vs per-step claim {row.step_claim_epsilon:.2f}"
                 f"{' REFUTED' if row.step_refuted else ''}")
+            return row
+
+        row = _resumable(d, point.name, sweep_definition(point), compute_point, settings=settings,
+                         computed=computed, skipped=skipped)
         sweep_rows.append(row)
     result = StudyResult(out, tuple(arm_rows), tuple(sweep_rows), tuple(computed), tuple(skipped))
     write_outputs(result, settings=settings, elapsed_s=time.time() - t0, log=log)
