@@ -130,7 +130,8 @@ def build_references(target: Any, cfg: Any, *, progress: bool) -> tuple[Any, dic
 
     seed = reference_seed(cfg)
     paths = train_references(target.run_dir, target.manifest, n_models=cfg.reference_models, seed=seed,
-                             progress=progress, batch_size=cfg.batch_size, private=cfg.reference_private)
+                             progress=progress, batch_size=cfg.batch_size, private=cfg.reference_private,
+                             scale=cfg.scale)
     ref = ReferenceSignals.load_files(paths, integrity=True)
     rel = [p.relative_to(target.run_dir).as_posix() for p in paths]
     info = {"n_models": ref.n_models, "seed": seed, "private": cfg.reference_private,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dp_audit.errors import UsageError
+from dp_audit.scale.config import ScaleConfig
 
 TRAINERS = ("nondp", "dpsgd", "dpflat", "dpzo")
 TUNINGS = ("full", "prefix", "lora")
@@ -249,6 +250,8 @@ class AuditConfig:
     # landscape probes: options of each entry of ``probes`` ([probe.<name>] tables) and their data
     probe: dict[str, Any] = field(default_factory=dict)
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
+    # where independent work (reference models) runs: [scale] backend/workers/retries/threads/ray_address
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -262,7 +265,11 @@ class AuditConfig:
             probe_specs(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The audit's settings as recorded in audit.json: ``scale`` (where the work ran) is left
+        out, so the same audit on another backend or worker count writes the same file."""
+        out = dataclasses.asdict(self)
+        out.pop("scale")
+        return out
 
 
 def _validate_dpflat_dpzo(cfg: RunConfig) -> None:

@@ -115,8 +115,16 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     for name, arr in arrays.items():
         if np.asarray(arr).dtype == object:
             raise TypeError(f"array {name!r} has dtype object; npz files here never hold pickles")
+    import zipfile
+
+    # np.savez stamps each member with the current time; a fixed stamp makes the same arrays give
+    # the same bytes (and hashes) on every run, backend and worker count (docs/scale-out.md)
     buf = _io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asarray(arr), allow_pickle=False)
     return atomic_write_bytes(path, buf.getvalue())
 
 

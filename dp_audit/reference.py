@@ -17,8 +17,16 @@ A task is a pure function of (run config, seed, index) and writes ``references/r
 the canary signals under that model, its ``in_mask`` (n,), and ``meta_seed``, ``meta_index``,
 ``meta_digest`` (the run config, the canaries and the options it was trained for). A finished
 task whose meta matches is skipped, so an interrupted audit resumes where it stopped; a file left
-by a different seed, config or option set is retrained. Scale-out over processes or Ray (§10)
-only has to map :func:`reference_task` over indices.
+by a different seed, config or option set is retrained. :func:`train_references` maps
+:func:`reference_job` (the JSON-argument form of :func:`reference_task`) over indices with
+:func:`dp_audit.scale.run_tasks`: a process pool by default, Ray with ``scale.backend = "ray"``
+(docs/scale-out.md). The shared preparation (data, tokenizer, pretrained backbone) is built
+once, in the calling process, before any task starts, and each worker process keeps its
+:func:`prepare` result for the tasks it runs.
+
+Reference models are the auditor's own, not a release: their DP noise and Poisson batches are
+seeded from ``(REFERENCE_TAG, seed, index)`` (``privacy.reproducible_noise``), so the same seeds
+give the same files, byte for byte, on any backend and worker count.
 """
 
 from __future__ import annotations
@@ -47,8 +55,22 @@ def reference_rng(seed: int, index: int) -> np.random.Generator:
 def reference_digest(manifest: dict[str, Any], canaries: Sequence[Any], *, private: str) -> str:
     from dp_audit.io import canonical_fingerprint
 
-    return canonical_fingerprint({"config": manifest["config"], "private": private,
+    return canonical_fingerprint({"config": manifest["config"], "private": private, "noise": "seeded-by-index",
                                   "canaries": [[c.id, c.text, c.label] for c in canaries]})
+
+
+_PREPARED: dict[str, Any] = {}  # per process: config fingerprint -> Prepared (workers run many tasks)
+
+
+def _prepared(cfg: Any, cache_root: Path) -> Any:
+    from dp_audit.io import canonical_fingerprint
+    from dp_audit.trainers.base import prepare
+
+    key = canonical_fingerprint({"config": dataclasses.asdict(cfg), "cache": str(cache_root)})
+    if key not in _PREPARED:
+        _PREPARED.clear()  # one audit at a time per process: keep memory flat
+        _PREPARED[key] = prepare(cfg, cache_root=cache_root, progress=False)
+    return _PREPARED[key]
 
 
 def _meta_matches(path: Path, *, seed: int, index: int, digest: str) -> bool:
@@ -75,7 +97,7 @@ def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *,
     from dp_audit.canaries import read_canaries
     from dp_audit.config import run_config_from_dict
     from dp_audit.io import load_npz, save_npz
-    from dp_audit.trainers.base import TRAINERS, default_cache_root, prepare
+    from dp_audit.trainers.base import TRAINERS, default_cache_root
     from dp_audit.trainers.modeling import build_classifier, encode, subset
 
     import dp_audit.trainers.registry  # noqa: F401
@@ -92,7 +114,7 @@ def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *,
         return out
     cfg = run_config_from_dict(manifest["config"])
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
-    prep = prepare(cfg, cache_root=default_cache_root(run_dir, cfg), progress=False)
+    prep = _prepared(cfg, default_cache_root(run_dir, cfg))
     regenerated = [(c.id, c.text, c.label) for c in prep.canaries]
     if regenerated != [(c.id, c.text, c.label) for c in canaries]:
         raise IntegrityError(f"{run_dir / 'canaries.jsonl'} differs from the canaries the run's config generates: "
@@ -113,6 +135,10 @@ def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *,
     ref_prep = dataclasses.replace(prep, train=train)
     g_init = torch.Generator().manual_seed(int(rng.integers(2**31)))
     g_train = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    # the auditor's model: noise and batches seeded from this reference's own seed sequence
+    ref_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=int(rng.integers(2**31))),
+                                  privacy=dataclasses.replace(cfg.privacy, reproducible_noise=True))
+    ref_prep = dataclasses.replace(ref_prep, cfg=ref_cfg)
     model = build_classifier(prep.backbone_dir, cfg.model, generator=g_init)
     result = TRAINERS.get(cfg.trainer)().fit(ref_prep, model, generator=g_train)
     signals = compute_signals(result.model, prep.tokenizer, [c.text for c in canaries], [c.label for c in canaries],
@@ -126,18 +152,38 @@ def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *,
     return out
 
 
-def train_references(run_dir: str | Path, manifest: dict[str, Any], *, n_models: int, seed: int,
-                     progress: bool = True, batch_size: int = 64, private: str = "all") -> list[Path]:
-    """Run (or resume) ``n_models`` reference tasks in this process, with a progress bar."""
-    from tqdm.auto import tqdm
+def reference_job(run_dir: str, manifest: dict[str, Any], index: int, seed: int, batch_size: int,
+                  private: str) -> str:
+    """:func:`reference_task` with plain-data arguments and result (a scale-out task)."""
+    return str(reference_task(run_dir, manifest, index, seed=seed, batch_size=batch_size, private=private))
 
+
+def train_references(run_dir: str | Path, manifest: dict[str, Any], *, n_models: int, seed: int,
+                     progress: bool = True, batch_size: int = 64, private: str = "all",
+                     scale: Any = None) -> list[Path]:
+    """Run (or resume) ``n_models`` reference tasks on ``scale``'s backend (default: a local process
+    pool over every core), with one progress bar."""
     from dp_audit.canaries import read_canaries
+    from dp_audit.config import run_config_from_dict
+    from dp_audit.scale import Task, run_tasks
+    from dp_audit.trainers.base import default_cache_root, prepare
 
     if n_models < 1:
         raise UsageError(f"need at least one reference model, got {n_models}")
-    canaries = read_canaries(Path(run_dir) / "canaries.jsonl")
-    paths = []
-    for i in tqdm(range(n_models), desc="reference models", disable=not progress):
-        paths.append(reference_task(run_dir, manifest, i, seed=seed, batch_size=batch_size, private=private,
-                                    canaries=canaries))
-    return paths
+    if private not in PRIVATE_MODES:
+        raise UsageError(f"reference private data must be one of {', '.join(PRIVATE_MODES)}, got {private!r}")
+    run_dir = Path(run_dir).resolve()
+    canaries = read_canaries(run_dir / "canaries.jsonl")
+    digest = reference_digest(manifest, canaries, private=private)
+    todo = [i for i in range(n_models)
+            if not (reference_path(run_dir, i).is_file()
+                    and _meta_matches(reference_path(run_dir, i), seed=seed, index=i, digest=digest))]
+    if todo:  # the shared preparation once, here: the backbone cache exists before any worker starts
+        cfg = run_config_from_dict(manifest["config"])
+        prepare(cfg, cache_root=default_cache_root(run_dir, cfg), progress=progress)
+        (run_dir / REF_DIR).mkdir(exist_ok=True)
+    tasks = [Task(key=f"ref-{i:03d}", fn="dp_audit.reference:reference_job",
+                  kwargs={"run_dir": str(run_dir), "manifest": manifest, "index": i, "seed": int(seed),
+                          "batch_size": int(batch_size), "private": private}) for i in todo]
+    run_tasks(tasks, scale=scale, desc="reference models", progress=progress)
+    return [reference_path(run_dir, i) for i in range(n_models)]

@@ -1,0 +1,165 @@
+"""Scale-out (issue 15, docs/scale-out.md): tasks on a process pool and on Ray, retries, failures
+reported in one line with their log, results independent of backend and worker count."""
+
+from __future__ import annotations
+
+import pytest
+
+from dp_audit.errors import EXIT_INTERNAL, UsageError
+from dp_audit.scale import ScaleConfig, Task, TaskFailed, run_tasks
+
+T = "tests.scale_tasks:"
+LOCAL2 = ScaleConfig(backend="local", workers=2, retries=2)
+SERIAL = ScaleConfig(backend="local", workers=1, retries=2)
+
+
+@pytest.mark.parametrize("scale", [SERIAL, LOCAL2], ids=["serial", "local2"])
+def test_results_come_back_in_task_order(scale):
+    """Catches: results returned in completion order, or a task's value attached to another key."""
+    tasks = [Task(key=f"t{i}", fn=T + "square", kwargs={"x": i}) for i in range(7)]
+    assert run_tasks(tasks, scale=scale, progress=False) == [i * i for i in range(7)]
+
+
+@pytest.mark.parametrize("scale", [SERIAL, LOCAL2], ids=["serial", "local2"])
+def test_a_task_that_raises_once_is_retried(tmp_path, scale):
+    """Catches: no retry (the first transient error aborts the run), or a retry that reuses the
+    failed attempt's result."""
+    tasks = [Task(key=f"f{i}", fn=T + "flaky", kwargs={"x": i, "marker": str(tmp_path / f"m{i}")}) for i in range(3)]
+    assert run_tasks(tasks, scale=scale, progress=False) == [0, 10, 20]
+    assert all((tmp_path / f"m{i}").exists() for i in range(3))
+
+
+def test_a_worker_that_dies_is_retried_on_a_new_pool(tmp_path):
+    """Catches: a dead worker (os._exit, OOM kill) breaking the pool for good
+    (BrokenProcessPool escaping as an unforeseen error, or a hang)."""
+    tasks = [Task(key="d0", fn=T + "dies_once", kwargs={"x": 1, "marker": str(tmp_path / "m")}),
+             Task(key="s1", fn=T + "square", kwargs={"x": 3})]
+    assert run_tasks(tasks, scale=LOCAL2, progress=False) == [101, 9]
+
+
+@pytest.mark.parametrize("scale", [SERIAL, LOCAL2], ids=["serial", "local2"])
+def test_final_failure_is_one_line_exit_4_naming_its_log(scale, tmp_path):
+    """Catches: unbounded retries, a failure reported as a verdict (exit 1) or without where to
+    look, a log without the traceback."""
+    tasks = [Task(key="ok", fn=T + "square", kwargs={"x": 2}), Task(key="bad", fn=T + "always_fails", kwargs={"x": 5})]
+    with pytest.raises(TaskFailed) as exc:
+        run_tasks(tasks, scale=scale, progress=False, log_dir=str(tmp_path))
+    msg = str(exc.value)
+    assert exc.value.exit_code == EXIT_INTERNAL and "\n" not in msg
+    assert "task bad failed after 3 attempts" in msg and "broken task 5" in msg
+    logs = sorted(p.name for p in tmp_path.iterdir())
+    assert logs == ["bad.attempt1.log", "bad.attempt2.log", "bad.attempt3.log"]
+    assert "Traceback" in (tmp_path / "bad.attempt3.log").read_text() and str(tmp_path / "bad.attempt3.log") in msg
+
+
+def test_usage_errors_are_not_retried_and_keep_their_exit_code(tmp_path):
+    """Catches: a deterministic usage error retried (wasted work) or turned into exit 4."""
+    with pytest.raises(UsageError, match="task u: bad option in task 1") as exc:
+        run_tasks([Task(key="u", fn=T + "usage_error", kwargs={"x": 1})], scale=LOCAL2, progress=False,
+                  log_dir=str(tmp_path))
+    assert exc.value.exit_code == 2 and [p.name for p in tmp_path.iterdir()] == ["u.attempt1.log"]
+
+
+def test_tasks_run_with_fixed_threads_and_identical_bits_for_any_worker_count():
+    """Catches: tasks inheriting the parent's torch thread count (reduction order, hence bits, then
+    depend on where the task ran)."""
+    tasks = [Task(key=f"n{i}", fn=T + "tensor_sum", kwargs={"seed": i}) for i in range(4)]
+    assert run_tasks(tasks, scale=SERIAL, progress=False) == run_tasks(tasks, scale=LOCAL2, progress=False)
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert run_tasks([Task(key="t", fn=T + "torch_threads")], scale=SERIAL, progress=False) == [1]
+        assert torch.get_num_threads() == 2  # restored after the task
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(backend="spark"), "scale.backend"), (dict(workers=-1), "scale.workers"), (dict(retries=True), "scale.retries"),
+    (dict(threads=0), "scale.threads"), (dict(ray_address="auto"), "scale.backend is not 'ray'"),
+])
+def test_bad_scale_options_are_usage_errors(bad, match):
+    """Catches: a typo'd backend silently running locally, negative workers/retries accepted."""
+    with pytest.raises(UsageError, match=match):
+        ScaleConfig(**bad)
+
+
+def test_task_arguments_must_be_plain_data():
+    """Catches: objects (tensors, open files) passed to tasks, which would need pickling."""
+    with pytest.raises(UsageError, match="plain JSON"):
+        Task(key="x", fn=T + "square", kwargs={"x": object()})
+    with pytest.raises(UsageError, match="unique"):
+        run_tasks([Task(key="a", fn=T + "square", kwargs={"x": 1})] * 2, scale=SERIAL, progress=False)
+    with pytest.raises(UsageError, match="cannot be imported"):
+        run_tasks([Task(key="a", fn="tests.scale_tasks:nope")], scale=SERIAL, progress=False)
+
+
+# ------------------------------------------------------------------ Ray (a local 2-CPU Ray)
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")  # [dev] installs it; the import is what makes the module optional
+    import os
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([root, *sys.path])}})
+    yield ScaleConfig(backend="ray", workers=2, retries=2)
+    ray.shutdown()
+
+
+def test_ray_runs_retries_and_matches_local(ray_local, tmp_path):
+    """Catches: the Ray backend returning refs instead of values, not retrying, or giving other
+    bits than the local pool for the same tasks."""
+    tasks = [Task(key=f"n{i}", fn=T + "tensor_sum", kwargs={"seed": i}) for i in range(4)]
+    assert run_tasks(tasks, scale=ray_local, progress=False) == run_tasks(tasks, scale=LOCAL2, progress=False)
+    flaky = [Task(key=f"f{i}", fn=T + "flaky", kwargs={"x": i, "marker": str(tmp_path / f"m{i}")}) for i in range(3)]
+    assert run_tasks(flaky, scale=ray_local, progress=False) == [0, 10, 20]
+    with pytest.raises(TaskFailed, match="task bad failed after 3 attempts"):
+        run_tasks([Task(key="bad", fn=T + "always_fails", kwargs={"x": 1})], scale=ray_local, progress=False)
+
+
+def test_ray_worker_death_is_retried(ray_local, tmp_path):
+    """Catches: a Ray worker crash (RayError from ray.get) escaping as an unforeseen error."""
+    tasks = [Task(key="d0", fn=T + "dies_once", kwargs={"x": 2, "marker": str(tmp_path / "m")})]
+    assert run_tasks(tasks, scale=ray_local, progress=False) == [102]
+
+
+# ------------------------------------------------------------------ reference models on the backends
+
+@pytest.fixture(scope="module")
+def dp_run(tmp_path_factory, cache_dir):
+    """A tiny DP-SGD run whose own noise is OS entropy (the default)."""
+    from dp_audit.cli import main
+    from tests.test_end_to_end import write_config
+
+    root = tmp_path_factory.mktemp("scale-run")
+    cfg = write_config(root, cache_dir, "dpsgd", trainer="dpsgd", canaries={"m": 16},
+                       privacy={"epsilon": 2.0, "reproducible_noise": False}, train={"epochs": 1})
+    assert main(["train", "--config", str(cfg), "--out", str(root / "run"), "--quiet"]) == 0
+    return root / "run"
+
+
+def _references(run, dest, scale):
+    import json
+    import shutil
+
+    from dp_audit.reference import train_references
+
+    shutil.copytree(run, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    paths = train_references(dest, manifest, n_models=3, seed=5, progress=False, scale=scale)
+    return [p.read_bytes() for p in paths]
+
+
+def test_reference_models_are_identical_on_any_worker_count(dp_run, tmp_path):
+    """Catches: reference models drawing DP noise or batches from OS entropy (the target's
+    default) or from a stream shared by all of them, a thread count that depends on the worker,
+    npz files stamped with the time: each makes the two directories differ."""
+    serial = _references(dp_run, tmp_path / "serial", SERIAL)
+    pooled = _references(dp_run, tmp_path / "pooled", LOCAL2)
+    assert serial == pooled
+    assert len(set(serial)) == 3  # and the three models are not one model three times
