@@ -143,7 +143,7 @@ def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *,
     result = TRAINERS.get(cfg.trainer)().fit(ref_prep, model, generator=g_train)
     signals = compute_signals(result.model, prep.tokenizer, [c.text for c in canaries], [c.label for c in canaries],
                               kind="classifier", batch_size=batch_size, progress=False)
-    tmp = out.with_suffix(".signals.npz")
+    tmp = out.parent / f".{out.stem}.signals.tmp.npz"  # never matches ref-*.npz
     signals.save(tmp)
     arrays = load_npz(tmp)
     tmp.unlink()

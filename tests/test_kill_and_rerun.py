@@ -89,3 +89,39 @@ def test_killed_train_and_run_then_rerun_give_the_uninterrupted_audit(config, tm
     assert _stable(json.loads((out / "audit.json").read_text())) == _stable(ref)
     code, err = _finish("gate", "--run", str(out), "--quiet")
     assert code == 0, err
+
+
+@pytest.mark.slow  # three audits with 4 reference models each: ~2 min on a quiet 2-core machine
+def test_run_killed_while_training_reference_models_resumes_to_the_same_audit(config, tmp_path):
+    """Bugs caught (issue 15): a killed `run` with reference models on the process pool leaving a
+    half-written reference file that the rerun reuses (or rejects forever), the rerun retraining
+    finished models into different bits (noise not seeded per reference), worker processes left
+    running after their parent died."""
+    import shutil
+
+    refs = ("--set", "reference_models=4", "--set", 'attacks=["loss", "lira-offline", "rmia"]', "--workers", "2")
+    src = config.parent / "reference"
+    full = tmp_path / "full"
+    shutil.copytree(src, full)
+    code, err = _finish("run", "--run", str(full), "--quiet", "--no-report", *refs)
+    assert code == 0, err
+    out = tmp_path / "killed"
+    shutil.copytree(src, out)
+    p = _cli("run", "--run", str(out), "--quiet", "--no-report", *refs)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "references").glob("ref-*.npz")):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=120)
+    done = sorted(x.name for x in (out / "references").glob("ref-*.npz"))
+    assert 1 <= len(done) < 4, done  # killed mid-way: some models finished, not all
+    time.sleep(3)
+    stray = subprocess.run(["pgrep", "-f", f"multiprocessing.*spawn.*"], capture_output=True, text=True).stdout.split()
+    orphans = [pid for pid in stray if Path(f"/proc/{pid}/status").exists()
+               and f"PPid:\t1\n" in Path(f"/proc/{pid}/status").read_text()]
+    assert not orphans, orphans
+    code, err = _finish("run", "--run", str(out), "--quiet", "--no-report", *refs)
+    assert code == 0, err
+    assert _stable(json.loads((out / "audit.json").read_text())) == _stable(json.loads((full / "audit.json").read_text()))
+    for name in done:  # the rerun reused the finished models and matches the uninterrupted files
+        assert (out / "references" / name).read_bytes() == (full / "references" / name).read_bytes()

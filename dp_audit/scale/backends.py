@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import os
 from typing import Any
 
 from dp_audit.errors import UsageError
@@ -39,6 +40,34 @@ class SerialBackend:
         pass
 
 
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: a worker outlives a killed parent otherwise (it keeps running the tasks
+    already queued, writing files, holding CPUs). Linux: the kernel sends SIGTERM when the parent
+    dies (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread watches the parent's pid."""
+    import signal
+    import threading
+    import time
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, daemon=True, name="dp-audit-parent-watch").start()
+
+
 class LocalBackend:
     """A pool of spawned processes (fork is unsafe with torch's threads). A worker that dies
     (killed, out of memory) breaks the pool: its running attempts fail and a new pool starts."""
@@ -49,7 +78,8 @@ class LocalBackend:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(max_workers=self.n, mp_context=multiprocessing.get_context("spawn"))
+        return cf.ProcessPoolExecutor(max_workers=self.n, mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=die_with_parent, initargs=(os.getpid(),))
 
     def submit(self, task: Task, attempt: int) -> Any:
         try:
