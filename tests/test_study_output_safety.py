@@ -21,7 +21,7 @@ def _listing(root):
     return sorted((p.relative_to(root).as_posix(), p.read_bytes() if p.is_file() else None) for p in root.rglob("*"))
 
 
-def _arm_fn(arm, d, *, settings):
+def _arm_fn(arm, d, *, settings, **_):
     return ArmRow(name=arm.name, label=arm.label, group=arm.group, claimed_epsilon=1.0)
 
 

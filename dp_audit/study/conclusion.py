@@ -43,6 +43,9 @@ def sweep_sentence(rows: Sequence[SweepRow]) -> str:
     rows = sorted(rows, key=lambda r: r.value)
     name = SWEEP_NAMES.get(rows[0].sweep, rows[0].sweep)
     span = f"{rows[0].value:g} … {rows[-1].value:g}"
+    alphas = {r.alpha for r in rows if r.alpha is not None}
+    span += (f"; each of the {len(rows)} points at α = {alphas.pop():.4g}, the family at {sum(r.alpha for r in rows):.3g}"
+             if len(alphas) == 1 and all(r.alpha is not None for r in rows) else "")
     refuted = [r for r in rows if r.step_refuted]
     if not refuted:
         return f"{name} ({span}): the step-level audit refutes the per-step claim at no value tried."

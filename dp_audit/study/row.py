@@ -63,6 +63,8 @@ class SweepRow:
     step_claim_epsilon: float
     step_eps_lb: float
     step_refuted: bool
+    alpha: float | None = None  # the point's share of its sweep's α (Bonferroni over the sweep's points)
+    seed: int | None = None  # the point's own step-audit seed (derived from the study seed and the point)
     timings: dict[str, float] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from dp_audit.study.arms import (FULL_BASE, FULL_TRIALS, QUICK_BASE, QUICK_TRIALS, Arm, SweepPoint, merge)
+from dp_audit.study.family import CORRECTION, PointPlan, sweep_plan
 from dp_audit.study.row import RESULT, ArmRow, SweepRow, read_result, write_result
 from dp_audit.study.store import clear_step_dir, open_study_dir
 
@@ -48,20 +49,25 @@ def arm_definition(arm: Arm, *, settings: Mapping[str, Any]) -> dict[str, Any]:
             "label": arm.label, "component": arm.component, "tool_version": __version__}
 
 
-def sweep_definition(point: SweepPoint) -> dict[str, Any]:
-    """What a sweep point *is*: its construction, option, value and extra options, and the tool version."""
+def sweep_definition(plan: PointPlan) -> dict[str, Any]:
+    """What a sweep point *is*: its construction, option, value and extra options, its share of the
+    family's α (and the family's size), its derived seed, and the tool version."""
     from dp_audit import __version__
 
+    point = plan.point
     return {"sweep": point.sweep, "construction": point.construction, "option": point.option,
-            "value": float(point.value), "options": dict(point.options), "tool_version": __version__}
+            "value": float(point.value), "options": dict(point.options), "alpha": plan.alpha,
+            "family_size": plan.family_size, "correction": CORRECTION, "seed": plan.seed,
+            "tool_version": __version__}
 
 
 # --------------------------------------------------------------------------- one arm
 
 
 def _step_audits(constructions: Sequence[str], d: Path, *, trials: int, seed: int, alpha: float,
-                 progress: bool, options: Mapping[str, Any] | None = None):
-    """Each construction at α/k into ``d/<construction>``; returns the results."""
+                 progress: bool, options: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None):
+    """Each construction at α/k into ``d/<construction>`` (seed ``seeds[j]``, default seed·1000 + j);
+    returns the results."""
     from dp_audit.stepaudit import step_audit
     from dp_audit.stepaudit.constructions import build
 
@@ -70,7 +76,7 @@ def _step_audits(constructions: Sequence[str], d: Path, *, trials: int, seed: in
         target = d / name
         clear_step_dir(target)
         res = step_audit(build(name, **dict(options or {})), trials=trials, alpha=alpha / len(constructions),
-                         seed=seed * 1000 + j, progress=progress, out=target)
+                         seed=seeds[j] if seeds is not None else seed * 1000 + j, progress=progress, out=target)
         out.append(res)
     return out
 
@@ -166,13 +172,17 @@ def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_d
         timings={"train_s": round(t1 - t0, 2), "audit_s": round(t2 - t1, 2), "step_s": round(time.time() - t2, 2)})
 
 
-def compute_sweep(point: SweepPoint, d: Path, *, settings: Mapping[str, Any], progress: bool) -> SweepRow:
+def compute_sweep(point: SweepPoint, d: Path, *, settings: Mapping[str, Any], alpha: float, seed: int,
+                  progress: bool) -> SweepRow:
+    """One sweep point's step audit at its share ``alpha`` of the family's α, with its own ``seed``."""
     t0 = time.time()
     (res,) = _step_audits((point.construction,), d / "step", trials=settings["trials"], seed=settings["seed"],
-                          alpha=settings["alpha"], progress=progress, options={point.option: point.value})
+                          alpha=alpha, progress=progress, options={**point.options, point.option: point.value},
+                          seeds=(seed,))
     return SweepRow(name=point.name, sweep=point.sweep, construction=point.construction, option=point.option,
                     value=point.value, step_claim_epsilon=res.claim_epsilon, step_eps_lb=res.eps_lb,
-                    step_refuted=res.refuted, timings={"step_s": round(time.time() - t0, 2)})
+                    step_refuted=res.refuted, alpha=alpha, seed=seed,
+                    timings={"step_s": round(time.time() - t0, 2)})
 
 
 # --------------------------------------------------------------------------- the study
@@ -213,18 +223,19 @@ def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoi
             log(f"[study] arm {i}/{len(arms)} {arm.name}: done earlier, result reused")
         arm_rows.append(row)
     sweep_rows: list[SweepRow] = []
-    for i, point in enumerate(sweeps, 1):
+    for i, plan in enumerate(sweep_plan(sweeps, settings=settings), 1):
+        point = plan.point
         d = out / "sweeps" / point.name
 
-        def compute_point(point=point, d=d, i=i):
-            row = (compute_sweep(point, d, settings=settings, progress=progress) if sweep_fn is None
-                   else sweep_fn(point, d, settings=settings))
+        def compute_point(point=point, d=d, i=i, plan=plan):
+            row = (compute_sweep(point, d, settings=settings, alpha=plan.alpha, seed=plan.seed, progress=progress)
+                   if sweep_fn is None else sweep_fn(point, d, settings=settings, alpha=plan.alpha, seed=plan.seed))
             log(f"[study] sweep {i}/{len(sweeps)} {point.construction} {point.option}={point.value:g}: "
                 f"ε_LB {row.step_eps_lb:.2f} vs per-step claim {row.step_claim_epsilon:.2f}"
                 f"{' REFUTED' if row.step_refuted else ''}")
             return row
 
-        row = _resumable(d, point.name, sweep_definition(point), compute_point, settings=settings,
+        row = _resumable(d, point.name, sweep_definition(plan), compute_point, settings=settings,
                          computed=computed, skipped=skipped)
         sweep_rows.append(row)
     result = StudyResult(out, tuple(arm_rows), tuple(sweep_rows), tuple(computed), tuple(skipped))
