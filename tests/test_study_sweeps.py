@@ -66,7 +66,7 @@ def test_run_study_hands_each_point_its_share_and_seed_and_records_them(tmp_path
     or a result of the old per-point-α definition reused (the definition must record α and seed)."""
     got = {}
 
-    def sweep_fn(point, d, *, settings, alpha, seed):
+    def sweep_fn(point, d, *, settings, alpha, seed, **_):
         got[point.name] = (alpha, seed)
         return SweepRow(name=point.name, sweep=point.sweep, construction=point.construction, option=point.option,
                         value=point.value, step_claim_epsilon=1.0, step_eps_lb=0.0, step_refuted=False,
