@@ -194,6 +194,8 @@ def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_d
         step_constructions=tuple(arm.constructions),
         step_claim_epsilon=top.claim_epsilon if top else None, step_eps_lb=top.eps_lb if top else None,
         step_refuted=any(r.refuted for r in steps) if steps else None,
+        step_results={c: {"eps_lb": r.eps_lb, "claim_epsilon": r.claim_epsilon, "refuted": bool(r.refuted)}
+                      for c, r in zip(arm.constructions, steps)},
         blackbox_eps_lb=bb, blackbox_refuted=(bb > claimed) if bb is not None else None, whitebox_eps_lb=wb,
         mia_auc=auc, mia_tpr_at_1pct_fpr=tpr,
         test_accuracy=acc,
