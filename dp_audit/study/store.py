@@ -28,7 +28,6 @@ from dp_audit.io import atomic_write_json, dumps_json
 MARKER = "study-dir.json"
 WRITTEN = "written.json"
 KIND = "dp-audit-study"
-STEP_FILES = ("manifest.json", "trials.npz", "step_audit.json")
 
 
 def _plain(obj: Any) -> Any:
