@@ -62,6 +62,14 @@ def _listing(path: Path) -> tuple[tuple[str, str, int, int], ...]:
     return tuple(sorted(out))
 
 
+def listing_fingerprint(path: str | Path) -> str:
+    """sha256 over every entry below ``path`` (relative path, type, size, mtime): changes when a
+    file is added, removed or edited there."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(_listing(Path(path))).encode("utf-8")).hexdigest()
+
+
 def _state(path: Path) -> OutputState:
     if path.is_symlink():
         raise UsageError(f"output path {path} is a symbolic link; give the real directory")

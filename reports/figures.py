@@ -187,6 +187,30 @@ def histogram_figure(attacks: Sequence[AttackView], *, salt: str = "hist") -> Fi
     return fig
 
 
+def step_scores_figure(d0: Sequence[float], d1: Sequence[float], *, thresholds: Sequence[tuple[str, float, int]] = (),
+                       statistic: str = "statistic of the release", salt: str = "step-hist") -> Figure:
+    """Histograms of a step audit's scores: trials on d0 (without the canary) against trials on d1
+    (with it), and each estimator's chosen rule (vertical line at its threshold, the side it calls
+    d1 in its label). Binning is the only computation."""
+    d0, d1 = np.asarray(d0, dtype=float), np.asarray(d1, dtype=float)
+    fig = _new(3.0, salt=salt)
+    with _style(salt):
+        ax = fig.add_subplot()
+        both = np.concatenate([d0, d1])
+        lo, hi = np.quantile(both, [0.0005, 0.9995]) if both.size else (0.0, 1.0)
+        edges = np.histogram_bin_edges(np.clip(both, lo, hi), bins=60) if hi > lo else 30
+        ax.hist(np.clip(d0, lo, hi), bins=edges, color=NONMEMBER, alpha=0.45, label=f"d0: D ({d0.size} trials)")
+        ax.hist(np.clip(d1, lo, hi), bins=edges, color=MEMBER, alpha=0.45, hatch="//",
+                label=f"d1: D' = D + canary ({d1.size} trials)")
+        for i, (name, t, orientation) in enumerate(thresholds):
+            ax.axvline(t, color=SERIES[(i + 2) % len(SERIES)], linestyle="--", linewidth=1.2,
+                       label=f"{name} rule: d1 iff score {'≥' if orientation >= 0 else '≤'} {t:.3g}")
+        ax.set_xlabel(f"score: {statistic}")
+        ax.set_ylabel("trials (count)")
+        ax.legend(loc="upper left", frameon=True, framealpha=0.9, fontsize=7)
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------
 # ε lower bounds against the claim and the ceiling
 

@@ -14,7 +14,8 @@ from dp_audit.study.runner import run_study, study_settings
 def test_dpsgd_arm_row_matches_its_run_and_step_audit(tmp_path):
     """Bug caught: the row reading the wrong file or field (e.g. the ledger's observed-mechanism
     bound as the black-box ε_LB, the calibration rather than the claim, a step audit of another
-    construction), and a DP-SGD arm refuting its claim (a control must hold)."""
+    construction), a DP-SGD arm refuting its claim (a control must hold), and compute_arm ignoring
+    the run ids the study recorded for its directories."""
     arm = next(a for a in awp_leak_arms() if a.name == "dpsgd")
     settings = study_settings(quick=True, trials=2000, seed=0)
     res = run_study(tmp_path, arms=(arm,), sweeps=(), settings=settings, log=lambda s: None)
@@ -37,6 +38,13 @@ def test_dpsgd_arm_row_matches_its_run_and_step_audit(tmp_path):
     assert row.mia_auc == max(a["auc"] for a in audit["attacks"])
     assert (tmp_path / "comparison" / "report.html").is_file()
     assert json.loads((tmp_path / "study.json").read_text())["arms"][0]["step_eps_lb"] == row.step_eps_lb
+    # the directories carry the run ids the study recorded before writing them (else a redo of this
+    # arm would refuse the study's own directories), and are sealed
+    written = json.loads((tmp_path / "written.json").read_text())["dirs"]
+    step_dir = tmp_path / "arms" / "dpsgd" / "step" / "dpsgd-dirac"
+    for rel, d in (("arms/dpsgd/run", run), ("arms/dpsgd/step/dpsgd-dirac", step_dir)):
+        assert json.loads((d / "manifest.json").read_text())["run_id"] == written[rel]["run_id"]
+        assert written[rel]["listing"] is not None
 
 
 def test_run_noise_options_read_the_main_dp_event():

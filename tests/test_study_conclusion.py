@@ -98,3 +98,53 @@ def test_whitebox_and_mia_columns_read_audit_json():
     assert whitebox_eps_lb(audit) == 1.9
     assert whitebox_eps_lb({"estimates": audit["estimates"][:1]}) is None
     assert best_mia(audit) == (0.61, 0.05)
+
+
+def _arm_of(name, group, results, *, bb_lb=0.0):
+    """A row with per-construction step results {construction: ε_LB} (claim STEP_CLAIM)."""
+    res = {c: {"eps_lb": lb, "claim_epsilon": STEP_CLAIM, "refuted": lb > STEP_CLAIM} for c, lb in results.items()}
+    top = max(res.values(), key=lambda x: x["eps_lb"])
+    return ArmRow(name=name, label=name, group=group, claimed_epsilon=1.0, step_constructions=tuple(results),
+                  step_claim_epsilon=STEP_CLAIM, step_eps_lb=top["eps_lb"], step_refuted=top["refuted"],
+                  blackbox_eps_lb=bb_lb, blackbox_refuted=bb_lb > 1.0, step_results=res)
+
+
+def test_per_component_conclusion_one_component_fixed_one_not():
+    """Bug caught: the aggregate "the private variants fix it / do not" standing for every component:
+    here AWP's replacements hold, sparse selection's holds, and distillation's public teacher
+    refutes inside the two-component "public" arm, so only distillation is "NOT fixed" (a conclusion
+    from the arm's max would blame sparse selection too, or call everything fixed)."""
+    rows = controls() + [
+        _arm_of("paper-awp", "paper", {"dpflat-awp-paper": 39.6}),
+        _arm_of("paper-sparse", "paper", {"dpflat-sparse-paper": 40.0}),
+        _arm_of("paper-distill", "paper", {"dpflat-distill-paper": 6.3}),
+        _arm_of("paper-all", "paper", {"dpflat-awp-paper": 41.0, "dpflat-sparse-paper": 2.0,
+                                       "dpflat-distill-paper": 3.0}),
+        _arm_of("dpsat", "private", {"dpflat-awp-dpsat": 4.1}),
+        _arm_of("per-example", "private", {"dpflat-awp-per-example": 4.0}),
+        _arm_of("public", "private", {"dpflat-sparse-public": 4.2, "dpflat-distill-public": 5.0}),
+    ]
+    lines = conclusion(rows)
+    awp = next(x for x in lines if x.startswith("AWP:"))
+    sparse = next(x for x in lines if x.startswith("sparse selection:"))
+    distill = next(x for x in lines if x.startswith("distillation:"))
+    assert "ε_LB 39.60 > per-step claim 4.38" in awp  # the component alone, not the all-three arm's 41
+    assert "DP-SAT AWP: not refuted (ε_LB 4.10 ≤" in awp and "per-example AWP: not refuted (ε_LB 4.00 ≤" in awp
+    assert awp.endswith("fixes it at every threat model audited.")
+    assert "layer selection on public data: not refuted (ε_LB 4.20 ≤" in sparse and "fixes it" in sparse
+    assert "teacher trained on public data: refuted at the step level (ε_LB 5.00 >" in distill
+    assert distill.endswith("NOT fixed by every private replacement.") and "fixes it at every" not in distill
+
+
+def test_per_component_end_to_end_refutation_of_a_shared_arm_is_not_attributed():
+    """Bug caught: an end-to-end refutation of the two-component public arm credited to (or hidden
+    from) one component; a single-component arm's end-to-end refutation not reported."""
+    rows = [_arm_of("paper-sparse", "paper", {"dpflat-sparse-paper": 40.0}),
+            _arm_of("public", "private", {"dpflat-sparse-public": 4.2, "dpflat-distill-public": 4.0}, bb_lb=2.0),
+            _arm_of("dpsat", "private", {"dpflat-awp-dpsat": 4.1}, bb_lb=3.0)]
+    lines = conclusion(rows)
+    sparse = next(x for x in lines if x.startswith("sparse selection:"))
+    assert "not attributable to this component" in sparse and "NOT fixed" in sparse
+    awp = next(x for x in lines if x.startswith("AWP"))
+    assert "DP-SAT AWP: not refuted (ε_LB 4.10 ≤ per-step claim 4.38); refuted end to end" in awp
+    assert "(paper mode not audited)" in awp and "per-example AWP: not audited" in awp

@@ -24,7 +24,7 @@ class Fake:
         self.calls: list[str] = []
         self.stop = stop
 
-    def arm(self, arm, d, *, settings):
+    def arm(self, arm, d, *, settings, **_):
         if self.stop is not None and len(self.calls) == self.stop:
             (d / "run").mkdir(parents=True)  # a half-done arm: work started, no result.json
             raise KeyboardInterrupt
@@ -35,7 +35,7 @@ class Fake:
                       step_refuted=10.0 * i > 4.38, blackbox_eps_lb=0.0, blackbox_refuted=False,
                       timings={"train_s": 0.1 * len(self.calls)})
 
-    def sweep(self, point, d, *, settings):
+    def sweep(self, point, d, *, settings, **_):
         self.calls.append(point.name)
         return SweepRow(name=point.name, sweep=point.sweep, construction=point.construction, option=point.option,
                         value=point.value, step_claim_epsilon=4.38, step_eps_lb=point.value * 100,

@@ -173,12 +173,13 @@ def default_cache_root(out_dir: Path, cfg: RunConfig) -> Path:
 
 
 def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, overwrite: bool = False,
-              inputs: Iterable[str | Path | None] = ()) -> Path:
+              inputs: Iterable[str | Path | None] = (), run_id: str | None = None) -> Path:
     """Train with ``cfg.trainer`` and write a complete run directory at ``out_dir``.
 
     The directory is built in a temporary sibling and renamed into place at the end, so an
     interrupted run never leaves a half-written run directory behind. ``inputs`` (e.g. the config
-    file) are files ``--overwrite`` must never remove with the old run.
+    file) are files ``--overwrite`` must never remove with the old run. ``run_id``: the manifest's
+    run id (default a new one); a caller that records which directories it wrote gives its own.
     """
     import dp_audit.trainers.registry  # noqa: F401  (registers every trainer)
 
@@ -206,7 +207,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
         write_manifest(
             tmp, kind="train", config=cfg.to_dict(), seeds=seeds_of(cfg), claim=result.claim.to_dict(),
             artifacts=[*artifacts, "canaries.jsonl", "ledger.json", "metrics.json", *result.files],
-            run_id=new_run_id(cfg.name or out_dir.name), data_fingerprint=prep.task.fingerprint,
+            run_id=run_id or new_run_id(cfg.name or out_dir.name), data_fingerprint=prep.task.fingerprint,
             extra={"notes": {"trainer": cfg.trainer, "tuning": cfg.model.tuning, "metrics": metrics,
                              **result.extra}},
         )

@@ -23,7 +23,7 @@ The claim is the accountant's ε of the DP-SGD steps; the ledger lists what it d
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,7 @@ from dp_audit.trainers.zo import cross_entropy_each, run_zo
 
 # --------------------------------------------------------------------------- helpers
 
-def public_splits(prep: Prepared) -> tuple[Batch, Batch]:
+def public_splits(prep: Prepared | Splits) -> tuple[Batch, Batch]:
     """The public split cut in (train, probe): the probe part is its last max(1, n_public // 4)
     examples. The cut reads the public split only: sized by the private dev split (as it was:
     min(n_dev, n_public/4)), one example added to the dev split moved a public example between the
@@ -54,6 +54,35 @@ def public_splits(prep: Prepared) -> tuple[Batch, Batch]:
     n = int(prep.public["labels"].shape[0])
     m = max(1, n // 4)
     return subset(prep.public, slice(0, n - m)), subset(prep.public, slice(n - m, n))
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The three splits DP-Flat's components read: private ``train`` and ``dev``, and ``public``.
+    :class:`~dp_audit.trainers.base.Prepared` has them too; the step-audit constructions build
+    their two worlds as ``Splits`` and pass them to the same mode -> split functions below."""
+
+    train: Batch
+    dev: Batch
+    public: Batch
+
+
+def teacher_data(prep: Prepared | Splits, mode: str) -> Batch:
+    """What the teacher P_np (white-box) or θ_np (black-box) is trained on in distillation ``mode``:
+    the private training split in ``paper`` mode, the public split's training part otherwise."""
+    return prep.train if mode == "paper" else public_splits(prep)[0]
+
+
+def selection_data(prep: Prepared | Splits, mode: str) -> Batch:
+    """What a non-private selection prefix is trained on in sparse ``mode`` (paper: the private
+    training split; public: the public split's training part)."""
+    return prep.train if mode == "paper" else public_splits(prep)[0]
+
+
+def probe_data(prep: Prepared | Splits, mode: str) -> Batch:
+    """What the layer-selection sharpness probe reads in sparse ``mode``: the private dev split in
+    ``paper`` mode, the public split's held-out part otherwise."""
+    return prep.dev if mode == "paper" else public_splits(prep)[1]
 
 
 def _snapshot(model) -> list[torch.Tensor]:
@@ -192,7 +221,7 @@ class _References:
                                       "noise_multiplier": setup.noise_multiplier, "steps": setup.steps,
                                       "epochs": epochs, "init": f.reference_init}
         else:
-            data = self.prep.train if f.sparse_mode == "paper" else public_splits(self.prep)[0]
+            data = selection_data(self.prep, f.sparse_mode)
             losses = fit_nonprivate(self.model, data, epochs=epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
                                     weight_decay=cfg.train.weight_decay, generator=g, progress=cfg.train.progress,
                                     desc="non-private selection prefix", optimizer=cfg.train.optimizer)
@@ -208,7 +237,7 @@ class _References:
         g = derived_generator(cfg, _TEACHER)
         self.start(g)
         source = "private" if f.distill_mode == "paper" else "public"
-        data = self.prep.train if source == "private" else public_splits(self.prep)[0]
+        data = teacher_data(self.prep, f.distill_mode)
         use_mask = mask is not None and f.distill_teacher_mask
         hook = PrefixHook(self.model)
         hook.mask = mask if use_mask else None
@@ -284,7 +313,7 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
 
     removed: list[int] = []
     if f.sparse and f.sparse_k > 0:
-        probe = prep.dev if f.sparse_mode == "paper" else public_splits(prep)[1]
+        probe = probe_data(prep, f.sparse_mode)
         _load(model, refs.selection())
         removed, rounds = select_layers(model, probe, layout=layout, k=f.sparse_k, points=f.sparse_probe_points,
                                         batch_size=cfg.train.max_physical_batch_size)
@@ -360,7 +389,7 @@ def _fit_blackbox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
     params = trainable_parameters(model)
     init = _snapshot(model)
     source = "private" if f.distill_mode == "paper" else "public"
-    data = prep.train if source == "private" else public_splits(prep)[0]
+    data = teacher_data(prep, f.distill_mode)
     n_src = int(data["labels"].shape[0])
     q_np = min(1.0, cfg.train.batch_size / n_src)
     np_steps = run_zo(model, params, data, steps=f.distill_epochs * int(round(1 / q_np)), sample_rate=q_np,
@@ -403,5 +432,6 @@ class DPFlatTrainer:
         return _fit_whitebox(prep, model, generator)
 
 
-__all__ = ["DPFlatTrainer", "attach_components", "awp_micro_batch", "derived_generator", "freeze_head", "public_splits",
-           "unaccounted_blackbox", "unaccounted_whitebox"]
+__all__ = ["DPFlatTrainer", "Splits", "attach_components", "awp_micro_batch", "derived_generator", "freeze_head",
+           "probe_data", "public_splits", "selection_data", "teacher_data", "unaccounted_blackbox",
+           "unaccounted_whitebox"]

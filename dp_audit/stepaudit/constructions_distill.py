@@ -55,10 +55,13 @@ def train_teacher(model, batch, *, epochs: int = TEACHER_EPOCHS, lr: float = TEA
 
 def _distill_construction(name: str, description: str, *, examples, d0_ids, d1_ids, state_prefix: torch.Tensor,
                           teacher, sigma: float, clip: float, lam: float, mode: str, delta: float,
-                          dim: int, info: dict) -> Construction:
-    """``teacher(batch) -> P_np`` runs before every step (paper mode: trained on the batch)."""
+                          dim: int, info: dict, public_ids=()) -> Construction:
+    """Each world is a :class:`~dp_audit.trainers.dpflat.Splits` (train = the side's batch: q = 1,
+    the batch is the data set; dev empty; public = ``public_ids``, the same in both worlds).
+    ``teacher(side) -> P_np`` runs before every step."""
     from dp_audit.stepaudit.opacus_step import OpacusStep
     from dp_audit.stepaudit.toy import ToyPrefixModel, toy_batch
+    from dp_audit.trainers.dpflat import Splits
     from dp_audit.trainers.dpflat_distill import Distill
 
     model = ToyPrefixModel(examples, tokens=1, width=dim)
@@ -66,17 +69,19 @@ def _distill_construction(name: str, description: str, *, examples, d0_ids, d1_i
     runner = OpacusStep(model, noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=len(d1_ids),
                         distill=distill)
 
-    def step(state, batch, generator):
-        distill.anchor = teacher(batch)
-        return runner.step(state, batch, generator)
+    def step(state, side, generator):
+        distill.anchor = teacher(side)
+        return runner.step(state, side.train, generator)
 
-    def batched(state, batch, generator, n):
-        distill.anchor = teacher(batch)
-        return runner.batched(state, batch, generator, n)
+    def batched(state, side, generator, n):
+        distill.anchor = teacher(side)
+        return runner.batched(state, side.train, generator, n)
 
+    public, dev = toy_batch(model, list(public_ids)), toy_batch(model, [])
+    d0, d1 = (Splits(train=toy_batch(model, ids), dev=dev, public=public) for ids in (d0_ids, d1_ids))
     state = {"prefix": state_prefix.view(1, dim).clone(), "previous_release": None}
     return Construction(name=name, description=description, step_fn=step, state=state,
-                        d0=toy_batch(model, d0_ids), d1=toy_batch(model, d1_ids), statistic=projection(-_unit(dim, 0)),
+                        d0=d0, d1=d1, statistic=projection(-_unit(dim, 0)),
                         batched_step_fn=batched,
                         info={**info, "trainer": "dpflat", "distill_mode": mode, "lambda": lam, "sigma": sigma,
                               "clip": clip, "batch_size_d1": len(d1_ids), "sample_rate": 1.0,
@@ -97,7 +102,8 @@ def _teacher_pair(examples, ids0, ids1, dim: int, init: torch.Tensor):
 
 def _distill(mode: str, *, sigma: float, delta: float, batch_size: int, dim: int, clip: float,
              lam: float) -> Construction:
-    from dp_audit.stepaudit.toy import ToyExample, toy_batch
+    from dp_audit.stepaudit.toy import ToyExample
+    from dp_audit.trainers.dpflat import teacher_data
 
     sigma, clip, lam = _positive("sigma", sigma), _positive("clip", clip), _positive("lam", lam)
     if batch_size < 2 or dim < 2:
@@ -106,10 +112,10 @@ def _distill(mode: str, *, sigma: float, delta: float, batch_size: int, dim: int
     canary = ToyExample(label=0, linear=tuple((CANARY_SCALE * _unit(dim, 0)).tolist()))
     # zero features: no CE gradient (clipping coefficient 1), the teacher does not move on them
     flat = [ToyExample(label=i % 2) for i in range(k)]
-    public = [ToyExample(label=i % 2) for i in range(k)]  # the public split: no canary
+    public = [ToyExample(label=i % 2) for i in range(max(k, 2))]  # the public split: no canary
     examples = [canary, *flat, *public]
     ids1, ids0 = list(range(batch_size)), list(range(1, batch_size))
-    pub_ids = list(range(batch_size, batch_size + k))
+    pub_ids = list(range(batch_size, batch_size + len(public)))
     init = _unit(dim, 1).view(1, dim)  # the teacher's own initial prefix (public)
     tmodel, t0, t1 = _teacher_pair(examples, ids0, ids1, dim, init)
     shift = float((t1 - t0).norm())
@@ -117,14 +123,11 @@ def _distill(mode: str, *, sigma: float, delta: float, batch_size: int, dim: int
         raise UsageError("dpflat-distill: the canary does not move the teacher (check the teacher's lr)")
     # the auditor starts the step halfway between the two teachers: ∇R flips between the worlds
     p0 = (t0 + t1) / 2
-    if mode == "paper":
-        def teacher(batch):
-            return train_teacher(tmodel, batch, init=init)
-    else:
-        fixed = train_teacher(tmodel, toy_batch(tmodel, pub_ids), init=init)
 
-        def teacher(batch):
-            return fixed
+    def teacher(side):
+        # the trainer's own mode -> split choice (paper: the private training split = the side's
+        # batch; public: the public split's training part, the same in both worlds)
+        return train_teacher(tmodel, teacher_data(side, mode), init=init)
     # paper: the canary's clipped term (C) + every zero-gradient example's λ∇R flips (2(B−1)λ) + the
     # canary's own coefficient times λ (its raw gradient ≈ 38 here: c ≈ 0.026)
     expected = {"paper": clip + 2 * k * lam, "public": clip}[mode]
@@ -132,11 +135,11 @@ def _distill(mode: str, *, sigma: float, delta: float, batch_size: int, dim: int
             f"teacher P_np memorises{' (P_np trained on the batch)' if mode == 'paper' else ' (P_np public)'}, "
             f"{k} zero-gradient examples, P0 halfway between the two teachers")
     info = {"teacher": "fit_nonprivate (AdamW, lr 1e-3, 10 epochs) on the batch" if mode == "paper" else
-            "fit_nonprivate on a public split (no canary)", "teacher_shift": shift, "expected_sensitivity": expected,
+            "fit_nonprivate on the public split's training part (teacher_data(side, 'public'): no canary)", "teacher_shift": shift, "expected_sensitivity": expected,
             "canary": "linear 100*e0 (label 0)", "others": f"{k} zero-feature examples (clipping coefficient 1)"}
     return _distill_construction(f"dpflat-distill-{mode}", desc, examples=examples, d0_ids=ids0, d1_ids=ids1,
                                  state_prefix=p0, teacher=teacher, sigma=sigma, clip=clip, lam=lam, mode=mode,
-                                 delta=delta, dim=dim, info=info)
+                                 delta=delta, dim=dim, info=info, public_ids=pub_ids)
 
 
 @CONSTRUCTIONS.register("dpflat-distill-paper")
@@ -175,7 +178,7 @@ def dpflat_distill_escape(*, sigma: float = 1.0, delta: float = DEFAULT_DELTA, b
             "expected_mu": (clip * (1 - ESCAPE_MARGIN) + lam) / (sigma * clip),
             "canary": "linear 2C(1-1e-5)*e0 (label 0), raw gradient along grad R"}
     return _distill_construction("dpflat-distill-escape", desc, examples=[canary, *flat], d0_ids=ids[1:], d1_ids=ids,
-                                 state_prefix=torch.zeros(dim), teacher=lambda batch: anchor, sigma=sigma, clip=clip,
+                                 state_prefix=torch.zeros(dim), teacher=lambda side: anchor, sigma=sigma, clip=clip,
                                  lam=lam, mode="paper", delta=delta, dim=dim, info=info)
 
 

@@ -35,6 +35,7 @@ from dp_audit.stepaudit.constructions import CANARY_SCALE, CONSTRUCTIONS, DEFAUL
 HIDDEN = 2  # h: layer l's key and value columns are [2lh, (2l+2)h); width 4h = 8
 LAYERS = 2
 PROBE_A, PROBE_B, PROBE_CANARY = 2.0, 1.0, 3.0  # ‖a‖ of the dev examples on layer 0, layer 1, and the canary
+PUBLIC_FILL = 6  # public examples before the probe part: 8 in all, so public_splits' probe is the last 2
 
 
 def layout():
@@ -63,6 +64,7 @@ def layer_energy_statistic(lay) -> callable:
 def _sparse(mode: str, *, sigma: float, delta: float, batch_size: int, clip: float) -> Construction:
     from dp_audit.stepaudit.opacus_step import OpacusStep
     from dp_audit.stepaudit.toy import ToyExample, ToyPrefixModel, toy_batch
+    from dp_audit.trainers.dpflat import Splits, probe_data
     from dp_audit.trainers.dpflat_sparse import select_layers
 
     sigma, clip = _positive("sigma", sigma), _positive("clip", clip)
@@ -81,37 +83,44 @@ def _sparse(mode: str, *, sigma: float, delta: float, batch_size: int, clip: flo
     dev = [ToyExample(label=0, linear=_on(l0, PROBE_A, width)), ToyExample(label=0, linear=_on(l1, PROBE_B, width))]
     canary_dev = ToyExample(label=0, linear=_on(l1, PROBE_CANARY, width))
     canary_train = ToyExample(label=0, linear=tuple((CANARY_SCALE * _unit(width, c0)).tolist()))
-    examples = [*train, *dev, canary_dev, canary_train]
+    # the public split: PUBLIC_FILL examples (the public selection prefix's training part, unused
+    # here: P_sel is the auditor's state) then copies of the two dev examples, which the trainer's
+    # public_splits cut makes the held-out probe part (its last max(1, n // 4) = 2 examples)
+    fill = [ToyExample(label=i % 2) for i in range(PUBLIC_FILL)]
+    examples = [*train, *dev, canary_dev, canary_train, *fill, *dev]
     n_train = len(train)
     i_dev = [n_train, n_train + 1]
     i_cdev, i_ctrain = n_train + 2, n_train + 3
+    i_public = list(range(n_train + 4, len(examples)))
     model = ToyPrefixModel(examples, tokens=1, width=width)
     selector = ToyPrefixModel(examples, tokens=1, width=width)  # selection runs before make_private: own copy
     runner = OpacusStep(model, noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=batch_size - 1
                         if mode == "paper" else batch_size, layer_mask=True)
     p_sel = torch.zeros(1, width)
     train_ids = list(range(n_train))
+    public = toy_batch(model, i_public)  # the same in both worlds
     if mode == "paper":
         # the batch is the same in both worlds; the private dev split differs in the canary
-        d0 = {"batch": toy_batch(model, train_ids), "probe": toy_batch(model, i_dev)}
-        d1 = {"batch": toy_batch(model, train_ids), "probe": toy_batch(model, [*i_dev, i_cdev])}
+        d0 = Splits(train=toy_batch(model, train_ids), dev=toy_batch(model, i_dev), public=public)
+        d1 = Splits(train=toy_batch(model, train_ids), dev=toy_batch(model, [*i_dev, i_cdev]), public=public)
     else:
-        # the probe is a public split (the same dev-like examples, public); the canary is in the batch
-        probe = toy_batch(model, i_dev)
-        d0 = {"batch": toy_batch(model, train_ids), "probe": probe}
-        d1 = {"batch": toy_batch(model, [i_ctrain, *train_ids]), "probe": probe}
+        # the probe reads the public split (the trainer's choice for public mode); the canary is in the batch
+        dev = toy_batch(model, i_dev)
+        d0 = Splits(train=toy_batch(model, train_ids), dev=dev, public=public)
+        d1 = Splits(train=toy_batch(model, [i_ctrain, *train_ids]), dev=dev, public=public)
 
     def mask_of(side) -> torch.Tensor:
         with torch.no_grad():
             selector.prefix.copy_(p_sel)
-        removed, _ = select_layers(selector, side["probe"], layout=lay, k=1)
+        # the trainer's own mode -> split choice: paper probes the private dev split, public the public one
+        removed, _ = select_layers(selector, probe_data(side, mode), layout=lay, k=1)
         return lay.mask(removed)
 
     def step(state, side, generator):
-        return runner.step(state, side["batch"], generator, mask=mask_of(side))
+        return runner.step(state, side.train, generator, mask=mask_of(side))
 
     def batched(state, side, generator, n):
-        return runner.batched(state, side["batch"], generator, n, mask=mask_of(side))
+        return runner.batched(state, side.train, generator, n, mask=mask_of(side))
 
     removed = [int(torch.nonzero(mask_of(s) == 0)[0]) // (2 * HIDDEN) for s in (d0, d1)]
     if mode == "paper":
@@ -125,7 +134,8 @@ def _sparse(mode: str, *, sigma: float, delta: float, batch_size: int, clip: flo
                                            "public probe, gradient canary in the batch"))
     info = {"trainer": "dpflat", "sparse_mode": mode, "sigma": sigma, "clip": clip, "layers": LAYERS, "hidden": HIDDEN,
             "removed_layer_d0": removed[0], "removed_layer_d1": removed[1], "selection_prefix": "0 (auditor's state)",
-            "probe": "private dev split (canary in d1)" if mode == "paper" else "public split (same in both worlds)",
+            "probe": "probe_data(side, 'paper'): the private dev split (canary in d1)" if mode == "paper" else
+            "probe_data(side, 'public'): the public split's held-out part (the same in both worlds)",
             "release": "update P_after - P_before (SGD, lr 1)", "statistic": what, "expected_sensitivity": expected,
             "claimed_sensitivity": clip, "sample_rate": 1.0}
     return Construction(name=f"dpflat-sparse-{mode}", description=desc, step_fn=step,

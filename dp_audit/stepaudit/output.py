@@ -42,19 +42,22 @@ def check_out(out: str | Path) -> OutputState:
     return claim_output(out, overwrite=False)
 
 
-def write_step_audit(res: StepAuditResult, out: str | Path, *, config: Mapping[str, Any] | None = None) -> Path:
+def write_step_audit(res: StepAuditResult, out: str | Path, *, config: Mapping[str, Any] | None = None,
+                     run_id: str | None = None) -> Path:
     """Write the three files into a temporary sibling and rename it to ``out`` (which must be
-    absent or empty: nothing already there is ever overwritten)."""
+    absent or empty: nothing already there is ever overwritten). ``run_id``: the manifest's run id
+    (default a new one; the study gives its own, recorded before writing)."""
     out = Path(out)
     state = check_out(out)
     if res.scores_d0 is None or res.scores_d1 is None:
         raise UsageError("this result carries no trial scores (it was read from JSON); nothing to write")
     with staged_output(out, state) as tmp:
-        _write_files(res, tmp, config, name=out.name)
+        _write_files(res, tmp, config, name=out.name, run_id=run_id)
     return out
 
 
-def _write_files(res: StepAuditResult, out: Path, config: Mapping[str, Any] | None, *, name: str) -> None:
+def _write_files(res: StepAuditResult, out: Path, config: Mapping[str, Any] | None, *, name: str,
+                 run_id: str | None = None) -> None:
     d0 = np.asarray(res.scores_d0, dtype=np.float64)
     d1 = np.asarray(res.scores_d1, dtype=np.float64)
     save_npz(out / TRIALS, scores_d0=d0, scores_d1=d1, scores=np.concatenate([d0, d1]),
@@ -66,7 +69,7 @@ def _write_files(res: StepAuditResult, out: Path, config: Mapping[str, Any] | No
     claim = {"epsilon": res.claim_epsilon, "delta": res.delta, "mu": res.claim_mu, "per": "step",
              "accountant": "gdp" if res.claim_mu is not None else "construction"}
     write_manifest(out, kind=KIND, config=cfg, seeds={"seed": res.seed}, claim=claim, artifacts=[TRIALS, RESULT],
-                   run_id=new_run_id(name))
+                   run_id=run_id or new_run_id(name))
 
 
 def read_step_audit(path: str | Path) -> StepAuditResult:

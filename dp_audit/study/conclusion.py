@@ -12,6 +12,14 @@ from dp_audit.study.row import ArmRow, SweepRow
 
 SWEEP_NAMES = {"awp-gamma": "AWP radius γ", "distill-lambda": "distillation weight λ"}
 
+# Each non-private component of DP-Flat's paper mode, the step construction that audits it, and
+# the constructions of its private replacements (docs/awp-leak.md "The constructions").
+COMPONENTS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    ("AWP", "dpflat-awp-paper", (("dpflat-awp-dpsat", "DP-SAT AWP"), ("dpflat-awp-per-example", "per-example AWP"))),
+    ("sparse selection", "dpflat-sparse-paper", (("dpflat-sparse-public", "layer selection on public data"),)),
+    ("distillation", "dpflat-distill-paper", (("dpflat-distill-public", "teacher trained on public data"),)),
+)
+
 
 def _gt(lb: float | None, claim: float | None) -> bool:
     return lb is not None and claim is not None and lb > claim
@@ -43,6 +51,9 @@ def sweep_sentence(rows: Sequence[SweepRow]) -> str:
     rows = sorted(rows, key=lambda r: r.value)
     name = SWEEP_NAMES.get(rows[0].sweep, rows[0].sweep)
     span = f"{rows[0].value:g} … {rows[-1].value:g}"
+    alphas = {r.alpha for r in rows if r.alpha is not None}
+    span += (f"; each of the {len(rows)} points at α = {alphas.pop():.4g}, the family at {sum(r.alpha for r in rows):.3g}"
+             if len(alphas) == 1 and all(r.alpha is not None for r in rows) else "")
     refuted = [r for r in rows if r.step_refuted]
     if not refuted:
         return f"{name} ({span}): the step-level audit refutes the per-step claim at no value tried."
@@ -52,6 +63,77 @@ def sweep_sentence(rows: Sequence[SweepRow]) -> str:
     where = ("already at the smallest value tried, " if first is rows[0] else "the step-level refutation starts at ")
     return (f"{name} ({span}): {where}{first.option} = {first.value:g} "
             f"(ε_LB {first.step_eps_lb:.2f} > per-step claim {first.step_claim_epsilon:.2f}) {tail}.")
+
+
+def step_result(rows: Sequence[ArmRow], construction: str) -> tuple[dict, ArmRow] | None:
+    """The step-level result of ``construction`` in ``rows`` (and its row): from the row's
+    per-construction results, preferring a row that runs it alone; a row of that single
+    construction without per-construction results gives its own step numbers."""
+    found = []
+    for r in rows:
+        res = (r.step_results or {}).get(construction)
+        if res is None and tuple(r.step_constructions) == (construction,) and r.step_eps_lb is not None:
+            res = {"eps_lb": r.step_eps_lb, "claim_epsilon": r.step_claim_epsilon, "refuted": bool(r.step_refuted)}
+        if res is not None:
+            found.append((len(r.step_constructions) != 1, res, r))
+    if not found:
+        return None
+    _, res, r = min(found, key=lambda t: t[0])
+    return res, r
+
+
+def _num(res: dict) -> str:
+    op = ">" if res["refuted"] else "≤"
+    return f"ε_LB {res['eps_lb']:.2f} {op} per-step claim {res['claim_epsilon']:.2f}"
+
+
+def _end_to_end(row: ArmRow) -> list[str]:
+    return [t for t in refutations(row) if not t.startswith("step level")]
+
+
+def component_lines(arms: Sequence[ArmRow]) -> list[str]:
+    """Per non-private component: is the paper component refuted, and is each private replacement
+    (refuted at the step level by its own construction; end to end when its arm is refuted and
+    holds only this component's replacement)?"""
+    paper = [r for r in arms if r.group == "paper"]
+    private = [r for r in arms if r.group == "private"]
+    own = {c for _, _, reps in COMPONENTS for c, _ in reps}
+    lines = []
+    for component, paper_c, reps in COMPONENTS:
+        p = step_result(paper, paper_c)
+        parts = []
+        for c, label in reps:
+            found = step_result(private, c)
+            if found is None:
+                parts.append(f"{label}: not audited")
+                continue
+            res, row = found
+            e2e = _end_to_end(row)
+            shared = [x for x in row.step_constructions if x != c and x in own]
+            if e2e and not shared:
+                verdict = f"refuted end to end ({'; '.join(e2e)})"
+            elif e2e:
+                verdict = (f"its arm ({row.label}, with {', '.join(shared)}) is refuted end to end "
+                           f"({'; '.join(e2e)}), not attributable to this component")
+            else:
+                verdict = ""
+            step = f"refuted at the step level ({_num(res)})" if res["refuted"] else f"not refuted ({_num(res)})"
+            parts.append(f"{label}: {step}" + (f"; {verdict}" if verdict else ""))
+        fixed = [x for x in parts if x.split(": ", 1)[1].startswith("not refuted") and "refuted end to end" not in x
+                 and "its arm" not in x]
+        all_fixed = len(fixed) == len(reps)
+        if p is None:
+            head = f"{component} (paper mode not audited)"
+            tail = ""
+        elif p[0]["refuted"]:
+            head = f"{component}: the paper-mode component refutes its claim ({_num(p[0])})"
+            tail = (" — the private replacement fixes it at every threat model audited" if all_fixed else
+                    " — NOT fixed by every private replacement")
+        else:
+            head = f"{component}: the paper-mode component is not refuted here ({_num(p[0])})"
+            tail = " — so this study does not show that a replacement fixes anything"
+        lines.append(f"{head}; replaced by {'; '.join(parts)}{tail}.")
+    return lines
 
 
 def conclusion(arms: Sequence[ArmRow], sweeps: Sequence[SweepRow] = ()) -> list[str]:
@@ -88,6 +170,8 @@ def conclusion(arms: Sequence[ArmRow], sweeps: Sequence[SweepRow] = ()) -> list[
     elif private:
         lines.append(f"No private variant ({names}) refutes its claim; as no paper-mode component did either, "
                      f"this study does not show that they fix anything.")
+    if paper or private:
+        lines.extend(component_lines(arms))
     bb = [r.blackbox_eps_lb for r in arms if r.blackbox_eps_lb is not None]
     if bb and not any(r.blackbox_refuted for r in arms):
         seen = [r.label for r in arms if r.step_refuted]

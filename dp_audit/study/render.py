@@ -13,7 +13,12 @@ from dp_audit.study.conclusion import SWEEP_NAMES, conclusion
 
 COLUMNS = ("arm", "claimed ε", "step construction(s)", "per-step claim ε", "step-level ε_LB (95%)",
            "black-box one-run ε_LB", "white-box one-run ε_LB", "best MIA AUC", "TPR@1%FPR", "test accuracy")
-SWEEP_COLUMNS = ("construction", "option", "value", "per-step claim ε", "step-level ε_LB (95%)", "refuted")
+SWEEP_COLUMNS = ("construction", "option", "value", "α (point)", "per-step claim ε", "step-level ε_LB (sweep 95%)",
+                 "refuted")
+
+
+SWEEP_NOTE = ("The sweep's points are one family: each runs at α/K (Bonferroni over its K points), so all K bounds "
+              "hold together with 95% confidence; each point has its own seed (study.json).")
 
 
 def _f(x: Any, refuted: bool | None = None) -> str:
@@ -33,7 +38,8 @@ def table_rows(arms) -> list[tuple[str, ...]]:
 
 
 def sweep_rows(sweeps) -> list[tuple[str, ...]]:
-    return [(s.construction, s.option, f"{s.value:g}", _f(s.step_claim_epsilon), _f(s.step_eps_lb),
+    return [(s.construction, s.option, f"{s.value:g}", "-" if s.alpha is None else f"{s.alpha:.4g}",
+             _f(s.step_claim_epsilon), _f(s.step_eps_lb),
              "yes" if s.step_refuted else "no") for s in sorted(sweeps, key=lambda s: (s.sweep, s.value))]
 
 
@@ -52,7 +58,8 @@ def render_markdown(result, *, settings: Mapping[str, Any]) -> str:
              "the per-step claim; end to end: against the run's claimed ε). \"-\": no such number.\n",
              "## Arms\n", _md_table(COLUMNS, table_rows(result.arms)) + "\n"]
     for name, rows in sweeps_by.items():
-        parts += [f"## Sweep: {SWEEP_NAMES.get(name, name)}\n", _md_table(SWEEP_COLUMNS, sweep_rows(rows)) + "\n"]
+        parts += [f"## Sweep: {SWEEP_NAMES.get(name, name)}\n", SWEEP_NOTE + "\n",
+                  _md_table(SWEEP_COLUMNS, sweep_rows(rows)) + "\n"]
     parts += ["## Conclusion\n", "\n".join(f"- {line}" for line in conclusion(result.arms, result.sweeps)) + "\n"]
     return "\n".join(parts)
 
@@ -62,7 +69,7 @@ def render_html(result, *, settings: Mapping[str, Any]) -> str:
     from dp_audit.reports.html import environment
 
     return environment().get_template("study.html.j2").render(
-        settings=dict(settings), columns=COLUMNS, rows=table_rows(result.arms), sweep_columns=SWEEP_COLUMNS,
+        settings=dict(settings), columns=COLUMNS, rows=table_rows(result.arms), sweep_columns=SWEEP_COLUMNS, sweep_note=SWEEP_NOTE,
         sweeps=[(SWEEP_NAMES.get(k, k), sweep_rows([s for s in result.sweeps if s.sweep == k]))
                 for k in dict.fromkeys(s.sweep for s in result.sweeps)],
         conclusion=conclusion(result.arms, result.sweeps), tool_version=__version__)

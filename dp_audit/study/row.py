@@ -38,6 +38,8 @@ class ArmRow:
     mia_tpr_at_1pct_fpr: float | None = None
     test_accuracy: float | None = None
     component: str = ""
+    # per construction: {"eps_lb", "claim_epsilon", "refuted"} (each at its α/k): which component refutes
+    step_results: dict[str, dict[str, Any]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,6 +65,8 @@ class SweepRow:
     step_claim_epsilon: float
     step_eps_lb: float
     step_refuted: bool
+    alpha: float | None = None  # the point's share of its sweep's α (Bonferroni over the sweep's points)
+    seed: int | None = None  # the point's own step-audit seed (derived from the study seed and the point)
     timings: dict[str, float] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,14 +9,16 @@ arm has no result.json); :mod:`.store` decides what may be replaced. Sweep point
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from dp_audit.study.arms import (FULL_BASE, FULL_TRIALS, QUICK_BASE, QUICK_TRIALS, Arm, SweepPoint, merge)
+from dp_audit.study.family import CORRECTION, PointPlan, sweep_plan
 from dp_audit.study.row import RESULT, ArmRow, SweepRow, read_result, write_result
-from dp_audit.study.store import clear_step_dir, open_study_dir
+from dp_audit.study.store import Owned, open_study_dir, study_id_of
 
 STUDY = "awp-leak"
 ALPHA = 0.05
@@ -48,29 +50,38 @@ def arm_definition(arm: Arm, *, settings: Mapping[str, Any]) -> dict[str, Any]:
             "label": arm.label, "component": arm.component, "tool_version": __version__}
 
 
-def sweep_definition(point: SweepPoint) -> dict[str, Any]:
-    """What a sweep point *is*: its construction, option, value and extra options, and the tool version."""
+def sweep_definition(plan: PointPlan) -> dict[str, Any]:
+    """What a sweep point *is*: its construction, option, value and extra options, its share of the
+    family's α (and the family's size), its derived seed, and the tool version."""
     from dp_audit import __version__
 
+    point = plan.point
     return {"sweep": point.sweep, "construction": point.construction, "option": point.option,
-            "value": float(point.value), "options": dict(point.options), "tool_version": __version__}
+            "value": float(point.value), "options": dict(point.options), "alpha": plan.alpha,
+            "family_size": plan.family_size, "correction": CORRECTION, "seed": plan.seed,
+            "tool_version": __version__}
 
 
 # --------------------------------------------------------------------------- one arm
 
 
 def _step_audits(constructions: Sequence[str], d: Path, *, trials: int, seed: int, alpha: float,
-                 progress: bool, options: Mapping[str, Any] | None = None):
-    """Each construction at α/k into ``d/<construction>``; returns the results."""
+                 progress: bool, options: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None,
+                 run_ids: Mapping[str, str] | None = None):
+    """Each construction at α/k into ``d/<construction>`` (seed ``seeds[j]``, default seed·1000 + j;
+    manifest run id ``run_ids[construction]``, the one the study recorded); returns the results."""
     from dp_audit.stepaudit import step_audit
+    from dp_audit.stepaudit.audit import DEFAULT_CALIBRATION_FRACTION
+    from dp_audit.stepaudit.output import write_step_audit
     from dp_audit.stepaudit.constructions import build
+    from dp_audit.stepaudit.trials import DEFAULT_CHUNK
 
     out = []
     for j, name in enumerate(constructions):
-        target = d / name
-        clear_step_dir(target)
         res = step_audit(build(name, **dict(options or {})), trials=trials, alpha=alpha / len(constructions),
-                         seed=seed * 1000 + j, progress=progress, out=target)
+                         seed=seeds[j] if seeds is not None else seed * 1000 + j, progress=progress)
+        write_step_audit(res, d / name, run_id=(run_ids or {}).get(name),
+                         config={"chunk": DEFAULT_CHUNK, "calibration_fraction": DEFAULT_CALIBRATION_FRACTION})
         out.append(res)
     return out
 
@@ -100,6 +111,21 @@ def _resumable(d: Path, name: str, definition: Mapping[str, Any], compute, *, se
     return row
 
 
+@contextlib.contextmanager
+def _owning(owned: Owned, paths: Mapping[str, Path], definition: Mapping[str, Any]):
+    """Claim every path before the work (refusing, untouched, anything the study did not write),
+    yield the recorded run ids, and seal the directories once the work is done."""
+    from dp_audit.io import canonical_fingerprint
+
+    sha = canonical_fingerprint(dict(definition))
+    for p in paths.values():  # every path vetted before any is touched
+        owned.vet(p)
+    ids = {key: owned.claim(p, definition_sha256=sha) for key, p in paths.items()}
+    yield ids
+    for p in paths.values():
+        owned.seal(p)
+
+
 def run_noise_options(ledger: Mapping[str, Any]) -> dict[str, float]:
     """The step constructions' noise option from the run's own ledger, so that the step-level
     column audits the mechanism at the noise the run used (its per-step claim): ``sigma`` (the
@@ -120,8 +146,15 @@ def best_mia(audit: Mapping[str, Any]) -> tuple[float | None, float | None]:
             _best((a.get("tpr_at_fpr") or {}).get("0.01") for a in attacks))
 
 
-def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_dir: Path, progress: bool) -> ArmRow:
-    """Train, audit end to end, gate; then the step-level audits. Returns the arm's row."""
+def arm_paths(arm: Arm, arm_dir: Path) -> dict[str, Path]:
+    """The directories an arm writes: ``run`` and one step-audit directory per construction."""
+    return {"run": arm_dir / "run", **{c: arm_dir / "step" / c for c in arm.constructions}}
+
+
+def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_dir: Path, progress: bool,
+                run_ids: Mapping[str, str] | None = None) -> ArmRow:
+    """Train, audit end to end, gate; then the step-level audits. Returns the arm's row.
+    ``run_ids``: the run id of each directory (:func:`arm_paths`), as the study recorded them."""
     from dp_audit.audit import run_audit, target_from_run
     from dp_audit.config import AuditConfig, from_mapping, run_config_from_dict
     from dp_audit.gate import GatePolicy, evaluate_gate, write_outputs
@@ -135,7 +168,7 @@ def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_d
         "name": arm.name, "model": {"cache_dir": str(cache_dir)},
         "train": {"seed": seed, "progress": progress}, "canaries": {"seed": seed + 1}}))
     t0 = time.time()
-    run_dir = train_run(cfg, arm_dir / "run", progress=progress, overwrite=True)
+    run_dir = train_run(cfg, arm_dir / "run", progress=progress, run_id=(run_ids or {}).get("run"))
     t1 = time.time()
     audit_cfg = from_mapping(AuditConfig, {"attacks": ["loss"], "estimators": list(ESTIMATORS),
                                            "alpha": settings["alpha"], "formats": ["json"]})
@@ -153,26 +186,33 @@ def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_d
     steps = _step_audits(arm.constructions, arm_dir / "step", trials=settings["trials"], seed=seed,
                          alpha=settings["alpha"], progress=progress,
                          options={**run_noise_options(read_json(run_dir / "ledger.json", integrity=True)),
-                                  "delta": float(cfg.privacy.delta)})  # the run's own noise and δ
+                                  "delta": float(cfg.privacy.delta)},  # the run's own noise and δ
+                         run_ids=run_ids)
     top = max(steps, key=lambda r: r.eps_lb - r.claim_epsilon) if steps else None
     return ArmRow(
         name=arm.name, label=arm.label, group=arm.group, component=arm.component, claimed_epsilon=claimed,
         step_constructions=tuple(arm.constructions),
         step_claim_epsilon=top.claim_epsilon if top else None, step_eps_lb=top.eps_lb if top else None,
         step_refuted=any(r.refuted for r in steps) if steps else None,
+        step_results={c: {"eps_lb": r.eps_lb, "claim_epsilon": r.claim_epsilon, "refuted": bool(r.refuted)}
+                      for c, r in zip(arm.constructions, steps)},
         blackbox_eps_lb=bb, blackbox_refuted=(bb > claimed) if bb is not None else None, whitebox_eps_lb=wb,
         mia_auc=auc, mia_tpr_at_1pct_fpr=tpr,
         test_accuracy=acc,
         timings={"train_s": round(t1 - t0, 2), "audit_s": round(t2 - t1, 2), "step_s": round(time.time() - t2, 2)})
 
 
-def compute_sweep(point: SweepPoint, d: Path, *, settings: Mapping[str, Any], progress: bool) -> SweepRow:
+def compute_sweep(point: SweepPoint, d: Path, *, settings: Mapping[str, Any], alpha: float, seed: int,
+                  progress: bool, run_ids: Mapping[str, str] | None = None) -> SweepRow:
+    """One sweep point's step audit at its share ``alpha`` of the family's α, with its own ``seed``."""
     t0 = time.time()
     (res,) = _step_audits((point.construction,), d / "step", trials=settings["trials"], seed=settings["seed"],
-                          alpha=settings["alpha"], progress=progress, options={point.option: point.value})
+                          alpha=alpha, progress=progress, options={**point.options, point.option: point.value},
+                          seeds=(seed,), run_ids=run_ids)
     return SweepRow(name=point.name, sweep=point.sweep, construction=point.construction, option=point.option,
                     value=point.value, step_claim_epsilon=res.claim_epsilon, step_eps_lb=res.eps_lb,
-                    step_refuted=res.refuted, timings={"step_s": round(time.time() - t0, 2)})
+                    step_refuted=res.refuted, alpha=alpha, seed=seed,
+                    timings={"step_s": round(time.time() - t0, 2)})
 
 
 # --------------------------------------------------------------------------- the study
@@ -190,6 +230,7 @@ def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoi
     from dp_audit.study.render import write_outputs
 
     out = open_study_dir(Path(out), study=STUDY, settings=settings)
+    owned = Owned(out, study_id_of(out))
     cache_dir = (out / "cache").resolve()
     t0 = time.time()
     computed, skipped = [], []
@@ -200,8 +241,10 @@ def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoi
         def compute(arm=arm, d=d, i=i):
             log(f"[study] arm {i}/{len(arms)} {arm.name}: training, auditing, step-level audit ...")
             t = time.time()
-            row = (compute_arm(arm, d, settings=settings, cache_dir=cache_dir, progress=progress) if arm_fn is None
-                   else arm_fn(arm, d, settings=settings))
+            paths = arm_paths(arm, d)
+            with _owning(owned, paths, arm_definition(arm, settings=settings)) as run_ids:
+                row = (compute_arm(arm, d, settings=settings, cache_dir=cache_dir, progress=progress, run_ids=run_ids)
+                       if arm_fn is None else arm_fn(arm, d, settings=settings, run_ids=run_ids))
             log(f"[study]   {arm.name}: claimed ε {_fmt(row.claimed_epsilon)}, step ε_LB {_fmt(row.step_eps_lb)} "
                 f"(per-step claim {_fmt(row.step_claim_epsilon)}), black-box ε_LB {_fmt(row.blackbox_eps_lb)}, "
                 f"MIA AUC {_fmt(row.mia_auc)}, test acc {_fmt(row.test_accuracy)} [{time.time() - t:.0f} s]")
@@ -213,18 +256,22 @@ def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoi
             log(f"[study] arm {i}/{len(arms)} {arm.name}: done earlier, result reused")
         arm_rows.append(row)
     sweep_rows: list[SweepRow] = []
-    for i, point in enumerate(sweeps, 1):
+    for i, plan in enumerate(sweep_plan(sweeps, settings=settings), 1):
+        point = plan.point
         d = out / "sweeps" / point.name
 
-        def compute_point(point=point, d=d, i=i):
-            row = (compute_sweep(point, d, settings=settings, progress=progress) if sweep_fn is None
-                   else sweep_fn(point, d, settings=settings))
+        def compute_point(point=point, d=d, i=i, plan=plan):
+            with _owning(owned, {point.construction: d / "step" / point.construction}, sweep_definition(plan)) as ids:
+                row = (compute_sweep(point, d, settings=settings, alpha=plan.alpha, seed=plan.seed, progress=progress,
+                                     run_ids=ids)
+                       if sweep_fn is None else sweep_fn(point, d, settings=settings, alpha=plan.alpha, seed=plan.seed,
+                                                         run_ids=ids))
             log(f"[study] sweep {i}/{len(sweeps)} {point.construction} {point.option}={point.value:g}: "
                 f"ε_LB {row.step_eps_lb:.2f} vs per-step claim {row.step_claim_epsilon:.2f}"
                 f"{' REFUTED' if row.step_refuted else ''}")
             return row
 
-        row = _resumable(d, point.name, sweep_definition(point), compute_point, settings=settings,
+        row = _resumable(d, point.name, sweep_definition(plan), compute_point, settings=settings,
                          computed=computed, skipped=skipped)
         sweep_rows.append(row)
     result = StudyResult(out, tuple(arm_rows), tuple(sweep_rows), tuple(computed), tuple(skipped))

@@ -1,0 +1,114 @@
+"""``dp-audit report STEP_AUDIT_DIR [--pdf]``: the report of one step-level audit (issue 17
+leftovers, docs/awp-leak.md "Report of one step audit"). Each test names the bug it catches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from dp_audit.cli import main
+from dp_audit.stepaudit import step_audit
+from dp_audit.stepaudit.constructions import build
+
+
+@pytest.fixture(scope="module")
+def audits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("step-reports")
+    out = {}
+    for name in ("dpflat-awp-paper", "dpsgd-dirac"):
+        out[name] = root / name
+        step_audit(build(name), trials=2000, seed=0, progress=False, out=out[name])
+    return out
+
+
+def _fresh(audits, name, tmp_path):
+    import shutil
+
+    d = tmp_path / name
+    shutil.copytree(audits[name], d)
+    return d
+
+
+@pytest.mark.parametrize("name,refuted", [("dpflat-awp-paper", True), ("dpsgd-dirac", False)])
+def test_the_html_report_shows_claim_bounds_verdict_histogram_and_hashes(audits, tmp_path, capsys, name, refuted):
+    """Bug caught: a report whose verdict is not the audit's (e.g. always "not refuted", or read
+    from a field a consistent edit could change without the bounds), an estimator or its validity
+    label missing, the histogram or the manifest hashes left out."""
+    d = _fresh(audits, name, tmp_path)
+    assert main(["report", str(d)]) == 0
+    html = (d / "report.html").read_text()
+    res = json.loads((d / "step_audit.json").read_text())
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert res["refuted"] is refuted
+    assert (">REFUTED<" in html) is refuted and (">NOT REFUTED<" in html) is (not refuted)
+    assert f"{res['claim']['epsilon']:.3f}" in html and "N per side</b> 2000" in html
+    for e in res["estimates"]:
+        assert f"<td>{e['method']}</td><td class=\"num\">{e['epsilon_lb']:.3f}" in html
+    assert "valid only under a μ-GDP claim" in html and "valid for any mechanism" in html
+    assert "<svg" in html and "Score histograms" in html
+    for f in ("trials.npz", "step_audit.json"):
+        assert manifest["artifacts"][f] in html
+    assert "calibration trials per side" in html and res["construction"]["name"] in html
+    assert "wrote" in capsys.readouterr().out and not (d / "report.pdf").exists()
+
+
+def test_construction_text_is_escaped(tmp_path):
+    """Bug caught: the construction's description (a user's own Construction: any text) rendered
+    as HTML: a <script> in it would run in every browser that opens the report."""
+    cons = dataclasses.replace(build("gaussian"), name="evil", description='<script>alert("x")</script> & co',
+                               info={"note": "<img src=x onerror=alert(1)>"})
+    d = tmp_path / "s"
+    step_audit(cons, trials=500, seed=0, progress=False, out=d)
+    assert main(["report", str(d)]) == 0
+    html = (d / "report.html").read_text()
+    assert "<script>" not in html and "<img" not in html
+    assert "&lt;script&gt;" in html and "&lt;img src=x" in html
+
+
+def test_a_tampered_trials_file_is_exit_3_and_no_report(audits, tmp_path, capsys):
+    """Bug caught: a report rendered from a directory whose trials changed after the audit (the
+    report would show bounds the trials no longer give); also a consistent edit (hash updated,
+    verdict flipped) must be refused: the reader recomputes the bounds."""
+    d = _fresh(audits, "dpflat-awp-paper", tmp_path)
+    z = dict(np.load(d / "trials.npz", allow_pickle=False))
+    z["scores_d1"] = z["scores_d0"].copy()
+    np.savez(d / "trials.npz", **z)
+    assert main(["report", str(d), "--pdf"]) == 3
+    assert "sha256 mismatch" in capsys.readouterr().err
+    assert not (d / "report.html").exists() and not (d / "report.pdf").exists()
+    # a consistent edit: verdict flipped and every hash recomputed
+    from dp_audit.manifest import add_artifacts
+
+    d2 = _fresh(audits, "dpflat-awp-paper", tmp_path / "b")
+    res = json.loads((d2 / "step_audit.json").read_text())
+    res["refuted"], res["verdict"]["status"] = False, "pass"
+    (d2 / "step_audit.json").write_text(json.dumps(res))
+    add_artifacts(d2, ["step_audit.json"])
+    assert main(["report", str(d2)]) == 3
+    assert not (d2 / "report.html").exists()
+
+
+@pytest.mark.parametrize("engine", ["matplotlib", "auto"])
+def test_the_pdf_opens_and_contains_the_verdict(audits, tmp_path, engine):
+    """Bug caught: a PDF that does not open, lacks the verdict or the construction (e.g. the
+    fallback engine given the run report's lines), or is written without --pdf."""
+    import pypdf
+
+    d = _fresh(audits, "dpflat-awp-paper", tmp_path)
+    assert main(["report", str(d), "--pdf", "--pdf-engine", engine]) == 0
+    text = "\n".join(page.extract_text() for page in pypdf.PdfReader(d / "report.pdf").pages)
+    assert "REFUTED" in text and "dpflat-awp-paper" in text
+    assert "clopper-pearson" in text and "gdp" in text
+
+
+def test_usage_errors(audits, tmp_path, capsys):
+    """Bug caught: a step-audit directory mixed into a comparison, or an unsupported format,
+    failing later (exit 4) or silently producing a run report."""
+    d = _fresh(audits, "dpsgd-dirac", tmp_path)
+    assert main(["report", str(d), "--run", str(d)]) == 2
+    assert main(["report", str(d), "--format", "md"]) == 2
+    assert main(["report"]) == 2
+    assert not (d / "report.html").exists()
