@@ -120,10 +120,10 @@ def test_awp_paper_three_steps_refuted_private_variant_not():
     refuted. Paper mode over 3 steps must refute √3/σ-GDP; DP-SAT (DP-correct) must not. Seen
     failing (not refuted, ε_LB 0) with the one-step kinks, whose descent pulls P back to the kink
     and undoes the first step's leak in the sum; the k-step builder uses repelling kinks."""
-    res = step_audit(build("dpflat-awp-paper", steps=3), trials=120, seed=0, progress=False, steps=3)
+    res = step_audit(build("dpflat-awp-paper", steps=3), trials=200, seed=0, progress=False, steps=3)
     assert res.steps == 3 and res.claim_mu == pytest.approx(math.sqrt(3))
     assert res.refuted
-    res = step_audit(build("dpflat-awp-dpsat", steps=3), trials=120, seed=0, progress=False, steps=3)
+    res = step_audit(build("dpflat-awp-dpsat", steps=3), trials=200, seed=0, progress=False, steps=3)
     assert not res.refuted
 
 
