@@ -273,3 +273,23 @@ def test_sparse_canaries_are_clipped_and_summed_exactly_like_appended_rows(norm,
     expect = torch.as_tensor(can.member, dtype=torch.float32) * 2 * factor  # members: in both steps (q = 1)
     assert torch.allclose(moved, expect, rtol=1e-5, atol=1e-7)
     assert float(moved.max()) <= 2 * 1.0 + 1e-6  # never more than the clip norm per step
+
+
+def test_position_table_size_gives_room_for_many_canaries_and_is_validated():
+    """``model.max_position_embeddings`` sizes the position table (room for 10⁵ canaries past
+    data.max_length) and is part of the backbone's cache key. Bugs caught: the option ignored by
+    the backbone (the table stays 64 rows: m = 10⁵ refused mid-run), a table smaller than the
+    inputs' positions accepted, two table sizes sharing one cached backbone."""
+    from dp_audit.config import DataConfig, ModelConfig, run_config_from_dict
+    from dp_audit.errors import UsageError
+    from dp_audit.trainers.backbone import backbone_key, bert_config
+
+    data = DataConfig(max_length=32)
+    big = ModelConfig(hidden_size=32, max_position_embeddings=3157)
+    assert bert_config(big, data, 100).max_position_embeddings == 3157
+    assert bert_config(ModelConfig(hidden_size=32), data, 100).max_position_embeddings == 64
+    assert (3157 - 32) * 32 >= 100_000
+    assert backbone_key(big, data, 100) != backbone_key(ModelConfig(hidden_size=32), data, 100)
+    for bad in (39, -1):
+        with pytest.raises(UsageError, match="max_position_embeddings"):
+            run_config_from_dict({"data": {"max_length": 32}, "model": {"max_position_embeddings": bad}})
