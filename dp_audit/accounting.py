@@ -195,9 +195,14 @@ def replayable_noise_parts(ledger: Mapping[str, Any] | None) -> list[dict[str, s
 
 
 def observed_events(ledger: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    """The Gaussian events' ``observed`` records (what the optimizer and the data loader actually
-    used, written by dp-audit's own trainers), or None when the ledger has none."""
+    """The events' ``observed`` records (the mechanism as run, written by dp-audit's own trainers:
+    DP-SGD/DP-Flat from the optimizer and data loader, DP-ZO from the steps it took), or None when
+    the ledger has none. All-Gaussian ledgers give the Gaussian records; all-Laplace ledgers
+    (DP-ZO Laplace) give records tagged ``mechanism: subsampled_laplace`` with ``laplace_scale``,
+    ``sensitivity``, ``sample_rate`` and ``steps``."""
     events = _events(ledger)
+    if events and all(e["mechanism"] == "subsampled_laplace" for e in events):
+        return _observed_laplace(events)
     obs = [e.get("observed") for e in events if e["mechanism"] == "subsampled_gaussian"]
     if not obs or any(not isinstance(o, Mapping) for o in obs) or len(obs) != len(events):
         return None
@@ -208,6 +213,44 @@ def observed_events(ledger: Mapping[str, Any]) -> list[dict[str, Any]] | None:
             raise UsageError(f"ledger event {i}: observed needs noise_multiplier >= 0, 0 < sample_rate <= 1, "
                              "steps >= 0")
     return [dict(o) for o in obs]
+
+
+def _observed_laplace(events: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    obs = [e.get("observed") for e in events]
+    if any(not isinstance(o, Mapping) for o in obs):
+        return None
+    out = []
+    for i, o in enumerate(obs):
+        b, c = _number(o, "laplace_scale", i, where="observed."), _number(o, "sensitivity", i, where="observed.")
+        q = _number(o, "sample_rate", i, where="observed.")
+        steps = _number(o, "steps", i, integer=True, where="observed.")
+        if b < 0 or c <= 0 or not 0 < q <= 1 or steps < 0:
+            raise UsageError(f"ledger event {i}: observed needs laplace_scale >= 0, sensitivity > 0, "
+                             "0 < sample_rate <= 1, steps >= 0")
+        out.append({**dict(o), "mechanism": "subsampled_laplace"})
+    return out
+
+
+def laplace_epsilon_lower(obs: list[dict[str, Any]], *, delta: float) -> float:
+    """A lower bound on the ε at δ of Poisson-subsampled Laplace steps as run: dp-accounting's PLD
+    with ``pessimistic_estimate=False`` (the optimistic discretisation rounds every privacy loss
+    down: its ε(δ) never exceeds the true one). Scale 0: no noise, ε = ∞."""
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+    total = None
+    for i, o in enumerate(obs):
+        b, c, q, steps = (_finite_number(o.get(k), f"observed record {i}: {k}")
+                          for k in ("laplace_scale", "sensitivity", "sample_rate", "steps"))
+        if int(steps) <= 0:
+            continue
+        if b <= 0:
+            return math.inf
+        one = pld_lib.from_laplace_mechanism(b / c, sensitivity=1.0, pessimistic_estimate=False,
+                                             value_discretization_interval=1e-3, sampling_prob=min(q, 1.0),
+                                             use_connect_dots=False)
+        part = one.self_compose(int(steps))
+        total = part if total is None else total.compose(part)
+    return 0.0 if total is None else max(0.0, float(total.get_epsilon_for_delta(delta)))
 
 
 SIGMA_FLOOR = 0.5  # noise multipliers below it are bounded as if they were 0.5 (a valid, looser bound)
@@ -233,6 +276,8 @@ def epsilon_lower_of_observed(obs: list[dict[str, Any]], *, delta: float) -> flo
     """:func:`observed_epsilon_lower` on records already read by :func:`observed_events`."""
     if not 0 < delta < 1:
         raise UsageError(f"delta must be in (0, 1), got {delta}")
+    if obs and all(o.get("mechanism") == "subsampled_laplace" for o in obs):
+        return laplace_epsilon_lower(obs, delta=delta)
     history = []
     for i, o in enumerate(obs):
         sigma, q, steps = (_finite_number(o.get(k), f"observed record {i}: {k}")
@@ -301,5 +346,6 @@ def prv_epsilon_bounds(history: list[tuple[float, float, int]], *, delta: float,
     return max(float(lower), 0.0), float(estimate), float(upper)
 
 
-__all__ = ["NOISE_REPLAYABLE", "cross_check", "epsilon_from_ledger", "epsilon_lower_of_observed", "laplace_pure_epsilon",
+__all__ = ["NOISE_REPLAYABLE", "cross_check", "epsilon_from_ledger", "epsilon_lower_of_observed", "laplace_epsilon_lower",
+           "laplace_pure_epsilon",
            "observed_epsilon_lower", "observed_events", "prv_epsilon_bounds", "replayable_noise_parts", "ACCOUNTANTS"]

@@ -60,6 +60,9 @@ class ModelConfig:
     prefix_positions: str = "text"  # text: the text keeps positions 0..L-1 | shifted: PEFT's T..T+L-1 (dp_audit.hf_compat)
     lora_r: int = 8
     cache_dir: str = ""  # default: <out>/../.cache
+    # rows of the position table (0: max(64, data.max_length + 8)); rows >= data.max_length are never
+    # read by any input: a larger table gives room for more Dirac gradient canaries (docs/whitebox.md)
+    max_position_embeddings: int = 0
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,7 @@ class RunConfig:
         if self.canaries.m < 0 or self.train.epochs < 1 or self.train.batch_size < 1:
             raise UsageError("canaries.m must be >= 0, train.epochs and train.batch_size >= 1")
         _validate_gradient_canaries(self)
+        _validate_positions(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -328,6 +332,15 @@ def _validate_gradient_canaries(cfg: RunConfig) -> None:
                          "coordinates are unused position-embedding rows")
     if cfg.privacy.grad_sample_mode == "ghost":
         raise UsageError("canaries.gradient needs per-sample gradients: privacy.grad_sample_mode = 'hooks' or 'auto'")
+
+
+def _validate_positions(cfg: RunConfig) -> None:
+    n = cfg.model.max_position_embeddings
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise UsageError(f"model.max_position_embeddings must be an integer >= 0, got {n!r}")
+    if n and n < cfg.data.max_length + 8:
+        raise UsageError(f"model.max_position_embeddings = {n} must be 0 (auto) or >= data.max_length + 8 = "
+                         f"{cfg.data.max_length + 8}")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -357,7 +357,7 @@ def _hashed_ledger(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | 
 
 def _observed_estimate(run_dir: Path, ledger: dict[str, Any] | None, delta: float) -> EpsilonEstimate | None:
     """ε (lower bound) of the DP mechanism as run, from ledger.json's ``observed`` records; None
-    when the run has no hashed ledger with such records (external checkpoints, DP-ZO)."""
+    when the run has no hashed ledger with such records (external checkpoints, runs of older versions)."""
     if ledger is None:
         return None
     from dp_audit.accounting import epsilon_lower_of_observed, observed_events

@@ -94,6 +94,37 @@ def test_every_variant_writes_a_run_directory_with_its_ledger(runs):
             assert obs["steps"] == event["steps"] == man["notes"]["metrics"]["steps"], name
 
 
+def test_dpzo_runs_record_the_mechanism_as_run_and_the_gate_counts_it(runs):
+    """DP-ZO (Gaussian, Laplace) and black-box DP-Flat write ``observed`` like DP-SGD: steps taken
+    = the ledger's = the metrics', the rate, the noise drawn, empty-batch steps; the gate then
+    counts the ε of the mechanism as run (``observed-mechanism``), below the claim for a correct
+    run (Gaussian: above 0.75 of it; the PRV lower end is loose on these few-step runs, 2.47 for a
+    claim of 2.99). Bugs caught: DP-ZO runs without the record (no
+    cross-check of what ran), the record not reaching the gate, a Laplace record the gate cannot
+    read (it used to skip every DP-ZO run)."""
+    from dp_audit.gate import _observed_estimate
+
+    for name in ("zo-gauss", "zo-laplace-lora", "flat-blackbox"):
+        run_dir = runs[name]
+        (event,) = json.loads((run_dir / "ledger.json").read_text())["events"]
+        man = _manifest(run_dir)
+        obs = event["observed"]
+        assert obs["steps"] == obs["planned_steps"] == event["steps"] == man["notes"]["metrics"]["steps"], name
+        assert obs["sample_rate"] == event["sample_rate"] and 0 <= obs["empty_batch_steps"] <= obs["steps"], name
+        assert obs["sensitivity"] == event["sensitivity"], name
+        if event["mechanism"] == "subsampled_gaussian":
+            assert obs["noise_multiplier"] == pytest.approx(event["noise_multiplier"], rel=1e-12), name
+        else:
+            assert obs["epsilon_step"] == pytest.approx(event["epsilon_step"], rel=1e-12), name
+        ledger = json.loads((run_dir / "ledger.json").read_text())
+        est = _observed_estimate(run_dir, ledger, man["claim"]["delta"])  # what the gate counts
+        assert est is not None and est.method == "observed-mechanism", name
+        claim = man["claim"]["epsilon"]
+        assert 0 < est.epsilon_lb <= claim, name
+        if event["mechanism"] == "subsampled_gaussian":
+            assert est.epsilon_lb > 0.75 * claim, name
+
+
 def test_selected_layers_are_recorded_and_zero_in_the_saved_prefix(runs):
     from safetensors.torch import load_file
 

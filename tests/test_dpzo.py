@@ -288,3 +288,71 @@ def test_dpzo_samples_each_example_at_the_accounted_rate():
     assert stats.binomtest(int(sizes.sum()), steps * n, 0.2).pvalue < 1e-6
     assert stats.chisquare(counts).pvalue > 1e-4
     assert abs(float(np.var(sizes, ddof=1)) / (n * q * (1 - q)) - 1) < 0.25
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "laplace"])
+def test_dpzo_ledger_observed_record_is_measured_from_the_steps(noise):
+    """The DP-ZO ledger's ``observed`` record (the counterpart of DP-SGD's): steps taken, empty-
+    batch steps (n = 20, q = 0.05: about a third of the batches are empty), the rate the batches
+    were drawn at and the noise each step drew. Bugs caught: empty (noise-only) steps not counted;
+    the record copied from the plan instead of the steps (a step run without noise must show up
+    as noise scale 0 and an observed ε of ∞, which the gate counts as a refutation); Laplace ε0
+    recorded as b/C instead of C/b. Seen failing with ``scale = max(noisy)`` ignoring noise-free
+    steps."""
+    from dataclasses import replace
+
+    from dp_audit.accounting import observed_epsilon_lower
+    from dp_audit.trainers.dpzo import ZOPlan, ledger_zo, observed_zo, train_dpzo
+    from dp_audit.trainers.zo import run_zo
+
+    n, q, clip = 20, 0.05, 0.5
+    plan = ZOPlan(noise=noise, sample_rate=q, steps=60, clip=clip, perturbation_scale=1e-3,
+                  noise_multiplier=1.3 if noise == "gaussian" else 0.0,
+                  epsilon_step=0.7 if noise == "laplace" else 0.0, reproducible_noise=True)
+    model = torch.nn.Linear(2, 2, dtype=torch.float64)
+    steps = train_dpzo(model, _dpzo_prep(n=n, seed=1), plan, generator=torch.Generator().manual_seed(2),
+                       loss_fn=_zero_loss())
+    obs = observed_zo(steps, plan)
+    empty = sum(s.batch_size == 0 for s in steps)
+    assert 5 <= empty < 60 and obs["empty_batch_steps"] == empty
+    assert obs["steps"] == obs["planned_steps"] == 60 and obs["sample_rate"] == q
+    assert obs["noise"] == noise and obs["noise_scale"] == pytest.approx(plan.noise_scale)
+    assert obs["expected_batch_size"] == pytest.approx(q * n)
+    if noise == "gaussian":
+        assert obs["noise_multiplier"] == pytest.approx(1.3)
+    else:
+        assert obs["epsilon_step"] == pytest.approx(0.7) and obs["laplace_scale"] == pytest.approx(clip / 0.7)
+    ledger = ledger_zo(plan, observed=obs)
+    lo = observed_epsilon_lower(ledger, delta=1e-5)
+    assert 0 < lo < math.inf
+    # one step of the run without noise (the noise "not applied" bug): the record says so
+    quiet = run_zo(model, trainable_parameters(model), {"labels": torch.arange(n)}, steps=1, sample_rate=q, lr=0.1,
+                   scale=1e-3, clip=clip, noise="none", noise_scale=0.0, private=True,
+                   generator=torch.Generator().manual_seed(3), loss_fn=_zero_loss())
+    bad = observed_zo(steps[:-1] + quiet, plan)
+    assert bad["noise_scale"] == 0.0 and "none" in bad["noise"]
+    assert observed_epsilon_lower(ledger_zo(plan, observed=bad), delta=1e-5) == math.inf
+    slower = observed_zo([replace(s, sample_rate=2 * q) for s in steps], plan)
+    assert slower["sample_rate"] == 2 * q  # the rate the batches were drawn at, not the plan's
+
+
+def test_observed_laplace_lower_bound_closed_form_and_order():
+    """The observed ε of Laplace steps is a lower bound: one unsampled step has the closed form
+    ε(δ) = ε0 + 2·ln(1 − δ) (δ(ε) = 1 − e^{(ε−ε0)/2}); subsampled runs lie below the pessimistic
+    PLD and below pure composition T·ln(1 + q(e^{ε0} − 1)). Bugs caught: the pessimistic
+    (upper) estimate used as a lower bound; parameter given as C/b; the sampling rate ignored."""
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+    from dp_audit.accounting import laplace_epsilon_lower, laplace_pure_epsilon
+
+    def rec(b, q, t):
+        return [{"mechanism": "subsampled_laplace", "laplace_scale": b, "sensitivity": 0.5, "sample_rate": q,
+                 "steps": t}]
+
+    assert laplace_epsilon_lower(rec(0.25, 1.0, 1), delta=1e-5) == pytest.approx(2.0 + 2 * math.log(1 - 1e-5),
+                                                                                 abs=2e-3)
+    lo = laplace_epsilon_lower(rec(0.5, 0.05, 200), delta=1e-5)  # ε0 = C/b = 1
+    hi = pld_lib.from_laplace_mechanism(1.0, sensitivity=1.0, value_discretization_interval=1e-3,
+                                        sampling_prob=0.05).self_compose(200).get_epsilon_for_delta(1e-5)
+    assert 0.9 * hi < lo < hi < laplace_pure_epsilon(epsilon_step=1.0, sample_rate=0.05, steps=200)
+    assert laplace_epsilon_lower(rec(0.0, 0.05, 10), delta=1e-5) == math.inf

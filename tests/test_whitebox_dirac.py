@@ -224,3 +224,72 @@ def test_too_many_canaries_for_the_unused_rows_is_a_usage_error():
     assert can.index.min() == 6 * 5 and can.index.max() == 20 * 5 - 1
     with pytest.raises(UsageError, match="unused coordinates"):
         DiracCanaries(slot, m=71, norm=1.0, sample_rate=0.5, seed=0)
+
+
+@pytest.mark.parametrize("norm", [0.7, 2.5])
+def test_sparse_canaries_are_clipped_and_summed_exactly_like_appended_rows(norm, monkeypatch):
+    """Many canaries (m = 10⁴ … 10⁵) are added after Opacus' clipping instead of as dense rows.
+    The released step must be the same: the same real batch, the same canaries, noise 0, once with
+    appended per-sample rows (Opacus clips them) and once sparsely; the parameters after the step
+    agree (float summation order aside), and each canary's coordinate moved by Opacus' clip factor
+    of a row of norm C times C (norm 2.5 > the optimizer's max_grad_norm 1.0: the canary is clipped
+    to 1.0, as a real example would be). Bugs caught: the sparse path skipping the clip factor
+    (a canary of norm 2.5 would move its coordinate by 2.5), adding after the noise/scaling
+    (wrong divisor), adding on every step regardless of sampling, or missing the empty batch."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    import dp_audit.trainers.dirac as dirac_mod
+
+    results = {}
+    for mode in ("dense", "sparse"):
+        monkeypatch.setattr(dirac_mod, "DENSE_LIMIT", 1 << 40 if mode == "dense" else 0)
+        model, can = _canaries(m=20, norm=norm, q=1.0)
+        torch.nn.init.constant_(model.head.weight, 0.1)
+        gsm = GradSampleModule(model.embeddings.position_embeddings, loss_reduction="sum")
+        params = [p for p in gsm.parameters()]
+        opt = DPOptimizer(torch.optim.SGD(params, lr=1.0), noise_multiplier=0.0, max_grad_norm=1.0,
+                          expected_batch_size=4, loss_reduction="sum")
+        hook = can.hook(params, torch.Generator().manual_seed(0), optimizer=opt)
+        assert can.dense() == (mode == "dense")
+        before = params[0].detach().clone()
+        for real in (True, False):  # a step with a real batch, then an empty batch (noise-only step)
+            opt.zero_grad(set_to_none=True)
+            if real:
+                out = gsm(torch.tensor([0, 1, 2, 3]))
+                (out * 3.0).sum().backward()  # per-sample norm 3·√5 > 1: clipped
+                hook(0, 4)
+            else:
+                for p in params:
+                    p.grad_sample = p.new_zeros((0, *p.shape))
+                hook(1, 0)
+            opt.step()
+        results[mode] = (before - params[0].detach(), can)  # the update (the init is not seeded)
+    (dense, can), (sparse, _) = results["dense"], results["sparse"]
+    assert torch.allclose(dense, sparse, rtol=0, atol=1e-6)
+    moved = sparse.reshape(-1)[torch.as_tensor(can.index)]
+    c = torch.tensor(norm)
+    factor = float((1.0 / (c + 1e-6)).clamp(max=1.0) * c)  # per step (loss reduction "sum": no divisor)
+    expect = torch.as_tensor(can.member, dtype=torch.float32) * 2 * factor  # members: in both steps (q = 1)
+    assert torch.allclose(moved, expect, rtol=1e-5, atol=1e-7)
+    assert float(moved.max()) <= 2 * 1.0 + 1e-6  # never more than the clip norm per step
+
+
+def test_position_table_size_gives_room_for_many_canaries_and_is_validated():
+    """``model.max_position_embeddings`` sizes the position table (room for 10⁵ canaries past
+    data.max_length) and is part of the backbone's cache key. Bugs caught: the option ignored by
+    the backbone (the table stays 64 rows: m = 10⁵ refused mid-run), a table smaller than the
+    inputs' positions accepted, two table sizes sharing one cached backbone."""
+    from dp_audit.config import DataConfig, ModelConfig, run_config_from_dict
+    from dp_audit.errors import UsageError
+    from dp_audit.trainers.backbone import backbone_key, bert_config
+
+    data = DataConfig(max_length=32)
+    big = ModelConfig(hidden_size=32, max_position_embeddings=3157)
+    assert bert_config(big, data, 100).max_position_embeddings == 3157
+    assert bert_config(ModelConfig(hidden_size=32), data, 100).max_position_embeddings == 64
+    assert (3157 - 32) * 32 >= 100_000
+    assert backbone_key(big, data, 100) != backbone_key(ModelConfig(hidden_size=32), data, 100)
+    for bad in (39, -1):
+        with pytest.raises(UsageError, match="max_position_embeddings"):
+            run_config_from_dict({"data": {"max_length": 32}, "model": {"max_position_embeddings": bad}})

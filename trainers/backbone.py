@@ -28,6 +28,8 @@ def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig, vocab_size: int =
         for k in ("backbone", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                   "pretrain_epochs", "pretrain_lr", "pretrain_seed")
     }
+    if getattr(model_cfg, "max_position_embeddings", 0):  # keys of the default table are unchanged
+        relevant["max_position_embeddings"] = model_cfg.max_position_embeddings
     return canonical_fingerprint({"model": relevant, "data": data_cfg.__dict__, "vocab": vocab_size, "v": 5})[:16]
 
 
@@ -67,7 +69,7 @@ def bert_config(model_cfg: ModelConfig, data_cfg: DataConfig, vocab_size: int):
         num_hidden_layers=model_cfg.num_layers,
         num_attention_heads=model_cfg.num_heads,
         intermediate_size=model_cfg.intermediate_size,
-        max_position_embeddings=max(64, data_cfg.max_length + 8),
+        max_position_embeddings=model_cfg.max_position_embeddings or max(64, data_cfg.max_length + 8),
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         pad_token_id=0,

@@ -12,6 +12,15 @@ appended to Opacus' per-sample gradients after the backward pass and before the 
 clipping, so the clipped sum, the noise and the accountant hook are exactly DP-SGD's: the
 canaries are examples like any other and the claim covers them unchanged. Non-members are never
 added.
+
+Many canaries (m = 10⁴ … 10⁵, issue 17 leftovers): appending one dense per-sample row per included
+canary costs k × numel floats per step (10¹⁰ at m = 10⁵), so above ``DENSE_LIMIT`` the canaries
+are added *sparsely*: Opacus' ``clip_and_accumulate`` runs on the real examples' per-sample
+gradients, then each included canary's clipped gradient is added to ``summed_grad`` on its
+coordinate, with Opacus' own clip factor ``(max_grad_norm / (‖g‖ + 1e-6)).clamp(max=1)`` computed
+from its norm ‖g‖ = C, before the noise, the scaling and the step hooks. It is the sum the dense
+path gives (up to the order of the float additions; tested), so clipping, noise and accounting
+are unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from safetensors.torch import save as save_safetensors
 
 from dp_audit import dirac
 from dp_audit.errors import UsageError
+
+DENSE_LIMIT = 1 << 24  # floats of appended per-sample canary rows per step (64 MB); above: sparse
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,8 @@ class DiracCanaries:
         free = (rows - slot.first_unused_row) * cols
         if m > free:
             raise UsageError(f"canaries.gradient = {m} needs {m} unused coordinates; {slot.name} has {free} "
-                             f"(rows {slot.first_unused_row}..{rows - 1}): lower m or data.max_length")
+                             f"(rows {slot.first_unused_row}..{rows - 1}): lower m or data.max_length, or raise "
+                             "model.max_position_embeddings")
         self.slot, self.norm, self.sample_rate, self.seed = slot, float(norm), float(sample_rate), int(seed)
         self.index = slot.first_unused_row * cols + np.arange(m, dtype=np.int64)
         self.member = dirac.membership(m, seed=seed)
@@ -89,11 +101,51 @@ class DiracCanaries:
             p.grad_sample = torch.cat([gs, rows.view(k, *p.shape)], dim=0)
         self.included += k
 
-    def hook(self, params, generator: torch.Generator):
-        """The ``after_backward(step, batch_size)`` callback of :func:`run_steps`."""
-        def after_backward(step: int, batch_size: int) -> None:
-            self.add_per_sample_gradients(params, self.draw(generator), batch_size=batch_size)
-        return after_backward
+    def dense(self) -> bool:
+        """Whether the member canaries fit as appended dense per-sample rows (``DENSE_LIMIT``)."""
+        return int(self._member_index.numel()) * int(self.slot.param.numel()) <= DENSE_LIMIT
+
+    def hook(self, params, generator: torch.Generator, optimizer=None):
+        """The ``after_backward(step, batch_size)`` callback of :func:`run_steps`. With
+        ``optimizer`` (the DPOptimizer) and more canaries than ``DENSE_LIMIT`` allows, the
+        canaries are added sparsely after Opacus' clipping (module docstring)."""
+        if optimizer is None or self.dense():
+            def after_backward(step: int, batch_size: int) -> None:
+                self.add_per_sample_gradients(params, self.draw(generator), batch_size=batch_size)
+            return after_backward
+        self.attach_sparse(optimizer)
+
+        def after_backward_sparse(step: int, batch_size: int) -> None:
+            self._pending = self.draw(generator)
+            self.included += int(self._pending.numel())
+        return after_backward_sparse
+
+    def clipped_contribution(self, optimizer, idx: torch.Tensor) -> torch.Tensor:
+        """Σ over the canaries ``idx`` of their clipped per-sample gradients, shaped like the slot's
+        parameter: Opacus' clip factor of a row of norm C, times C, on each canary's coordinate."""
+        p = self.slot.param
+        norm = torch.tensor(self.norm, dtype=p.dtype)  # the per-sample norm of C·e_i (one non-zero entry)
+        factor = (optimizer.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)  # Opacus' expression
+        out = torch.zeros(p.numel(), dtype=p.dtype)
+        out.index_add_(0, idx.to(torch.long), (factor * norm).expand(int(idx.numel())).to(p.dtype))
+        return out.view_as(p)
+
+    def attach_sparse(self, optimizer) -> None:
+        """Wrap the DPOptimizer's ``clip_and_accumulate``: the real examples are clipped and summed
+        by Opacus, then the pending canaries' clipped gradients are added to ``summed_grad``."""
+        inner = optimizer.clip_and_accumulate
+        self._pending = None
+
+        def clip_and_accumulate() -> None:
+            inner()
+            idx, self._pending = self._pending, None
+            if idx is None or idx.numel() == 0:
+                return
+            p = self.slot.param
+            add = self.clipped_contribution(optimizer, idx).to(p.device)
+            p.summed_grad = add if p.summed_grad is None else p.summed_grad + add
+
+        optimizer.clip_and_accumulate = clip_and_accumulate
 
     def files(self) -> dict[str, bytes]:
         """The run-directory artifacts: the record and w_0 (both hashed by the manifest)."""

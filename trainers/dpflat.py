@@ -38,7 +38,7 @@ from dp_audit.trainers.dpflat_prefix import PrefixHook, layout_of, prefix_weight
 from dp_audit.trainers.dpflat_sparse import select_layers
 from dp_audit.trainers.dpsgd import (claim_for, gaussian_epsilon, ledger_for, make_private, observed_mechanism, plan,
                                      run_steps, unwrap)
-from dp_audit.trainers.dpzo import claim_zo, ledger_zo, plan_zo, train_dpzo, zo_metrics
+from dp_audit.trainers.dpzo import claim_zo, ledger_zo, observed_zo, plan_zo, train_dpzo, zo_metrics
 from dp_audit.trainers.modeling import Batch, subset, trainable_parameters
 from dp_audit.trainers.nondp import fit_nonprivate
 from dp_audit.trainers.zo import cross_entropy_each, run_zo
@@ -414,7 +414,8 @@ def _fit_blackbox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
     if source == "public":  # the reference's training loss on private data is not released
         reference["reference_final_loss"] = zo_metrics(np_steps)["final_train_loss"]
     return TrainResult(
-        model=model, ledger=ledger_zo(zplan, component="dpflat-blackbox", unaccounted=unacc),
+        model=model, ledger=ledger_zo(zplan, component="dpflat-blackbox", unaccounted=unacc,
+                                      observed=observed_zo(steps, zplan)),
         claim=claim_zo(zplan, cfg, unaccounted=unacc), metrics={"steps": stats.pop("steps")}, private_metrics=stats,
         extra={"dpzo": {**asdict(zplan), "noise_scale": zplan.noise_scale},
                "dpflat": {"blackbox": True, "modes": {"distill": f.distill_mode},

@@ -288,7 +288,8 @@ class DPSGDTrainer:
         canaries = dirac_canaries(model, cfg, setup)  # None unless canaries.gradient > 0; reads w_0 first
         gsm, optimizer, loader = make_private(model, prep, cfg, setup, generator=generator)
         hook = None if canaries is None else canaries.hook(_dp_optimizer(optimizer).params,
-                                                           loader.batch_sampler.generator)
+                                                           loader.batch_sampler.generator,
+                                                           optimizer=_dp_optimizer(optimizer))
         losses = run_steps(gsm, optimizer, loader, setup, cfg=cfg, desc=f"DP-SGD (σ={setup.noise_multiplier:.2f})",
                            after_backward=hook)
         # an injected bug is not listed as unaccounted: the ledger says what the buggy pipeline believes

@@ -76,7 +76,42 @@ def plan_zo(cfg: RunConfig, n: int) -> ZOPlan:
     return ZOPlan(**common, noise_multiplier=float(sigma))
 
 
-def ledger_zo(plan: ZOPlan, *, component: str = "dpzo", unaccounted: list[dict[str, Any]] | None = None) -> dict:
+def observed_zo(steps: list[ZOStep], plan: ZOPlan) -> dict[str, Any]:
+    """The mechanism as run, read back from the steps taken (the DP-ZO counterpart of DP-SGD's
+    :func:`~dp_audit.trainers.dpsgd.observed_mechanism`): ``steps`` taken (noise-only steps on
+    empty batches included, also counted as ``empty_batch_steps``), ``planned_steps``, the Poisson
+    rate the batches were drawn at, the clip bound and the noise each step drew. Where steps
+    differ, the record keeps the least private-looking value (the smallest rate, the largest noise,
+    the largest clip as sensitivity), so the ε computed from it stays a lower bound of the run's;
+    a step without noise makes the noise scale 0 (ε = ∞). Gaussian: ``noise_multiplier`` = noise
+    std / C; Laplace: ``laplace_scale`` b and ``epsilon_step`` = C / b (absent when b = 0)."""
+    kinds = sorted({s.noise for s in steps})
+    noisy = [s.noise_scale for s in steps if s.noise != "none"]
+    scale = 0.0 if (not steps or len(noisy) < len(steps)) else max(noisy)
+    clips = [s.clip for s in steps if s.clip is not None]
+    clip = max(clips) if clips and len(clips) == len(steps) else float(plan.clip)
+    rates = [s.sample_rate for s in steps if s.sample_rate is not None]
+    rec: dict[str, Any] = {
+        "steps": len(steps), "planned_steps": int(plan.steps),
+        "empty_batch_steps": sum(1 for s in steps if s.batch_size == 0),
+        "sample_rate": min(rates) if rates else float(plan.sample_rate),
+        "noise": "+".join(kinds) if kinds else "none", "noise_scale": scale,
+        "noise_scale_min": min(noisy) if noisy and len(noisy) == len(steps) else 0.0,
+        "sensitivity": clip,
+        "expected_batch_size": max((s.normaliser for s in steps if s.normaliser is not None), default=0.0),
+        "source": "trainers/zo.py: the steps DP-ZO took (rate, clip and noise each step used)"}
+    if plan.noise == "gaussian":
+        rec["noise_multiplier"] = scale / clip if clip > 0 else 0.0
+        rec["max_grad_norm"] = clip
+    else:
+        rec["laplace_scale"] = scale
+        if scale > 0:
+            rec["epsilon_step"] = clip / scale
+    return rec
+
+
+def ledger_zo(plan: ZOPlan, *, component: str = "dpzo", unaccounted: list[dict[str, Any]] | None = None,
+              observed: dict[str, Any] | None = None) -> dict:
     if plan.noise == "gaussian":
         ev = {"mechanism": "subsampled_gaussian", "component": component, "noise_multiplier": plan.noise_multiplier,
               "sample_rate": plan.sample_rate, "steps": plan.steps, "sensitivity": plan.clip}
@@ -84,6 +119,8 @@ def ledger_zo(plan: ZOPlan, *, component: str = "dpzo", unaccounted: list[dict[s
         ev = {"mechanism": "subsampled_laplace", "component": component, "epsilon_step": plan.epsilon_step,
               "sample_rate": plan.sample_rate, "steps": plan.steps, "sensitivity": plan.clip,
               "laplace_scale": plan.noise_scale}
+    if observed is not None:
+        ev["observed"] = observed
     return {"events": [ev], "unaccounted": list(unaccounted or []),
             "noise": noise_record(reproducible=plan.reproducible_noise)}
 
@@ -137,11 +174,13 @@ class DPZOTrainer:
         steps = train_dpzo(model, prep, plan, generator=generator,
                            desc=f"DP-ZO ({plan.noise}, noise scale {plan.noise_scale:.3g})")
         stats = zo_metrics(steps)
-        return TrainResult(model=model, ledger=ledger_zo(plan), claim=claim_zo(plan, cfg),
+        return TrainResult(model=model, ledger=ledger_zo(plan, observed=observed_zo(steps, plan)),
+                           claim=claim_zo(plan, cfg),
                            metrics={"steps": stats.pop("steps")}, private_metrics=stats,
                            extra={"dpzo": {**asdict(plan), "noise_scale": plan.noise_scale,
                                            "neighbouring": "add/remove one example (sensitivity C)",
                                            "restore": cfg.dpzo.restore}})
 
 
-__all__ = ["DPZOTrainer", "ZOPlan", "claim_zo", "laplace_epsilon_step", "ledger_zo", "plan_zo", "train_dpzo"]
+__all__ = ["DPZOTrainer", "ZOPlan", "claim_zo", "laplace_epsilon_step", "ledger_zo", "observed_zo", "plan_zo",
+           "train_dpzo"]

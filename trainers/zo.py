@@ -14,6 +14,7 @@ bit-exactly (costs one extra copy of the trainable parameters, nothing for z).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -109,6 +110,12 @@ class ZOStep:
     gradient: float  # the released scalar g (noisy, divided by the normaliser)
     loss: float  # mean of (ℓ+ + ℓ−)/2 over the batch (nan for an empty batch)
     clipped_fraction: float
+    # the mechanism as run (the ledger's ``observed`` record of DP-ZO, trainers/dpzo.py):
+    noise: str = "none"  # the noise kind the step drew
+    noise_scale: float = 0.0  # std (gaussian) or scale b (laplace) it was drawn with (0 for none)
+    clip: float | None = None  # the clip bound C applied to the scalars (None: no clipping)
+    normaliser: float | None = None  # what the noisy sum was divided by
+    sample_rate: float | None = None  # the Poisson rate its batch was drawn at (run_zo)
 
 
 def zo_step(model, params: Sequence[torch.Tensor], data: Batch, *, seed: int, scale: float, lr: float,
@@ -135,7 +142,10 @@ def zo_step(model, params: Sequence[torch.Tensor], data: Batch, *, seed: int, sc
     denom = normaliser if normaliser is not None else max(n, 1)
     g = total / denom
     perturb_(params, seed=seed, scale=-lr * g)
-    return ZOStep(seed=seed, batch_size=n, gradient=g, loss=loss, clipped_fraction=frac)
+    drew = noise if (noise != "none" and noise_scale != 0) else "none"
+    return ZOStep(seed=seed, batch_size=n, gradient=g, loss=loss, clipped_fraction=frac, noise=drew,
+                  noise_scale=float(noise_scale) if drew != "none" else 0.0,
+                  clip=None if clip is None else float(clip), normaliser=float(denom))
 
 
 def draw_seed(generator: torch.Generator) -> int:
@@ -166,9 +176,10 @@ def run_zo(model, params: Sequence[torch.Tensor], data: Batch, *, steps: int, sa
     for _ in range(steps):
         idx = poisson_indices(n, sample_rate, generator=sampling_generator or generator)
         seed = draw_seed(generator)
-        out.append(zo_step(model, params, subset(data, idx), seed=seed, scale=scale, lr=lr, clip=clip, noise=noise,
-                           noise_scale=noise_scale, normaliser=sample_rate * n if private else None,
-                           generator=noise_generator, loss_fn=loss_fn, restore=restore, chunk=chunk))
+        st = zo_step(model, params, subset(data, idx), seed=seed, scale=scale, lr=lr, clip=clip, noise=noise,
+                     noise_scale=noise_scale, normaliser=sample_rate * n if private else None,
+                     generator=noise_generator, loss_fn=loss_fn, restore=restore, chunk=chunk)
+        out.append(dataclasses.replace(st, sample_rate=float(sample_rate)))
         bar.update(1)
         if not private and not math.isnan(out[-1].loss):  # DP: a private batch's loss, no noise: not shown
             bar.set_postfix(loss=f"{out[-1].loss:.3f}")

@@ -11,6 +11,15 @@ for the built-in constructions).
 The claim is per step. ``claim_mu`` declares the step μ-GDP (a Gaussian mechanism, e.g. DP-SGD
 without subsampling: μ = 1/σ); then ``claim_epsilon`` must be that μ's ε at ``delta``
 (:func:`gaussian_claim` builds both) and the GDP bound is counted next to Clopper-Pearson.
+k-step audits (``step_audit(..., steps=k)``) run k consecutive steps per trial: the state
+evolves by ``advance(state, release) -> state`` (required for k > 1), the canary is in the batch
+at every step, and the trial's release is the **sum of the k releases** (for a parameter update:
+final minus initial parameters). ``batched_steps_fn(state, batch, generator, n, k)`` (optional)
+returns n such sums at once, with the distribution of n unbatched k-step trials. The claim of k
+steps is composed from the per-step one (:mod:`dp_audit.stepaudit.compose`): √k·μ under
+``claim_mu``, the PLD of k Laplace mechanisms under ``laplace_epsilon`` (a pure ε0-DP Laplace step,
+``claim_epsilon`` = ε0).
+
 No torch import here: the core package stays torch-free at import time (DESIGN.md §1).
 """
 
@@ -25,6 +34,8 @@ from dp_audit.estimate.gdp_math import gdp_epsilon
 
 StepFn = Callable[[Any, Any, Any], Any]
 BatchedStepFn = Callable[[Any, Any, Any, int], Any]
+AdvanceFn = Callable[[Any, Any], Any]
+BatchedStepsFn = Callable[[Any, Any, Any, int, int], Any]
 Statistic = Callable[[Any], Any]
 
 _CLAIM_RTOL = 1e-6
@@ -46,6 +57,9 @@ class Construction:
     claim_mu: float | None = None
     batched_step_fn: BatchedStepFn | None = None
     info: dict[str, Any] | None = None  # JSON-able facts about the construction (recorded in the output)
+    advance: AdvanceFn | None = None  # state after a step that released ``release`` (k-step audits)
+    laplace_epsilon: float | None = None  # the step is a Laplace mechanism, pure ε0-DP (composable by PLD)
+    batched_steps_fn: BatchedStepsFn | None = None  # n k-step sums at once (optional)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -53,8 +67,9 @@ class Construction:
         for what in ("step_fn", "statistic"):
             if not callable(getattr(self, what)):
                 raise UsageError(f"construction {self.name!r}: {what} must be callable")
-        if self.batched_step_fn is not None and not callable(self.batched_step_fn):
-            raise UsageError(f"construction {self.name!r}: batched_step_fn must be callable or None")
+        for what in ("batched_step_fn", "advance", "batched_steps_fn"):
+            if getattr(self, what) is not None and not callable(getattr(self, what)):
+                raise UsageError(f"construction {self.name!r}: {what} must be callable or None")
         if not 0 < self.delta < 1:
             raise UsageError(f"construction {self.name!r}: delta must be in (0, 1), got {self.delta!r}")
         if not (self.claim_epsilon >= 0):
@@ -66,6 +81,14 @@ class Construction:
             if abs(implied - self.claim_epsilon) > _CLAIM_RTOL * max(1.0, implied):
                 raise UsageError(f"construction {self.name!r}: claim_epsilon {self.claim_epsilon:g} is not the ε of "
                                  f"{self.claim_mu:g}-GDP at δ={self.delta:g} ({implied:g}); use gaussian_claim()")
+        if self.laplace_epsilon is not None:
+            eps0 = self.laplace_epsilon
+            if self.claim_mu is not None or not (isinstance(eps0, (int, float)) and eps0 > 0 and math.isfinite(eps0)):
+                raise UsageError(f"construction {self.name!r}: laplace_epsilon must be a finite number > 0, "
+                                 "and excludes claim_mu")
+            if abs(eps0 - self.claim_epsilon) > _CLAIM_RTOL * max(1.0, eps0):
+                raise UsageError(f"construction {self.name!r}: claim_epsilon {self.claim_epsilon:g} is not the "
+                                 f"Laplace step's ε0 {eps0:g}")
 
 
 def gaussian_claim(mu: float, delta: float) -> dict[str, float]:

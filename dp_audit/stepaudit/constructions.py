@@ -112,34 +112,57 @@ def gaussian_null(*, mu: float = 1.0, delta: float = DEFAULT_DELTA, dim: int = 1
 
 def _opacus_construction(name: str, description: str, model, *, state: dict, d0: list[int], d1: list[int],
                          direction: torch.Tensor, sigma: float, clip: float, delta: float, awp_mode: str | None,
-                         gamma: float, info: dict) -> Construction:
+                         gamma: float, info: dict, examples=None) -> Construction:
     from dp_audit.stepaudit.opacus_step import OpacusStep
+    from dp_audit.stepaudit.replicas import ReplicaSteps
     from dp_audit.stepaudit.toy import toy_batch
 
     runner = OpacusStep(model, noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=len(d1),
                         awp_mode=awp_mode, gamma=gamma, micro_batch=len(d1))
+    # k steps batched over replicas: plain DP-SGD only (AWP's norms would mix replicas)
+    replicas = (ReplicaSteps(examples, tokens=model.tokens, width=model.width, noise_multiplier=sigma,
+                             max_grad_norm=clip, expected_batch_size=len(d1))
+                if awp_mode is None and examples is not None else None)
     return Construction(name=name, description=description, step_fn=runner.step, state=state,
                         d0=toy_batch(model, d0), d1=toy_batch(model, d1), statistic=projection(direction),
-                        batched_step_fn=runner.batched,
+                        batched_step_fn=runner.batched, advance=runner.advance, batched_steps_fn=replicas,
                         info={**info, "sigma": sigma, "clip": clip, "batch_size_d1": len(d1), "sample_rate": 1.0,
-                              "release": "update P_after - P_before (SGD, lr 1)",
+                              "release": "update P_after - P_before (SGD, lr 1; k steps: their sum)",
                               "statistic": "projection of the release on -e0 (the canary's descent direction)"},
                         **gaussian_claim(1.0 / sigma, delta))
 
 
+def dirac_start(*, steps: int, sigma: float, clip: float, batch_size: int) -> float:
+    """Initial value of the canary coordinate P[e0] for a ``steps``-step Dirac audit (0 for one step).
+
+    The canary's raw gradient is 100·sigmoid(100·P[e0])·e0: clipped to C·e0 only while
+    P[e0] ≳ −ln(100/C)/100. Each step moves P[e0] by −C/B (the canary's descent) plus noise of std
+    σC/B, so starting at k·C/B + 10·σC√k/B + 0.1 keeps the canary clipped at every one of the k
+    steps except with probability below 10⁻²⁰: the k-step sum then differs by exactly k·C·e0
+    between the worlds, and √k/σ is tight."""
+    if steps <= 1:
+        return 0.0
+    return (steps * clip + 10.0 * sigma * clip * math.sqrt(steps)) / batch_size + 0.1
+
+
 @CONSTRUCTIONS.register("dpsgd-dirac")
 def dpsgd_dirac(*, sigma: float = 1.0, delta: float = DEFAULT_DELTA, batch_size: int = 8, dim: int = 8,
-                clip: float = 1.0) -> Construction:
+                clip: float = 1.0, steps: int = 1, start: float | None = None) -> Construction:
     """One DP-SGD step through Opacus (q = 1) with a Dirac gradient canary; μ = 1/σ is tight.
 
     D: batch_size − 1 examples with random gradients on coordinates 1..dim−1; the canary's
     gradient is 50·e0 (clipped to C·e0). Release: the update; statistic: its e0 coordinate with
-    the sign of the canary's descent. The clipped sums differ by exactly C·e0: μ = 1/σ is tight."""
+    the sign of the canary's descent. The clipped sums differ by exactly C·e0: μ = 1/σ is tight.
+    ``steps``: the number of consecutive steps the audit will run (it only chooses the state:
+    P[e0] starts at :func:`dirac_start`, or at ``start``); k steps are √k/σ-GDP, also tight."""
     from dp_audit.stepaudit.toy import ToyExample, ToyPrefixModel
 
     sigma, clip = _positive("sigma", sigma), _positive("clip", clip)
     if batch_size < 2 or dim < 2:
         raise UsageError("dpsgd-dirac needs batch_size >= 2 and dim >= 2")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UsageError(f"steps must be an integer >= 1, got {steps!r}")
+    p_e0 = dirac_start(steps=steps, sigma=sigma, clip=clip, batch_size=batch_size) if start is None else float(start)
     g = torch.Generator().manual_seed(0)  # the data set is part of the construction: fixed
     examples = [ToyExample(label=0, linear=tuple((CANARY_SCALE * _unit(dim, 0)).tolist()))]
     for _ in range(batch_size - 1):
@@ -147,34 +170,44 @@ def dpsgd_dirac(*, sigma: float = 1.0, delta: float = DEFAULT_DELTA, batch_size:
         a[0] = 0.0
         examples.append(ToyExample(label=int(torch.randint(0, 2, (1,), generator=g)), linear=tuple(a.tolist())))
     model = ToyPrefixModel(examples, tokens=1, width=dim)
-    state = {"prefix": torch.zeros(1, dim), "previous_release": None}
+    prefix = torch.zeros(1, dim)
+    prefix[0, 0] = p_e0
+    state = {"prefix": prefix, "previous_release": None}
     ids = list(range(batch_size))
+    info = {"trainer": "dpsgd", "canary": "dirac (gradient on e0 only)"}
+    if p_e0 != 0.0:
+        info["start_e0"] = p_e0
     return _opacus_construction(
         "dpsgd-dirac", f"DP-SGD step (Opacus, q=1, σ={sigma:g}, C={clip:g}) with a Dirac gradient canary",
         model, state=state, d0=ids[1:], d1=ids, direction=-_unit(dim, 0), sigma=sigma, clip=clip, delta=delta,
-        awp_mode=None, gamma=0.0, info={"trainer": "dpsgd", "canary": "dirac (gradient on e0 only)"})
+        awp_mode=None, gamma=0.0, info=info, examples=examples)
 
 
-def _awp_examples(batch_size: int, dim: int):
+def _awp_examples(batch_size: int, dim: int, *, kink_label: int = 0):
     from dp_audit.stepaudit.toy import ToyExample
 
     e0 = tuple(_unit(dim, 0).tolist())
     canary = ToyExample(label=0, linear=tuple((CANARY_SCALE * _unit(dim, 0)).tolist()))
     decoy = ToyExample(label=1, linear=tuple((DECOY_SCALE * _unit(dim, 0)).tolist()))
     # label 0: a kink example's gradient is +c·sign(⟨e0, p⟩)·e0/2, along the canary's on the side the
-    # canary pushes v to, against it on the other side
-    kinks = [ToyExample(label=0, kink=KINK_SCALE, kink_dir=e0, kink_at=0.0) for _ in range(batch_size - 2)]
+    # canary pushes v to, against it on the other side; its descent pulls P back to the kink.
+    # label 1 (k-step audits): the gradient is −c·sign(⟨e0, p⟩)·e0/2, its descent pushes P away
+    # from the kink, so the side v chose in the first step is kept (and amplified) in later steps
+    kinks = [ToyExample(label=kink_label, kink=KINK_SCALE, kink_dir=e0, kink_at=0.0) for _ in range(batch_size - 2)]
     return [canary, decoy, *kinks]
 
 
 def _dpflat(mode: str, *, sigma: float, delta: float, batch_size: int, dim: int, clip: float,
-            gamma: float) -> Construction:
+            gamma: float, steps: int = 1) -> Construction:
     from dp_audit.stepaudit.toy import ToyPrefixModel
 
     sigma, clip, gamma = _positive("sigma", sigma), _positive("clip", clip), _positive("gamma", gamma)
     if batch_size < 3 or dim < 2:
         raise UsageError("dpflat constructions need batch_size >= 3 and dim >= 2")
-    model = ToyPrefixModel(_awp_examples(batch_size, dim), tokens=1, width=dim)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UsageError(f"steps must be an integer >= 1, got {steps!r}")
+    kink_label = 0 if steps == 1 else 1
+    model = ToyPrefixModel(_awp_examples(batch_size, dim, kink_label=kink_label), tokens=1, width=dim)
     # P0 = e1: ‖P0‖ = 1, every example sits on its kink (⟨e0, P0⟩ = 0), so v = ±γ e0 decides
     # the side; DP-SAT's previous release points along +e0 (a public, data-independent choice)
     state = {"prefix": _unit(dim, 1).view(1, dim),
@@ -185,6 +218,7 @@ def _dpflat(mode: str, *, sigma: float, delta: float, batch_size: int, dim: int,
     desc = (f"DP-Flat step, AWP mode {mode} (γ={gamma:g}), Opacus q=1, σ={sigma:g}, C={clip:g}: canary with a "
             f"dominant raw gradient, a decoy, and {k} examples whose clipped gradient flips with v")
     info = {"trainer": "dpflat", "awp_mode": mode, "gamma": gamma, "kink_examples": k,
+            **({} if steps == 1 else {"kink_label": 1, "built_for_steps": steps}),
             "expected_sensitivity": expected, "claimed_sensitivity": clip,
             "canary": "raw gradient 50*e0, in the micro-batch (the whole batch)"}
     return _opacus_construction(f"dpflat-awp-{mode}", desc, model, state=state, d0=ids[1:], d1=ids,
@@ -194,11 +228,13 @@ def _dpflat(mode: str, *, sigma: float, delta: float, batch_size: int, dim: int,
 
 def _register_dpflat(mode: str) -> None:
     def builder(*, sigma: float = 1.0, delta: float = DEFAULT_DELTA, batch_size: int = 8, dim: int = 8,
-                clip: float = 1.0, gamma: float = 1e-4) -> Construction:
-        return _dpflat(mode, sigma=sigma, delta=delta, batch_size=batch_size, dim=dim, clip=clip, gamma=gamma)
+                clip: float = 1.0, gamma: float = 1e-4, steps: int = 1) -> Construction:
+        return _dpflat(mode, sigma=sigma, delta=delta, batch_size=batch_size, dim=dim, clip=clip, gamma=gamma,
+                       steps=steps)
 
     builder.__name__ = f"dpflat_awp_{mode.replace('-', '_')}"
-    builder.__doc__ = f"One DP-Flat step with AWP in mode {mode!r} (see _dpflat and docs/awp-leak.md)."
+    builder.__doc__ = (f"One DP-Flat step with AWP in mode {mode!r} (see _dpflat and docs/awp-leak.md); "
+                       "steps > 1: kink examples that keep the side v chose")
     CONSTRUCTIONS.register(f"dpflat-awp-{mode}")(builder)
 
 
@@ -215,7 +251,7 @@ ZO_SEED = 20240107  # the step's public seed (fixed by the auditor's choice of s
 def _dpzo(noise: str, *, sigma: float, epsilon_step: float, delta: float, clip: float, dim: int,
           others: int) -> Construction:
     from dp_audit.stepaudit.toy import ToyExample, ToyPrefixModel, toy_batch
-    from dp_audit.trainers.zo import sample_noise, spsa, zo_step
+    from dp_audit.trainers.zo import perturb_, sample_noise, spsa, zo_step
 
     clip = _positive("clip", clip)
     scale = 1e-3  # SPSA perturbation λ
@@ -238,7 +274,16 @@ def _dpzo(noise: str, *, sigma: float, epsilon_step: float, delta: float, clip: 
     else:
         epsilon_step = _positive("epsilon_step", epsilon_step)
         noise_scale = clip / epsilon_step
-        claim = {"claim_epsilon": epsilon_step, "delta": float(delta), "claim_mu": None}
+        claim = {"claim_epsilon": epsilon_step, "delta": float(delta), "claim_mu": None,
+                 "laplace_epsilon": epsilon_step}
+
+    def advance(state, release):
+        # θ ← θ − lr·g·z(seed), as zo_step updates it; the public seed stays the auditor's (DP-ZO's
+        # guarantee holds for every seed sequence, so conditioning on a fixed one is a valid audit)
+        with torch.no_grad():
+            model.prefix.copy_(state["theta"])
+        perturb_(params, seed=state["seed"], scale=-1e-3 * float(release[0]))
+        return {"theta": model.prefix.detach().clone(), "seed": state["seed"]}
 
     def step(state, batch, generator):
         with torch.no_grad():
@@ -264,9 +309,9 @@ def _dpzo(noise: str, *, sigma: float, epsilon_step: float, delta: float, clip: 
         name=f"dpzo-{noise}", description=f"DP-ZO step (trainers/zo.py zo_step, {what}, C={clip:g}, q=1) with a "
         f"canary whose SPSA scalar is clipped to {sign * clip:+g}", step_fn=step,
         state={"theta": theta0, "seed": ZO_SEED}, d0=toy_batch(model, ids[1:]), d1=toy_batch(model, ids),
-        statistic=statistic, batched_step_fn=batched,
+        statistic=statistic, batched_step_fn=batched, advance=advance,
         info={"trainer": "dpzo", "noise": noise, "noise_scale": noise_scale, "clip": clip, "canary_rho": rho,
-              "public_seed": ZO_SEED, "normaliser": normaliser, "release": "the scalar g",
+              "public_seed": ZO_SEED, "normaliser": normaliser, "release": "the scalar g (k steps: their sum)",
               "statistic": "g times the sign of the canary's clipped SPSA scalar"},
         **claim)
 

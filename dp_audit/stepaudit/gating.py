@@ -4,7 +4,9 @@ The gate does not trust the stored verdict: it verifies every hash, then recompu
 bound from ``trials.npz`` at the policy's α (split over the counted estimators: Clopper-Pearson
 always, GDP only under the per-step μ-GDP claim the audit recorded), with the audit's own threshold
 procedure (the calibration split, or Bonferroni over both orientations), and compares the largest
-with the per-step claim plus the policy's tolerance.
+with the per-step claim plus the policy's tolerance. For a k-step audit the claim is the
+k-fold composition of the recorded per-step claim; reading the directory recomputes that
+composition (√k·μ, or the PLD of k Laplace steps) and refuses a claim that is not it (exit 3).
 """
 
 from __future__ import annotations
@@ -54,5 +56,8 @@ def evaluate_step_audit(run_dir: str | Path, policy: "GatePolicy") -> "GateResul
     manifest = load_manifest(run_dir, verify=False)
     return GateResult(verdict=verdict, estimates=estimates, policy=policy, run_id=manifest.get("run_id"),
                       claimed_delta=float(delta),
-                      warnings=("step-level audit: the claim is per step (one release of the construction "
-                                f"{res.construction!r}), not the whole run's ε",))
+                      warnings=(("step-level audit: the claim is per step (one release of the construction "
+                                 f"{res.construction!r}), not the whole run's ε",) if res.steps == 1 else
+                                (f"step-level audit of {res.steps} consecutive steps: the claim is the composition "
+                                 f"of {res.steps} per-step claims ({(res.composition or {}).get('accountant')}) "
+                                 f"of the construction {res.construction!r}, not the whole run's ε",)))

@@ -124,6 +124,15 @@ class OpacusStep:
         self.optimizer.zero_grad(set_to_none=True)
         return release
 
+    def advance(self, state: dict[str, Any], release: torch.Tensor) -> dict[str, Any]:
+        """The state after a step that released ``release`` (k-step audits): P ← P + release (lr
+        included in the release); DP-SAT's previous release ← this step's noisy gradient
+        (−release/lr: the SGD step was P ← P − lr·g). Other modes keep no previous release."""
+        p0 = state["prefix"]
+        update = release.detach().to(p0.dtype).view_as(p0)
+        prev = (-update / self.lr).clone() if self.awp_mode == "dpsat" else None
+        return {"prefix": (p0 + update).detach(), "previous_release": prev}
+
     def noise_scale(self) -> float:
         """Std of the noise on one coordinate of the release: lr·σC / expected batch size."""
         o = self.optimizer

@@ -65,9 +65,9 @@ def _write_files(res: StepAuditResult, out: Path, config: Mapping[str, Any] | No
     atomic_write_json(out / RESULT, res.to_dict())
     cfg = {"construction": res.construction, "trials": res.trials, "alpha": res.alpha, "delta": res.delta,
            "threshold": res.threshold, "calibration_per_side": res.calibration_trials,
-           "construction_info": res.info, **dict(config or {})}
-    claim = {"epsilon": res.claim_epsilon, "delta": res.delta, "mu": res.claim_mu, "per": "step",
-             "accountant": "gdp" if res.claim_mu is not None else "construction"}
+           "construction_info": res.info, "steps": res.steps, **dict(config or {})}
+    claim = {**res.claim_dict(), "accountant": "gdp" if res.claim_mu is not None else
+             ("pld" if res.steps > 1 else "construction")}
     write_manifest(out, kind=KIND, config=cfg, seeds={"seed": res.seed}, claim=claim, artifacts=[TRIALS, RESULT],
                    run_id=run_id or new_run_id(name))
 
@@ -119,6 +119,8 @@ def check_consistent(res: StepAuditResult, *, where: str) -> None:
             implied = gdp_epsilon(delta, float(res.claim_mu))
             if abs(implied - claim) > 1e-6 * max(1.0, implied):
                 raise bad(f"claim ε {claim:g} is not the ε of μ={res.claim_mu:g} at δ={delta:g}")
+        if int(res.steps) != 1 or res.composition is not None:
+            _check_composition(res, bad)
         methods = ("clopper-pearson", "gdp") if res.claim_mu is not None else ("clopper-pearson",)
         if tuple(e.method for e in res.estimates) != methods:
             raise bad(f"estimators {[e.method for e in res.estimates]}, the claim counts {list(methods)}")
@@ -139,8 +141,27 @@ def check_consistent(res: StepAuditResult, *, where: str) -> None:
             raise bad(f"eps_lb/refuted/verdict do not follow from the bounds (ε_LB {eps_lb:g}, claim {claim:g})")
     except IntegrityError:
         raise
-    except (UsageError, TypeError, ValueError) as exc:
+    except (UsageError, TypeError, ValueError, KeyError) as exc:
         raise bad(str(exc)) from None
+
+
+def _check_composition(res: StepAuditResult, bad) -> None:
+    """A k-step claim is the composition of the recorded per-step claim (recomputed here): a
+    k-step audit tested against a per-step claim, or against a composition for another k, is an
+    inconsistent result."""
+    from dp_audit.stepaudit.compose import compose_claim
+
+    comp = res.composition or {}
+    per = comp.get("per_step") or {}
+    if int(res.steps) < 2 or int(comp.get("steps", -1)) != int(res.steps):
+        raise bad(f"steps {res.steps} and its composition record disagree")
+    again = compose_claim(epsilon=float(per["epsilon"]), delta=float(res.delta), mu=per.get("mu"),
+                          laplace_epsilon=per.get("laplace_epsilon"), steps=int(res.steps))
+    if not np.isclose(again.epsilon, float(res.claim_epsilon), rtol=1e-9) or \
+            (again.mu is None) != (res.claim_mu is None) or \
+            (again.mu is not None and not np.isclose(again.mu, float(res.claim_mu), rtol=1e-12)):
+        raise bad(f"the claim (ε {res.claim_epsilon:g}, μ {res.claim_mu}) is not the composition of "
+                  f"{res.steps} steps of the per-step claim (ε {again.epsilon:g}, μ {again.mu})")
 
 
 __all__ = ["RESULT", "TRIALS", "check_consistent", "check_out", "read_step_audit", "write_step_audit"]

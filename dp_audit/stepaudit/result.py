@@ -39,6 +39,8 @@ class StepAuditResult:
     info: dict[str, Any] = field(default_factory=dict)
     scores_d0: np.ndarray = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
     scores_d1: np.ndarray = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+    steps: int = 1  # consecutive steps per trial; the claim is their composition
+    composition: dict[str, Any] | None = None  # k > 1: per-step claim, accountant (compose.ComposedClaim.to_dict)
 
     @property
     def eps_lb_by_method(self) -> dict[str, float]:
@@ -48,6 +50,16 @@ class StepAuditResult:
     def tightness(self) -> float:
         """ε_LB / claimed ε (the audit's power when the claim is the true ε)."""
         return self.eps_lb / self.claim_epsilon if self.claim_epsilon > 0 else float("nan")
+
+    def claim_dict(self) -> dict[str, Any]:
+        """The claim as step_audit.json and manifest.json record it: per step (k = 1, the
+        single-step format), or the composition of ``steps`` steps with the per-step claim."""
+        c = {"epsilon": self.claim_epsilon, "delta": self.delta, "mu": self.claim_mu, "per": "step"}
+        if self.steps > 1:
+            comp = dict(self.composition or {})
+            c.update(per=f"{self.steps} steps", steps=self.steps, per_step=comp.get("per_step"),
+                     composition=comp.get("accountant"), pld_epsilon=comp.get("pld_epsilon"))
+        return c
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,7 +73,7 @@ class StepAuditResult:
             "alpha": self.alpha,
             "delta": self.delta,
             "seed": self.seed,
-            "claim": {"epsilon": self.claim_epsilon, "delta": self.delta, "mu": self.claim_mu, "per": "step"},
+            "claim": self.claim_dict(),
             "estimates": [e.to_dict() for e in self.estimates],
             "eps_lb": self.eps_lb,
             "refuted": self.refuted,
@@ -78,10 +90,18 @@ class StepAuditResult:
                    claim_epsilon=data["claim"]["epsilon"], claim_mu=data["claim"].get("mu"),
                    estimates=tuple(EpsilonEstimate.from_dict(e) for e in data["estimates"]),
                    eps_lb=data["eps_lb"], refuted=data["refuted"], verdict=Verdict.from_dict(data["verdict"]),
-                   timings=data.get("timings", {}), info=c.get("info") or {})
+                   timings=data.get("timings", {}), info=c.get("info") or {}, **_steps_of(data["claim"]))
 
     def with_scores(self, d0: np.ndarray, d1: np.ndarray) -> "StepAuditResult":
         return dataclasses.replace(self, scores_d0=d0, scores_d1=d1)
+
+
+def _steps_of(claim: dict[str, Any]) -> dict[str, Any]:
+    steps = claim.get("steps", 1)
+    if steps == 1:
+        return {"steps": 1, "composition": None}
+    return {"steps": steps, "composition": {"steps": steps, "accountant": claim.get("composition"),
+                                            "per_step": claim.get("per_step"), "pld_epsilon": claim.get("pld_epsilon")}}
 
 
 def summary_line(res: StepAuditResult) -> str:
@@ -96,7 +116,8 @@ def summary_line(res: StepAuditResult) -> str:
 
     per = ", ".join(f"{e.method} {e.epsilon_lb:.3f}{tag(e)}" for e in res.estimates)
     word = "REFUTED" if res.refuted else "not refuted"
-    line = (f"{res.construction}: per-step claim ε={res.claim_epsilon:.3f} (δ={res.delta:g}"
+    what = "per-step claim" if res.steps == 1 else f"claim of {res.steps} composed steps"
+    line = (f"{res.construction}: {what} ε={res.claim_epsilon:.3f} (δ={res.delta:g}"
             + (f", μ={res.claim_mu:.3g}" if res.claim_mu is not None else "")
             + f"); ε_LB = {res.eps_lb:.3f} at {100 * (1 - res.alpha):g}% ({per}); {res.trials} trials per side; {word}")
     best = max(res.estimates, key=lambda e: e.epsilon_lb, default=None)

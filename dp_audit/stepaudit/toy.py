@@ -15,6 +15,12 @@ flattened prefix copy, its logit is
 The linear part gives a constant-direction gradient (a "gradient canary"); the kink part gives a
 gradient ±c·w/2 whose sign flips when p crosses the hyperplane ⟨w, p⟩ = t: an example whose clipped
 gradient changes sign under a tiny perturbation of P (what AWP's v is).
+
+``replicas = n`` > 1 stacks n independent copies of P (rows r·T … r·T + T − 1 of the embedding are
+replica r's P); an example of replica r carries r in ``position_ids[:, 0]``. An example's gradient
+then lies on its replica's rows only, so Opacus' per-example clipping, its noise (independent on
+every entry) and SGD act on each replica exactly as on a model of its own: n DP-SGD steps in one
+(see :mod:`dp_audit.stepaudit.replicas`).
 """
 
 from __future__ import annotations
@@ -55,11 +61,11 @@ class ToyPrefixEncoder(torch.nn.Module):
 class ToyPrefixModel(torch.nn.Module):
     """See the module docstring. ``examples`` fixes the data the ids refer to."""
 
-    def __init__(self, examples: Sequence[ToyExample], *, tokens: int = 1, width: int = 8):
+    def __init__(self, examples: Sequence[ToyExample], *, tokens: int = 1, width: int = 8, replicas: int = 1):
         super().__init__()
         dim = tokens * width
-        self.tokens, self.width = tokens, width
-        self.prompt_encoder = torch.nn.ModuleDict({"default": ToyPrefixEncoder(tokens, width)})
+        self.tokens, self.width, self.replicas = tokens, width, int(replicas)
+        self.prompt_encoder = torch.nn.ModuleDict({"default": ToyPrefixEncoder(self.replicas * tokens, width)})
         self.active_adapter = "default"
 
         def vec(v):
@@ -83,6 +89,8 @@ class ToyPrefixModel(torch.nn.Module):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None) -> ToyOutput:
         b = input_ids.shape[0]
         tok = torch.arange(self.tokens, device=input_ids.device).unsqueeze(0).expand(b, self.tokens)
+        if self.replicas > 1:
+            tok = tok + self.tokens * position_ids[:, :1]
         p = self.prompt_encoder[self.active_adapter](tok).reshape(b, -1)
         i = input_ids[:, 0]
         z = (self.linear[i] * p).sum(1) + self.kink[i] * ((self.kink_dir[i] * p).sum(1) - self.kink_at[i]).abs()

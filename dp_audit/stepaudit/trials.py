@@ -76,10 +76,32 @@ def _chunk_releases(cons: Construction, batch, generator, n: int, batched: bool)
     return torch.stack(rows)
 
 
+def _k_step_releases(cons: Construction, batch, generator, n: int, steps: int, batched: bool, bar):
+    import torch
+
+    if batched:
+        out = _as_2d(cons.batched_steps_fn(cons.state, batch, generator, n, steps), n, cons.name)
+        bar.update(n)
+        return out
+    rows = []
+    for _ in range(n):
+        state, total = cons.state, None
+        for _ in range(steps):
+            r = torch.as_tensor(cons.step_fn(state, batch, generator)).detach()
+            if r.dim() != 1:
+                raise UsageError(f"construction {cons.name!r}: step_fn must return a 1-D tensor, got shape "
+                                 f"{tuple(r.shape)}")
+            total = r.clone() if total is None else total + r
+            state = cons.advance(state, r)
+        rows.append(total)
+        bar.update(1)
+    return torch.stack(rows)
+
+
 def run_trials(cons: Construction, *, trials: int, seed: int, chunk: int = DEFAULT_CHUNK, progress: bool = True,
-               batched: bool | None = None) -> TrialScores:
-    """Scores of ``trials`` steps on d0 and ``trials`` on d1 (``batched`` None: use
-    ``batched_step_fn`` when the construction has one)."""
+               batched: bool | None = None, steps: int = 1) -> TrialScores:
+    """Scores of ``trials`` trials on d0 and ``trials`` on d1, each trial ``steps`` consecutive steps
+    (``batched`` None: use ``batched_step_fn`` / ``batched_steps_fn`` when the construction has one)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -87,9 +109,16 @@ def run_trials(cons: Construction, *, trials: int, seed: int, chunk: int = DEFAU
         raise UsageError(f"trials must be an integer >= 2, got {trials!r}")
     if chunk < 1:
         raise UsageError(f"chunk must be >= 1, got {chunk}")
-    use_batched = cons.batched_step_fn is not None if batched is None else bool(batched)
-    if use_batched and cons.batched_step_fn is None:
-        raise UsageError(f"construction {cons.name!r} has no batched_step_fn")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UsageError(f"steps must be an integer >= 1, got {steps!r}")
+    if steps > 1 and cons.advance is None:
+        raise UsageError(f"construction {cons.name!r} does not say how its state evolves (no advance): "
+                         "it supports single-step audits only (steps 1)")
+    fn, what = (cons.batched_step_fn, "batched_step_fn") if steps == 1 else (cons.batched_steps_fn, "batched_steps_fn")
+    use_batched = fn is not None if batched is None else bool(batched)
+    if use_batched and fn is None:
+        raise UsageError(f"construction {cons.name!r} has no {what}" + ("" if steps == 1 else
+                         f": its {steps}-step trials run unbatched (batched=False / drop --batched)"))
     sizes = [min(chunk, trials - s) for s in range(0, trials, chunk)]
     seeds = side_seeds(seed, len(sizes))
     out, secs, dim = [], [], 0
@@ -99,10 +128,13 @@ def run_trials(cons: Construction, *, trials: int, seed: int, chunk: int = DEFAU
         parts = []
         for n, s in zip(sizes, seeds[side]):
             gen = torch.Generator().manual_seed(s)
-            releases = _chunk_releases(cons, batch, gen, n, use_batched)
+            if steps == 1:
+                releases = _chunk_releases(cons, batch, gen, n, use_batched)
+                bar.update(n)
+            else:
+                releases = _k_step_releases(cons, batch, gen, n, steps, use_batched, bar)
             dim = int(releases.shape[1])
             parts.append(_score(cons, releases, n))
-            bar.update(n)
         secs.append(time.perf_counter() - t0)
         out.append(np.concatenate(parts))
     bar.close()
