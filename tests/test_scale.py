@@ -3,6 +3,7 @@ reported in one line with their log, results independent of backend and worker c
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from dp_audit.errors import EXIT_INTERNAL, UsageError
@@ -163,3 +164,59 @@ def test_reference_models_are_identical_on_any_worker_count(dp_run, tmp_path):
     pooled = _references(dp_run, tmp_path / "pooled", LOCAL2)
     assert serial == pooled
     assert len(set(serial)) == 3  # and the three models are not one model three times
+
+
+# ------------------------------------------------------------------ step-audit trial chunks as tasks
+
+def _in_process_scores(name, trials, chunk, **options):
+    import torch
+
+    from dp_audit.stepaudit.constructions import build
+    from dp_audit.stepaudit.trials import run_trials
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # what a task uses
+    try:
+        return run_trials(build(name, **options), trials=trials, seed=3, chunk=chunk, progress=False)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name, options", [("dpsgd-dirac", {}), ("dpflat-awp-paper", {}), ("dpzo-laplace", {})])
+def test_step_audit_chunks_on_the_pool_give_the_in_process_scores(name, options):
+    """Catches: a chunk task drawing from another seed than its chunk's (or the chunks reassembled
+    in completion order, or d0/d1 swapped): the scores would differ from the in-process trials."""
+    from dp_audit.stepaudit.constructions import build
+    from dp_audit.stepaudit.trials import run_trials
+
+    ref = _in_process_scores(name, 900, 256, **options)
+    got = run_trials(build(name, **options), trials=900, seed=3, chunk=256, progress=False, scale=LOCAL2)
+    assert np.array_equal(got.d0, ref.d0) and np.array_equal(got.d1, ref.d1)
+    assert got.release_dim == ref.release_dim
+
+
+def test_only_rebuildable_constructions_scale_out():
+    """Catches: a user's own step_fn (no spec) silently run elsewhere as some other construction."""
+    import dataclasses
+
+    from dp_audit.stepaudit.constructions import build
+    from dp_audit.stepaudit.trials import run_trials
+
+    cons = dataclasses.replace(build("gaussian"), spec=None)
+    with pytest.raises(UsageError, match="cannot run on a scale-out backend"):
+        run_trials(cons, trials=10, seed=0, progress=False, scale=SERIAL)
+
+
+def test_step_audit_cli_with_the_pool(tmp_path):
+    """Catches: --backend/--workers not reaching the trials, or the pooled audit writing a result
+    other than the in-process one."""
+    import json
+
+    from dp_audit.cli import main
+
+    args = ["step-audit", "--construction", "dpsgd-dirac", "--trials", "2000", "--chunk", "500", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--backend", "local", "--workers", "2"]) == 0
+    a, b = (json.loads((tmp_path / d / "step_audit.json").read_text()) for d in "ab")
+    assert a["estimates"] == b["estimates"]
+    assert main([*args, "--out", str(tmp_path / "c"), "--backend", "local", "--ray-address", "auto"]) == 2

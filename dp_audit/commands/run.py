@@ -10,7 +10,8 @@ from pathlib import Path
 from dp_audit.config import AuditConfig, from_mapping, read_toml
 from dp_audit.errors import UsageError
 from dp_audit.overrides import apply_overrides
-from dp_audit.scale.config import BACKENDS
+from dp_audit.scale.cli import add_arguments as add_scale_arguments
+from dp_audit.scale.cli import from_args as scale_from_args
 
 EPILOG = """examples:
   dp-audit run --run runs/dpsgd
@@ -65,29 +66,8 @@ def add_parser(sub) -> None:
     p.add_argument("--no-report", action="store_true", help="write audit.json only")
     p.add_argument("--overwrite", action="store_true", help="with --model: replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_scale_arguments(p)
+    add_scale_arguments(p, "reference models")
     p.set_defaults(func=run)
-
-
-def add_scale_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("scale-out of independent tasks (reference models; docs/scale-out.md)")
-    g.add_argument("--backend", choices=BACKENDS, help="local (process pool, default) | ray ([scale] backend)")
-    g.add_argument("--workers", type=int, help="worker processes, or CPUs of a local Ray (default: every core)")
-    g.add_argument("--ray-address", help="join this Ray cluster (e.g. auto or ray://head:10001); implies --backend ray")
-
-
-def with_scale_arguments(cfg: AuditConfig, args: argparse.Namespace) -> AuditConfig:
-    """[scale] of the config, overridden by --backend / --workers / --ray-address."""
-    changes = {}
-    if args.ray_address is not None:
-        changes.update(backend="ray", ray_address=args.ray_address)
-    if args.backend is not None:
-        if args.backend != "ray" and args.ray_address is not None:
-            raise UsageError("--ray-address needs --backend ray")
-        changes["backend"] = args.backend
-    if args.workers is not None:
-        changes["workers"] = args.workers
-    return dataclasses.replace(cfg, scale=dataclasses.replace(cfg.scale, **changes)) if changes else cfg
 
 
 def load_audit_config(path: Path | None, overrides: list[str]) -> AuditConfig:
@@ -98,7 +78,8 @@ def load_audit_config(path: Path | None, overrides: list[str]) -> AuditConfig:
 def run(args: argparse.Namespace) -> int:
     from dp_audit.audit import _validate_before_writing, run_audit, target_from_checkpoint, target_from_run
 
-    cfg = with_scale_arguments(load_audit_config(args.config, args.overrides), args)
+    cfg = load_audit_config(args.config, args.overrides)
+    cfg = dataclasses.replace(cfg, scale=scale_from_args(args, cfg.scale))
     _validate_before_writing(cfg)  # before --out is created (issue 13 item 9)
     if (args.run is None) == (args.model is None):
         raise UsageError("give either --run DIR or --model DIR (with --canaries, --epsilon, --delta, --out)")

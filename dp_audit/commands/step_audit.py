@@ -31,6 +31,8 @@ OPTIONS = ("sigma", "mu", "epsilon_step", "gamma", "clip", "batch_size", "lam")
 
 
 def add_parser(sub) -> None:
+    from dp_audit.scale.cli import add_arguments as add_scale_arguments
+
     p = sub.add_parser("step-audit", help="step-level audit: does one training step keep its per-step claim?",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--construction", help="a built-in construction (see --list)")
@@ -54,10 +56,14 @@ def add_parser(sub) -> None:
     p.add_argument("--unbatched", action="store_true", help="run every trial through step_fn (slow; for checks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list", action="store_true", help="list the constructions and exit")
+    add_scale_arguments(p, "trial chunks, --chunk trials each; default: in this process")
+    p.add_argument("--chunk", type=int, default=4096, help="trials per chunk (default 4096; its own seed each)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from dp_audit.scale.cli import from_args as scale_from_args
+
     import inspect
 
     from dp_audit.stepaudit import step_audit, summary_line
@@ -78,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     cons = build(args.construction, delta=args.delta, **options)
     res = step_audit(cons, trials=args.trials, alpha=args.alpha, seed=args.seed, progress=not args.no_progress,
                      threshold=args.threshold, calibration_fraction=args.calibration_fraction,
-                     batched=False if args.unbatched else None, out=args.out, steps=args.steps)
+                     batched=False if args.unbatched else None, out=args.out, steps=args.steps,
+                     chunk=args.chunk, scale=scale_from_args(args, None))
     print(summary_line(res))
     print(f"wrote {args.out}/step_audit.json, trials.npz, manifest.json")
     return EXIT_VIOLATION if res.refuted else EXIT_OK

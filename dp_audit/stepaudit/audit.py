@@ -32,7 +32,8 @@ def claim_of(cons: Construction, steps: int) -> ComposedClaim:
 def step_audit(construction: Construction, *, trials: int, alpha: float = 0.05, seed: int = 0,
                progress: bool = True, threshold: str = "calibration",
                calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION, chunk: int = DEFAULT_CHUNK,
-               batched: bool | None = None, out: str | Path | None = None, steps: int = 1) -> StepAuditResult:
+               batched: bool | None = None, out: str | Path | None = None, steps: int = 1,
+               scale=None) -> StepAuditResult:
     """Run ``trials`` trials on d0 and ``trials`` on d1 and bound ε at confidence 1 − α.
 
     A trial is one step, or ``steps`` = k consecutive steps (the state evolves, the canary is in
@@ -70,7 +71,7 @@ def step_audit(construction: Construction, *, trials: int, alpha: float = 0.05, 
 
     t0 = time.perf_counter()
     scores = run_trials(construction, trials=trials, seed=seed, chunk=chunk, progress=progress, batched=batched,
-                        steps=steps)
+                        steps=steps, scale=scale)
     t1 = time.perf_counter()
     methods = counted_methods(construction)
     a_each = alpha / len(methods)

@@ -60,6 +60,9 @@ class Construction:
     advance: AdvanceFn | None = None  # state after a step that released ``release`` (k-step audits)
     laplace_epsilon: float | None = None  # the step is a Laplace mechanism, pure ε0-DP (composable by PLD)
     batched_steps_fn: BatchedStepsFn | None = None  # n k-step sums at once (optional)
+    # how to rebuild it in another process ({'name', 'options'}; set by constructions.build for the
+    # built-in ones): what lets its trial chunks run as scale-out tasks (docs/scale-out.md)
+    spec: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

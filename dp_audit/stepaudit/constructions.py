@@ -21,7 +21,9 @@ Every builder takes keyword options (``sigma``, ``delta``, ...); the CLI passes 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import json
 import math
 from typing import Any, Callable
 
@@ -69,7 +71,12 @@ def build(name: str, **options: Any) -> Construction:
     if unknown:
         raise UsageError(f"construction {name!r} does not take option(s) {', '.join(unknown)}; "
                          f"it takes {', '.join(sorted(accepted)) or 'none'}")
-    return builder(**options)
+    cons = builder(**options)
+    try:
+        json.dumps(options, allow_nan=False)
+    except (TypeError, ValueError):  # options that are not plain data: the construction stays local
+        return cons
+    return dataclasses.replace(cons, spec={"name": name, "options": dict(options)})
 
 
 # --------------------------------------------------------------------------- references

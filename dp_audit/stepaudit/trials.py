@@ -98,10 +98,63 @@ def _k_step_releases(cons: Construction, batch, generator, n: int, steps: int, b
     return torch.stack(rows)
 
 
+_BUILT: dict[str, Construction] = {}  # per worker process: spec -> construction
+
+
+def chunk_job(name: str, options: dict, side: int, n: int, seed: int, steps: int, batched: bool) -> dict:
+    """One chunk of trials as a scale-out task (plain data in and out): rebuild the construction
+    from its spec, run ``n`` trials of ``side`` (0: d0, 1: d1) with the chunk's own seed, return the
+    scores (JSON floats round-trip exactly) and the release dimension."""
+    import json
+
+    import torch
+
+    from dp_audit.stepaudit.constructions import build
+
+    key = json.dumps([name, options], sort_keys=True)
+    if key not in _BUILT:
+        _BUILT.clear()
+        _BUILT[key] = build(name, **options)
+    cons = _BUILT[key]
+    batch = (cons.d0, cons.d1)[side]
+    gen = torch.Generator().manual_seed(int(seed))
+    if steps == 1:
+        releases = _chunk_releases(cons, batch, gen, n, batched)
+    else:
+        from tqdm.auto import tqdm
+
+        releases = _k_step_releases(cons, batch, gen, n, steps, batched, tqdm(disable=True))
+    return {"scores": [float(x) for x in _score(cons, releases, n)], "dim": int(releases.shape[1])}
+
+
+def _scaled_trials(cons: Construction, sizes: list[int], seeds: list[list[int]], *, steps: int, batched: bool,
+                   scale, progress: bool) -> TrialScores:
+    from dp_audit.scale import Task, run_tasks
+
+    if cons.spec is None:
+        raise UsageError(f"construction {cons.name!r} cannot run on a scale-out backend: only constructions built "
+                         "by name (dp_audit.stepaudit.constructions.build, the CLI) can be rebuilt in a worker")
+    tasks = [Task(key=f"d{side}-chunk{k:05d}", fn="dp_audit.stepaudit.trials:chunk_job",
+                  kwargs={"name": cons.spec["name"], "options": cons.spec["options"], "side": side, "n": n,
+                          "seed": s, "steps": steps, "batched": batched})
+             for side in (0, 1) for k, (n, s) in enumerate(zip(sizes, seeds[side]))]
+    t0 = time.perf_counter()
+    done = run_tasks(tasks, scale=scale, desc=f"step audit {cons.name} (chunks)", progress=progress)
+    wall = time.perf_counter() - t0
+    half = len(sizes)
+    side0 = np.concatenate([np.asarray(r["scores"], dtype=np.float64) for r in done[:half]])
+    side1 = np.concatenate([np.asarray(r["scores"], dtype=np.float64) for r in done[half:]])
+    # wall time of both sides together, halved: the chunks of d0 and d1 ran interleaved
+    return TrialScores(d0=side0, d1=side1, seconds_d0=wall / 2, seconds_d1=wall / 2, batched=batched,
+                       release_dim=int(done[-1]["dim"]))
+
+
 def run_trials(cons: Construction, *, trials: int, seed: int, chunk: int = DEFAULT_CHUNK, progress: bool = True,
-               batched: bool | None = None, steps: int = 1) -> TrialScores:
+               batched: bool | None = None, steps: int = 1, scale=None) -> TrialScores:
     """Scores of ``trials`` trials on d0 and ``trials`` on d1, each trial ``steps`` consecutive steps
-    (``batched`` None: use ``batched_step_fn`` / ``batched_steps_fn`` when the construction has one)."""
+    (``batched`` None: use ``batched_step_fn`` / ``batched_steps_fn`` when the construction has one).
+    ``scale`` (a :class:`dp_audit.scale.ScaleConfig`): run the chunks as tasks on its backend; the
+    scores are the same chunk by chunk (same seeds), computed with ``scale.threads`` torch threads."""
     import torch
     from tqdm.auto import tqdm
 
@@ -121,6 +174,8 @@ def run_trials(cons: Construction, *, trials: int, seed: int, chunk: int = DEFAU
                          f": its {steps}-step trials run unbatched (batched=False / drop --batched)"))
     sizes = [min(chunk, trials - s) for s in range(0, trials, chunk)]
     seeds = side_seeds(seed, len(sizes))
+    if scale is not None:
+        return _scaled_trials(cons, sizes, seeds, steps=steps, batched=use_batched, scale=scale, progress=progress)
     out, secs, dim = [], [], 0
     bar = tqdm(total=2 * trials, desc=f"step audit {cons.name}", disable=not progress, leave=False, unit="trial")
     for side, batch in enumerate((cons.d0, cons.d1)):
