@@ -291,12 +291,13 @@ def _write_model(run_dir: Path, model, base_state, prep: Prepared, cfg: RunConfi
 
 def plain_state_dict(state: dict) -> dict:
     """A PEFT-wrapped base's state with the plain Hugging Face names: ``x.original_module.w`` ->
-    ``x.w``; the trained copies (``x.modules_to_save.<adapter>.w``) live in the adapter instead."""
+    ``x.w`` and LoRA's ``x.base_layer.w`` -> ``x.w``; the trained copies
+    (``x.modules_to_save.<adapter>.w``) and the LoRA matrices live in the adapter instead."""
     out = {}
     for key, value in state.items():
-        if ".modules_to_save." in key:
+        if ".modules_to_save." in key or ".lora_" in key:
             continue
-        out[key.replace(".original_module.", ".")] = value
+        out[key.replace(".original_module.", ".").replace(".base_layer.", ".")] = value
     return out
 
 
