@@ -65,8 +65,10 @@ def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: 
         line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise UsageError(f"cannot load {backbone_dir} as a sequence classifier: {type(exc).__name__}: {line[:240]}") \
             from None
-    if pad_token_id is not None and model.config.pad_token_id is None:
-        model.config.pad_token_id = pad_token_id  # GPT-2-style models find the last token by it
+    if pad_token_id is not None and (model.config.pad_token_id is None or _is_decoder(model.config)):
+        # GPT-2-style classifiers read the last token before the first padding id: it must be the
+        # tokenizer's (a config's own pad id that the tokenizer never emits would read a pad)
+        model.config.pad_token_id = pad_token_id
     from dp_audit.trainers.backbone import init_weights_
 
     fresh = {k for k in info.get("missing_keys") or []} | {m[0] if isinstance(m, tuple) else m
@@ -74,6 +76,12 @@ def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: 
     for name in sorted({k.rsplit(".", 1)[0] for k in fresh}):
         init_weights_(model.get_submodule(name), generator=generator)
     return apply_tuning(model, model_cfg, generator=generator)
+
+
+def _is_decoder(config) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or config.model_type in ("gpt2", "gpt_neo",
+                                                                                                  "gptj", "gpt_neox")
 
 
 def _lora_targets(model) -> list[str] | None:
@@ -166,7 +174,8 @@ def encode(tokenizer, texts: Sequence[str], labels: Sequence[int], *, max_length
         out["token_type_ids"] = torch.zeros_like(ids)
     # (B, L) and contiguous: Opacus' per-sample embedding gradients need it (DESIGN.md §4)
     if layout.positions == "padded":
-        out["position_ids"] = (torch.cumsum(mask, dim=1) * mask + layout.pad_id).long().contiguous()
+        real = (ids != layout.pad_id).long()  # as RoBERTa's create_position_ids_from_input_ids
+        out["position_ids"] = (torch.cumsum(real, dim=1) * real + layout.pad_id).contiguous()
     else:
         out["position_ids"] = torch.arange(length).unsqueeze(0).expand(n, -1).contiguous()
     out["labels"] = torch.as_tensor(list(labels), dtype=torch.long)
