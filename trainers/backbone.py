@@ -23,15 +23,26 @@ from dp_audit.io import canonical_fingerprint
 from dp_audit.trainers.data import TaskData
 
 DONE = ".complete"
+_FILE_KEYS = ("source", "train", "dev", "test", "public", "text_column", "label_column", "num_labels", "dev_fraction",
+              "test_fraction")
 
 
-def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig, vocab_size: int = 0) -> str:
+def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig, vocab_size: int = 0, public_sha256: str = "") -> str:
+    """The cache key of a tiny backbone; with your own data, the public file's content (its sha256)
+    is part of it, so an edited public file is never served a stale backbone."""
     relevant = {
         k: getattr(model_cfg, k)
         for k in ("backbone", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                   "pretrain_epochs", "pretrain_lr", "pretrain_seed")
     }
-    return canonical_fingerprint({"model": relevant, "data": data_cfg.__dict__, "vocab": vocab_size, "v": 5})[:16]
+    data = dict(data_cfg.__dict__)
+    if data_cfg.source == "builtin":  # the keys of your own data: not in the built-in task's key (caches stay valid)
+        for k in _FILE_KEYS:
+            data.pop(k, None)
+    key = {"model": relevant, "data": data, "vocab": vocab_size, "v": 5}
+    if public_sha256:
+        key["public"] = public_sha256
+    return canonical_fingerprint(key)[:16]
 
 
 def ensure_backbone(
@@ -40,7 +51,8 @@ def ensure_backbone(
     """Return a directory with a pretrained masked-LM backbone and its tokenizer, building it once."""
     if model_cfg.backbone == "minilm":
         return minilm_path()
-    target = Path(cache_root) / f"backbone-{backbone_key(model_cfg, data_cfg, len(tokenizer))}"
+    public_sha = (task.source.get("files") or {}).get("public", {}).get("sha256", "")
+    target = Path(cache_root) / f"backbone-{backbone_key(model_cfg, data_cfg, len(tokenizer), public_sha)}"
     if (target / DONE).is_file():
         return target
     quiet_transformers()
