@@ -195,3 +195,14 @@ def test_minilm_backbone_is_a_model_path(monkeypatch, world):
     assert bb.model_source(run_config_from_dict({}).model) is None
     with pytest.raises(UsageError, match="folder not found"):
         bb.model_source(run_config_from_dict({"model": {"path": str(models["roberta"]) + "-x"}}).model)
+
+
+@pytest.mark.parametrize("tuning", ["full", "lora", "head"])
+def test_whitebox_dpflat_refuses_other_tunings_and_names_the_alternatives(tuning):
+    """Bug caught: white-box DP-Flat accepting a tuning it has no prefix for (AWP / sparse /
+    distillation would act on nothing or crash mid-run), or refusing without naming the
+    black-box mode that supports it; black-box DP-Flat accepts it."""
+    with pytest.raises(UsageError, match="dpflat.blackbox = true") as err:
+        run_config_from_dict({"trainer": "dpflat", "model": {"tuning": tuning}})
+    assert "tuning = 'prefix'" in str(err.value)
+    run_config_from_dict({"trainer": "dpflat", "model": {"tuning": tuning}, **DPFLAT_BLACK})

@@ -106,7 +106,7 @@ def save_tiny_checkpoint(folder: Path, kind: str, texts: list[str], *, seed: int
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() > 1:
-                p.normal_(0.0, 0.02, generator=g)
+                p.normal_(0.0, 0.2, generator=g)  # large: inputs (positions, token types) visibly matter
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
