@@ -168,7 +168,7 @@ def encode(tokenizer, texts: Sequence[str], labels: Sequence[int], *, max_length
         enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
                         return_tensors="pt")
         out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    ids, mask = out["input_ids"], out["attention_mask"]
+    ids = out["input_ids"]
     n, length = ids.shape
     if layout.token_type_ids:
         out["token_type_ids"] = torch.zeros_like(ids)
