@@ -219,3 +219,12 @@ def test_builtin_task_unchanged_by_the_dispatch():
     a = make_task(cfg)
     assert a.fingerprint == "594ec4fdf5a4e15b73e68b0ca5e2fa0730dfe54d2770b2f39416d8ccb6477b1f"
     assert a.num_labels == 2 and json.dumps(a.source) == "{}"
+
+
+def test_the_own_data_example_config_parses():
+    """Bug caught: examples/train-own-data.toml (the config docs/trainers.md shows) drifting from
+    the config schema (a renamed key would be an 'unknown config key' for users copying it)."""
+    from dp_audit.config import load_run_config
+
+    cfg = load_run_config(Path(__file__).resolve().parents[1] / "examples" / "train-own-data.toml")
+    assert cfg.data.source == "csv" and cfg.model.path and cfg.model.tuning == "lora"
