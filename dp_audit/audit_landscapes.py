@@ -150,7 +150,8 @@ def _encode(tokenizer: Any, split: _Split, *, max_length: int) -> dict[str, Any]
                     return_tensors="pt")
     batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
              "labels": torch.as_tensor(list(split.labels), dtype=torch.long)}
-    batch["token_type_ids"] = enc.get("token_type_ids", torch.zeros_like(enc["input_ids"]))
+    if "token_type_ids" in enc:  # not for models without a token-type table (DistilBERT, GPT-2)
+        batch["token_type_ids"] = enc["token_type_ids"]
     return batch
 
 

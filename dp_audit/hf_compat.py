@@ -45,7 +45,8 @@ def enable_prefix_tuning(model: Any, *, positions: str | None = None) -> Any:
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, **kwargs):
         if past_key_values is not None and getattr(self.config, POSITIONS_KEY, "shifted") == "text":
             kwargs["position_ids"] = _text_positions(kwargs.get("position_ids"), past_key_values,
-                                                     input_ids if input_ids is not None else kwargs.get("inputs_embeds"))
+                                                     input_ids if input_ids is not None else kwargs.get("inputs_embeds"),
+                                                     attention_mask=attention_mask, config=self.config)
         return base_cls.forward(self, input_ids=input_ids, attention_mask=attention_mask, cache=past_key_values, **kwargs)
 
     model.__class__ = type(base_cls.__name__, (base_cls,), {"forward": forward, "__module__": base_cls.__module__})
@@ -59,12 +60,21 @@ def _cache_length(cache: Any) -> int:
     return int(cache[0][0].shape[-2])  # legacy tuple of (key, value) per layer: (B, heads, T, d)
 
 
-def _text_positions(position_ids: Any, cache: Any, inputs: Any) -> Any:
+# RoBERTa-style models number real tokens padding_idx + 1, padding_idx + 2, ... (pads: padding_idx)
+PADDED_POSITION_MODELS = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "xmod")
+
+
+def _text_positions(position_ids: Any, cache: Any, inputs: Any, *, attention_mask: Any = None,
+                    config: Any = None) -> Any:
     import torch
 
     if position_ids is not None:
         return (position_ids - _cache_length(cache)).contiguous()
     batch, length = inputs.shape[0], inputs.shape[1]
+    if getattr(config, "model_type", "") in PADDED_POSITION_MODELS and inputs.dim() == 2:
+        pad = int(config.pad_token_id or 0)
+        mask = (inputs != pad).long()  # (PEFT extends attention_mask by the prefix: not used here)
+        return (torch.cumsum(mask, dim=1) * mask + pad).contiguous()
     return torch.arange(length, device=inputs.device).unsqueeze(0).expand(batch, -1).contiguous()
 
 

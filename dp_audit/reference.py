@@ -97,8 +97,8 @@ def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *,
     from dp_audit.canaries import read_canaries
     from dp_audit.config import run_config_from_dict
     from dp_audit.io import load_npz, save_npz
-    from dp_audit.trainers.base import TRAINERS, default_cache_root
-    from dp_audit.trainers.modeling import build_classifier, encode, subset
+    from dp_audit.trainers.base import TRAINERS, default_cache_root, new_classifier
+    from dp_audit.trainers.modeling import encode, subset
 
     import dp_audit.trainers.registry  # noqa: F401
 
@@ -123,12 +123,13 @@ def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *,
     in_mask = rng.random(len(canaries)) < 0.5
     n_private = len(prep.task.train)
     keep = np.arange(n_private) if private == "all" else np.flatnonzero(rng.random(n_private) < 0.5)
-    private_enc = encode(prep.tokenizer, prep.task.train.texts, prep.task.train.labels, max_length=cfg.data.max_length)
+    private_enc = encode(prep.tokenizer, prep.task.train.texts, prep.task.train.labels, max_length=cfg.data.max_length,
+                         layout=prep.layout)
     chosen = [c for c, i in zip(canaries, in_mask) if i] * cfg.canaries.repeat
     part = subset(private_enc, torch.as_tensor(keep))
     if chosen:
         can_enc = encode(prep.tokenizer, [c.text for c in chosen], [c.label for c in chosen],
-                         max_length=cfg.data.max_length)
+                         max_length=cfg.data.max_length, layout=prep.layout)
         train = {k: torch.cat([part[k], can_enc[k]]) for k in part}
     else:
         train = part
@@ -139,7 +140,7 @@ def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *,
     ref_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=int(rng.integers(2**31))),
                                   privacy=dataclasses.replace(cfg.privacy, reproducible_noise=True))
     ref_prep = dataclasses.replace(ref_prep, cfg=ref_cfg)
-    model = build_classifier(prep.backbone_dir, cfg.model, generator=g_init)
+    model = new_classifier(prep, generator=g_init)
     result = TRAINERS.get(cfg.trainer)().fit(ref_prep, model, generator=g_train)
     signals = compute_signals(result.model, prep.tokenizer, [c.text for c in canaries], [c.label for c in canaries],
                               kind="classifier", batch_size=batch_size, progress=False)

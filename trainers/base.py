@@ -26,9 +26,9 @@ from dp_audit.manifest import inside, new_run_id, write_manifest
 from dp_audit.records import PrivacyClaim
 from dp_audit.registry import Registry
 from dp_audit.rundir import claim_output, staged_output
-from dp_audit.trainers.backbone import ensure_backbone
+from dp_audit.trainers.backbone import ensure_backbone, input_layout_of, load_model_tokenizer, model_source
 from dp_audit.trainers.data import TaskData, make_task, with_canaries
-from dp_audit.trainers.modeling import Batch, build_classifier, encode, predict_losses
+from dp_audit.trainers.modeling import Batch, InputLayout, build_classifier, encode, predict_losses
 from dp_audit.trainers.tokenizer import load_tokenizer, train_tokenizer
 
 
@@ -42,7 +42,8 @@ class Prepared:
     train: Batch  # private split + member canaries (each ``repeat`` times)
     dev: Batch
     test: Batch
-    public: Batch
+    public: Batch  # empty (0 rows) without a public split
+    layout: InputLayout = InputLayout()  # which inputs the model takes (trainers.modeling.input_layout)
 
     @property
     def n_train(self) -> int:
@@ -148,24 +149,60 @@ def canary_token_pool(cfg: RunConfig) -> int:
 
 def prepare(cfg: RunConfig, *, cache_root: Path, progress: bool = True) -> Prepared:
     task = make_task(cfg.data)
-    backbone_dir = ensure_backbone(
-        cfg.model, cfg.data, task,
-        train_tokenizer(task.public.texts, vocab_size=cfg.data.vocab_size, max_length=cfg.data.max_length,
-                        canary_tokens=canary_token_pool(cfg)),
-        cache_root=cache_root, progress=progress,
-    )
-    tokenizer = load_tokenizer(backbone_dir)
-    if cfg.canaries.kind == "rare-token" and cfg.canaries.m > canary_token_pool(cfg):
-        raise UsageError(f"canaries.m = {cfg.canaries.m} rare-token canaries need data.canary_tokens >= m")
+    check_public_needs(cfg, task)
+    source = model_source(cfg.model)  # model.path, or the MiniLM package's folder; None: the tiny backbone
+    if source is None:
+        backbone_dir = ensure_backbone(
+            cfg.model, cfg.data, task,
+            train_tokenizer(task.public.texts, vocab_size=cfg.data.vocab_size, max_length=cfg.data.max_length,
+                            canary_tokens=canary_token_pool(cfg)),
+            cache_root=cache_root, progress=progress,
+        )
+        tokenizer = load_tokenizer(backbone_dir)
+        if cfg.canaries.kind == "rare-token" and cfg.canaries.m > canary_token_pool(cfg):
+            raise UsageError(f"canaries.m = {cfg.canaries.m} rare-token canaries need data.canary_tokens >= m")
+    else:
+        backbone_dir, tokenizer = source, load_model_tokenizer(source)
     canaries = tuple(make_canaries(
         cfg.canaries.kind, cfg.canaries.m, rng=np.random.default_rng(cfg.canaries.seed),
-        vocab=task.vocab, n_words=cfg.canaries.n_words,
+        vocab=task.vocab or tokenizer_words(tokenizer), n_words=cfg.canaries.n_words, n_labels=task.num_labels,
     )) if cfg.canaries.m else ()
     members = [c for c in canaries if c.member] * cfg.canaries.repeat
     private = with_canaries(task.train, [c.text for c in members], [c.label for c in members])
-    enc = lambda s: encode(tokenizer, s.texts, s.labels, max_length=cfg.data.max_length)  # noqa: E731
+    layout = input_layout_of(backbone_dir)
+    enc = lambda s: encode(tokenizer, s.texts, s.labels, max_length=cfg.data.max_length, layout=layout)  # noqa: E731
     return Prepared(cfg=cfg, task=task, tokenizer=tokenizer, backbone_dir=backbone_dir, canaries=canaries,
-                    train=enc(private), dev=enc(task.dev), test=enc(task.test), public=enc(task.public))
+                    train=enc(private), dev=enc(task.dev), test=enc(task.test), public=enc(task.public),
+                    layout=layout)
+
+
+def check_public_needs(cfg: RunConfig, task: TaskData) -> None:
+    """Without a public split (``data.public`` not given) the tiny backbone cannot be pretrained
+    (nor its tokenizer trained) and DP-Flat's public modes have no data: one-line usage errors."""
+    if len(task.public):
+        return
+    if not cfg.model.path and cfg.model.backbone == "tiny":
+        raise UsageError("data.public is not given: the tiny backbone (model.backbone = 'tiny') and its tokenizer "
+                         "are trained on the public split; give data.public, or model.path = a pretrained folder")
+    f = cfg.dpflat
+    if cfg.trainer == "dpflat":
+        for comp, on, mode in (("sparse", f.sparse and not f.blackbox, f.sparse_mode), ("distill", f.distill,
+                                                                                      f.distill_mode)):
+            if on and mode == "public":
+                raise UsageError(f"dpflat.{comp}_mode = 'public' trains on the public split, but data.public is not "
+                                 f"given: give data.public, or use dpflat.{comp}_mode = 'paper' or dpflat.{comp} = false")
+
+
+def tokenizer_words(tokenizer) -> tuple[str, ...]:
+    """Whole alphabetic words of a tokenizer's vocabulary (public: the canaries' words when the
+    data has no public split), sorted."""
+    return tuple(sorted(w for w in tokenizer.get_vocab() if w.isalpha() and len(w) > 1))
+
+
+def new_classifier(prep: Prepared, *, generator: torch.Generator):
+    """The run's classifier: the backbone, a head for the task's labels, the configured tuning."""
+    return build_classifier(prep.backbone_dir, prep.cfg.model, num_labels=prep.task.num_labels, generator=generator,
+                            pad_token_id=prep.tokenizer.pad_token_id)
 
 
 def default_cache_root(out_dir: Path, cfg: RunConfig) -> Path:
@@ -190,7 +227,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
     trainer_cls = TRAINERS.get(cfg.trainer)
     prep = prepare(cfg, cache_root=cache_root, progress=progress and cfg.train.progress)
     g_init = torch.Generator().manual_seed(cfg.train.seed)
-    model = build_classifier(prep.backbone_dir, cfg.model, generator=g_init)
+    model = new_classifier(prep, generator=g_init)
     base_state = _base_for_saving(model, cfg)
     result = release_policy(trainer_cls().fit(prep, model, generator=torch.Generator().manual_seed(cfg.train.seed + 1)),
                             cfg)
@@ -209,7 +246,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
             artifacts=[*artifacts, "canaries.jsonl", "ledger.json", "metrics.json", *result.files],
             run_id=run_id or new_run_id(cfg.name or out_dir.name), data_fingerprint=prep.task.fingerprint,
             extra={"notes": {"trainer": cfg.trainer, "tuning": cfg.model.tuning, "metrics": metrics,
-                             **result.extra}},
+                             **({"data": prep.task.source} if prep.task.source else {}), **result.extra}},
         )
     return out_dir
 
@@ -241,26 +278,27 @@ def release_policy(result: TrainResult, cfg: RunConfig) -> TrainResult:
 def _base_for_saving(model, cfg: RunConfig):
     """The weights before fine-tuning: the base of a PEFT adapter, and for full fine-tuning the
     starting point that white-box audits compare the final weights with."""
-    base = model if cfg.model.tuning == "full" else model.get_base_model()
+    base = model if cfg.model.tuning in ("full", "head") else model.get_base_model()
     return {k: v.detach().clone() for k, v in base.state_dict().items()}
 
 
 def _write_model(run_dir: Path, model, base_state, prep: Prepared, cfg: RunConfig) -> list[str]:
     prep.tokenizer.save_pretrained(run_dir / "tokenizer")
     model.save_pretrained(run_dir / "model")  # full model, or adapter_config.json + adapter_model.safetensors
-    base = model if cfg.model.tuning == "full" else model.get_base_model()
+    base = model if cfg.model.tuning in ("full", "head") else model.get_base_model()
     base.save_pretrained(run_dir / "base_model", state_dict=plain_state_dict(base_state))
     return ["model", "base_model", "tokenizer"]
 
 
 def plain_state_dict(state: dict) -> dict:
     """A PEFT-wrapped base's state with the plain Hugging Face names: ``x.original_module.w`` ->
-    ``x.w``; the trained copies (``x.modules_to_save.<adapter>.w``) live in the adapter instead."""
+    ``x.w`` and LoRA's ``x.base_layer.w`` -> ``x.w``; the trained copies
+    (``x.modules_to_save.<adapter>.w``) and the LoRA matrices live in the adapter instead."""
     out = {}
     for key, value in state.items():
-        if ".modules_to_save." in key:
+        if ".modules_to_save." in key or ".lora_" in key:
             continue
-        out[key.replace(".original_module.", ".")] = value
+        out[key.replace(".original_module.", ".").replace(".base_layer.", ".")] = value
     return out
 
 

@@ -41,7 +41,9 @@ class TaskData:
     train: Split
     dev: Split
     test: Split
-    fingerprint: str  # sha256 of the private train split (recorded in the manifest)
+    fingerprint: str  # sha256 of the private train split (+ the files read, for your own data): in the manifest
+    num_labels: int = 2
+    source: dict = dataclasses.field(default_factory=dict)  # your own data: files, their sha256, the cut (manifest)
 
     def split(self, name: str) -> Split:
         return getattr(self, name)
@@ -101,6 +103,15 @@ def _sample_split(
 
 
 def make_task(cfg: DataConfig) -> TaskData:
+    """The data of a run: the built-in task, or your own files (``data.source``; trainers.data_files)."""
+    if cfg.source != "builtin":
+        from dp_audit.trainers.data_files import load_task_files
+
+        return load_task_files(cfg)
+    return make_builtin_task(cfg)
+
+
+def make_builtin_task(cfg: DataConfig) -> TaskData:
     rng = np.random.default_rng(cfg.seed)
     vocab = make_vocab(cfg.vocab_size, rng=rng)
     u = rng.random(len(vocab))

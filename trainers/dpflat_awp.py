@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dp_audit.trainers.dpflat_prefix import PrefixHook, prefix_weight
-from dp_audit.trainers.modeling import INPUT_KEYS, Batch, subset
+from dp_audit.trainers.modeling import model_inputs, Batch, subset
 
 AWP_MODES = ("paper", "dpsat", "per-example")
 _EPS = 1e-20
@@ -66,7 +66,7 @@ def raw_prefix_gradient(model, batch: Batch) -> torch.Tensor:
     weight = prefix_weight(model)
     with _no_opacus_hooks(model), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        logits = model(**{k: batch[k] for k in INPUT_KEYS}).logits
+        logits = model(**model_inputs(batch)).logits
         loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
         (grad,) = torch.autograd.grad(loss, weight)
     return grad.detach()
@@ -80,7 +80,7 @@ def per_example_prefix_gradients(model, hook: PrefixHook, batch: Batch) -> torch
     try:
         with _no_opacus_hooks(model), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            logits = model(**{k: batch[k] for k in INPUT_KEYS}).logits
+            logits = model(**model_inputs(batch)).logits
             loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
             (grads,) = torch.autograd.grad(loss, hook.captured)
     finally:

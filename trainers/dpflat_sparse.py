@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 
 from dp_audit.trainers.dpflat_prefix import PrefixHook, PrefixLayout, prefix_weight
-from dp_audit.trainers.modeling import INPUT_KEYS, Batch, batches
+from dp_audit.trainers.modeling import model_inputs, Batch, batches
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def _mean_loss(model, data: Batch, *, batch_size: int, grad_of: torch.Tensor | N
     total, grad = 0.0, None
     for b in batches(data, batch_size):
         with torch.set_grad_enabled(grad_of is not None):
-            logits = model(**{k: b[k] for k in INPUT_KEYS}).logits
+            logits = model(**model_inputs(b)).logits
             loss = torch.nn.functional.cross_entropy(logits, b["labels"], reduction="sum") / n
         if grad_of is not None:
             (g,) = torch.autograd.grad(loss, grad_of)

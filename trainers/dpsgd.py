@@ -18,7 +18,7 @@ from dp_audit.config import RunConfig
 from dp_audit.records import PrivacyClaim
 from dp_audit.trainers.base import (TRAINERS, Prepared, TrainResult, noise_generator, noise_record, poisson_steps,
                                    sampling_generator)
-from dp_audit.trainers.modeling import INPUT_KEYS, make_optimizer, trainable_parameters
+from dp_audit.trainers.modeling import INPUT_KEYS, input_keys, make_optimizer, model_inputs, trainable_parameters
 
 _HUGE_CLIP = 1e6
 
@@ -86,7 +86,8 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
     from opacus import PrivacyEngine
     from opacus.data_loader import DPDataLoader
 
-    ds = torch.utils.data.TensorDataset(*(prep.train[k] for k in (*INPUT_KEYS, "labels")))
+    keys = (*input_keys(prep.train), "labels")
+    ds = torch.utils.data.TensorDataset(*(prep.train[k] for k in keys))
     sampler = sampling_generator(reproducible=setup.reproducible_noise, generator=generator)
     loader = DPDataLoader(ds, sample_rate=setup.sample_rate, generator=sampler)
     params = params if params is not None else trainable_parameters(model)
@@ -106,6 +107,7 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
         gsm.dp_criterion = criterion
     else:
         gsm, optimizer, loader = out
+    loader.batch_keys = keys  # the model's inputs (trainers.modeling.input_layout) and the labels
     gsm.forbid_grad_accumulation()  # as Opacus does for its Poisson loaders
     optimizer.expected_batch_size = setup.expected_batch_size or setup.sample_rate * len(ds)
     optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=loader.sample_rate))
@@ -234,7 +236,7 @@ def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: s
         for tensors in loader:
             if step >= setup.steps:
                 break
-            batch = dict(zip((*INPUT_KEYS, "labels"), tensors))
+            batch = dict(zip(getattr(loader, "batch_keys", (*INPUT_KEYS, "labels")), tensors))
             optimizer.zero_grad(set_to_none=True)
             if before_step is not None:
                 before_step(step, batch)
@@ -259,7 +261,7 @@ def run_steps(gsm, optimizer, loader, setup: DPSetup, *, cfg: RunConfig, desc: s
 
 
 def _ce(model, batch) -> torch.Tensor:
-    logits = model(**{k: batch[k] for k in INPUT_KEYS}).logits
+    logits = model(**model_inputs(batch)).logits
     criterion = getattr(model, "dp_criterion", None)  # ghost clipping: Opacus' wrapped loss
     if criterion is not None:
         return criterion(logits, batch["labels"])

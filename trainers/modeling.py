@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -11,43 +12,127 @@ import numpy as np
 import torch
 
 from dp_audit.config import ModelConfig
-from dp_audit.hf_compat import enable_prefix_tuning, quiet_transformers
+from dp_audit.errors import UsageError
+# Models whose absolute positions start after the padding index (RoBERTa: padding_idx + 1 + i)
+from dp_audit.hf_compat import PADDED_POSITION_MODELS, enable_prefix_tuning, quiet_transformers
 
 Batch = dict[str, torch.Tensor]
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
-def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: int = 2, generator: torch.Generator):
-    """The backbone with a fresh classification head (seeded), wrapped for prefix/LoRA tuning."""
+# LoRA's target modules by model type (PEFT's table has no entry for DistilBERT)
+LORA_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
+                "camembert": ["query", "value"], "distilbert": ["q_lin", "v_lin"], "gpt2": ["c_attn"]}
+# The classification head's top-level modules (``tuning = "head"`` trains these only)
+HEAD_MODULES = ("classifier", "pre_classifier", "score")
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """Which inputs a model's forward gets, from its config: ``token_type_ids`` only for models
+    with a token-type table (BERT-style; GPT-2 would embed them with its word table), and
+    explicit (B, L) ``position_ids`` in the model's own convention (Opacus' per-sample embedding
+    gradients need them of shape (B, L), contiguous; DESIGN.md §4)."""
+
+    token_type_ids: bool = True
+    positions: str = "arange"  # arange: 0..L-1 | padded: RoBERTa's padding_idx + 1 + i
+    pad_id: int = 0
+
+
+def input_layout(config) -> InputLayout:
+    padded = getattr(config, "model_type", "") in PADDED_POSITION_MODELS
+    return InputLayout(token_type_ids=bool(getattr(config, "type_vocab_size", 0)),
+                       positions="padded" if padded else "arange", pad_id=int(config.pad_token_id or 0))
+
+
+def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: int = 2, generator: torch.Generator,
+                     pad_token_id: int | None = None):
+    """The backbone with a classification head, wrapped for prefix/LoRA tuning. Every module whose
+    weights the checkpoint lacks (the head of a masked-LM or base checkpoint) or holds with another
+    shape (a head for another number of labels) is initialised from ``generator``; a checkpoint's
+    own head of the right shape is kept. Safetensors only, no remote code."""
     from transformers import AutoModelForSequenceClassification
 
     quiet_transformers()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(backbone_dir), num_labels=num_labels, local_files_only=True
-        )
-    head = getattr(model, "classifier", None)  # the only new module; the pooler is pretrained
-    if head is not None:
-        from dp_audit.trainers.backbone import init_weights_
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                str(backbone_dir), num_labels=num_labels, local_files_only=True, use_safetensors=True,
+                trust_remote_code=False, ignore_mismatched_sizes=True, output_loading_info=True,
+            )
+    except Exception as exc:  # ValueError (architecture without a sequence-classification class), OSError ...
+        line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise UsageError(f"cannot load {backbone_dir} as a sequence classifier: {type(exc).__name__}: {line[:240]}") \
+            from None
+    if pad_token_id is not None and (model.config.pad_token_id is None or _is_decoder(model.config)):
+        # GPT-2-style classifiers read the last token before the first padding id: it must be the
+        # tokenizer's (a config's own pad id that the tokenizer never emits would read a pad)
+        model.config.pad_token_id = pad_token_id
+    from dp_audit.trainers.backbone import init_weights_
 
-        init_weights_(head, generator=generator)
+    fresh = {k for k in info.get("missing_keys") or []} | {m[0] if isinstance(m, tuple) else m
+                                                           for m in info.get("mismatched_keys") or []}
+    for name in sorted({k.rsplit(".", 1)[0] for k in fresh}):
+        init_weights_(model.get_submodule(name), generator=generator)
     return apply_tuning(model, model_cfg, generator=generator)
 
 
+def _is_decoder(config) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or config.model_type in ("gpt2", "gpt_neo",
+                                                                                                  "gptj", "gpt_neox")
+
+
+def _lora_targets(model) -> list[str] | None:
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in LORA_TARGETS:
+        return LORA_TARGETS[model_type]
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
+
+    if mapping.get(model_type):
+        return None  # PEFT's own table
+    raise UsageError(f"model.tuning = 'lora': no known attention modules for model type {model_type!r}; "
+                     "use tuning = 'full', 'head' or 'prefix'")
+
+
+def _takes_cache(model) -> bool:
+    import inspect
+
+    params = inspect.signature(model.base_model.forward).parameters
+    return "cache" in params or "past_key_values" in params
+
+
+def freeze_all_but_head(model) -> list[str]:
+    """``tuning = "head"``: only the classification head is trained (the backbone is a frozen
+    feature extractor). Returns the names of the trainable modules."""
+    heads = [n for n, _ in model.named_children() if n in HEAD_MODULES]
+    if not heads:
+        raise UsageError(f"model.tuning = 'head': {type(model).__name__} has no module named "
+                         f"{' / '.join(HEAD_MODULES)}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.split(".", 1)[0] in heads)
+    return heads
+
+
 def apply_tuning(model, model_cfg: ModelConfig, *, generator: torch.Generator):
-    if model_cfg.tuning == "full":
+    if model_cfg.tuning in ("full", "head"):
+        if model_cfg.tuning == "head":
+            freeze_all_but_head(model)
         model.train()
         return model
     from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
 
     if model_cfg.tuning == "prefix":
+        if not _takes_cache(model):
+            raise UsageError(f"model.tuning = 'prefix' needs a model that takes a key/value cache; "
+                             f"{type(model.base_model).__name__} does not: use tuning = 'lora', 'head' or 'full'")
         enable_prefix_tuning(model, positions=model_cfg.prefix_positions)
         cfg = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=model_cfg.num_virtual_tokens,
                                  prefix_projection=False)
     else:
         cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=model_cfg.lora_r, lora_alpha=2 * model_cfg.lora_r,
-                         target_modules=["query", "value"], lora_dropout=0.0)
+                         target_modules=_lora_targets(model), lora_dropout=0.0)
     peft_model = get_peft_model(model, cfg)
     with torch.no_grad():  # PEFT initialises with the global RNG: redo it with ours
         for name, p in peft_model.named_parameters():
@@ -74,17 +159,36 @@ def make_optimizer(params, *, name: str, lr: float, weight_decay: float) -> torc
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def encode(tokenizer, texts: Sequence[str], labels: Sequence[int], *, max_length: int) -> Batch:
-    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
-    n, length = enc["input_ids"].shape
-    return {
-        "input_ids": enc["input_ids"],
-        "attention_mask": enc["attention_mask"],
-        "token_type_ids": torch.zeros_like(enc["input_ids"]),
-        # (B, L) and contiguous: Opacus' per-sample embedding gradients need it (DESIGN.md §4)
-        "position_ids": torch.arange(length).unsqueeze(0).expand(n, -1).contiguous(),
-        "labels": torch.as_tensor(list(labels), dtype=torch.long),
-    }
+def encode(tokenizer, texts: Sequence[str], labels: Sequence[int], *, max_length: int,
+           layout: InputLayout = InputLayout()) -> Batch:
+    if not len(texts):  # e.g. no public split
+        empty = torch.zeros((0, max_length), dtype=torch.long)
+        out = {"input_ids": empty, "attention_mask": empty.clone()}
+    else:
+        enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    ids = out["input_ids"]
+    n, length = ids.shape
+    if layout.token_type_ids:
+        out["token_type_ids"] = torch.zeros_like(ids)
+    # (B, L) and contiguous: Opacus' per-sample embedding gradients need it (DESIGN.md §4)
+    if layout.positions == "padded":
+        real = (ids != layout.pad_id).long()  # as RoBERTa's create_position_ids_from_input_ids
+        out["position_ids"] = (torch.cumsum(real, dim=1) * real + layout.pad_id).contiguous()
+    else:
+        out["position_ids"] = torch.arange(length).unsqueeze(0).expand(n, -1).contiguous()
+    out["labels"] = torch.as_tensor(list(labels), dtype=torch.long)
+    return out
+
+
+def input_keys(batch: Batch) -> tuple[str, ...]:
+    """The model inputs a batch holds (of :data:`INPUT_KEYS`, in that order)."""
+    return tuple(k for k in INPUT_KEYS if k in batch)
+
+
+def model_inputs(batch: Batch) -> Batch:
+    return {k: batch[k] for k in INPUT_KEYS if k in batch}
 
 
 def subset(data: Batch, idx: torch.Tensor | slice) -> Batch:
@@ -98,7 +202,7 @@ def batches(data: Batch, batch_size: int) -> Iterator[Batch]:
 
 
 def logits_of(model, batch: Batch) -> torch.Tensor:
-    return model(**{k: batch[k] for k in INPUT_KEYS}).logits
+    return model(**model_inputs(batch)).logits
 
 
 @torch.inference_mode()

@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult, claim_for_nonprivate
-from dp_audit.trainers.modeling import INPUT_KEYS, make_optimizer, subset, trainable_parameters
+from dp_audit.trainers.modeling import model_inputs, make_optimizer, subset, trainable_parameters
 
 
 def fit_nonprivate(model, data, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
@@ -23,7 +23,7 @@ def fit_nonprivate(model, data, *, epochs: int, batch_size: int, lr: float, weig
         perm = torch.randperm(n, generator=generator)
         for s in range(0, n, batch_size):
             b = subset(data, perm[s : s + batch_size])
-            logits = model(**{k: b[k] for k in INPUT_KEYS}).logits
+            logits = model(**model_inputs(b)).logits
             loss = torch.nn.functional.cross_entropy(logits, b["labels"])
             if extra_loss is not None:
                 loss = loss + extra_loss(model)

@@ -15,6 +15,9 @@ EPILOG = """examples:
   dp-audit train --config examples/train-dpsgd.toml --out runs/eps1 --set privacy.epsilon=1
 
 trainers: nondp, dpsgd, dpflat, dpzo (see docs/trainers.md). Unknown config keys are errors.
+Your own data and model: [data] source = csv | jsonl | parquet | hf-disk with train/dev/test/public,
+[model] path = a local save_pretrained folder, tuning = full | prefix | lora | head
+(docs/trainers.md "Your data and your model"); a bad data file or model folder exits 2.
 The run directory holds manifest.json, model/, tokenizer/, canaries.jsonl, ledger.json (docs/formats.md)."""
 
 
