@@ -69,3 +69,7 @@ def slow_marked(x: int, seconds: float, started: str, finished: str) -> int:
     time.sleep(seconds)
     Path(finished).write_text("done\n")
     return x
+
+
+def not_json(x: int) -> object:
+    return {x, x + 1}  # a set: not JSON

@@ -210,3 +210,12 @@ def test_an_interrupt_stops_the_running_workers_at_once(tmp_path):
     while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in pids):
         time.sleep(0.1)
     assert not any(os.path.exists(f"/proc/{pid}") for pid in pids), "workers still running after the interrupt"
+
+
+def test_a_result_that_is_not_plain_data_fails_at_once(tmp_path):
+    """Catches: a task bug (a result JSON cannot hold) retried like a transient error, which
+    reruns a whole training ``retries`` more times only to fail the same way."""
+    with pytest.raises(TaskFailed, match=r"task s failed after 1 attempts: NotPlainData: .*not plain JSON") as exc:
+        run_tasks([Task(key="s", fn=T + "not_json", kwargs={"x": 1})], scale=SERIAL, progress=False,
+                  log_dir=str(tmp_path))
+    assert exc.value.exit_code == EXIT_INTERNAL and [p.name for p in tmp_path.iterdir()] == ["s.attempt1.log"]

@@ -82,7 +82,7 @@ def run_tasks(tasks: Sequence[Task], *, scale: ScaleConfig | None = None, desc: 
                         error = UsageError(f"{where}: {result['message']} (log: {result['log']})")
                     elif result["kind"] == "integrity":
                         error = IntegrityError(f"{where}: {result['message']} (log: {result['log']})")
-                    elif charged[task.key] <= scale.retries:
+                    elif charged[task.key] <= scale.retries and result.get("retry", True):
                         queue.insert(0, task)
                     else:
                         error = TaskFailed(f"{where} failed after {charged[task.key]} attempts: {result['message']} "
