@@ -96,6 +96,21 @@ def test_task_arguments_must_be_plain_data():
         run_tasks([Task(key="a", fn="tests.scale_tasks:nope")], scale=SERIAL, progress=False)
 
 
+@pytest.mark.parametrize("address, match", [("127.0.0.1:1", "cannot join Ray at 127.0.0.1:1"),
+                                            ("head-without-port", "HOST:PORT")])
+def test_a_ray_address_nobody_answers_is_a_usage_error_at_once(address, match):
+    """Catches: ray.init retrying an unreachable HOST:PORT for minutes (the command hangs, then
+    dies of a signal) instead of exit 2 in one line. Runs before the module's Ray fixture (an
+    initialised Ray would be reused and the address never looked at)."""
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=match) as exc:
+        run_tasks([Task(key="a", fn=T + "square", kwargs={"x": 1})],
+                  scale=ScaleConfig(backend="ray", ray_address=address), progress=False)
+    assert time.monotonic() - t0 < 20 and exc.value.exit_code == 2 and "\n" not in str(exc.value)
+
+
 # ------------------------------------------------------------------ Ray (a local 2-CPU Ray)
 
 @pytest.fixture(scope="module")

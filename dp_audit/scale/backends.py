@@ -130,6 +130,22 @@ class LocalBackend:
             proc.join(timeout=5)
 
 
+def _check_reachable(address: str, *, timeout: float = 10.0) -> None:
+    """A ``HOST:PORT`` Ray address that nothing answers on makes ``ray.init`` retry for minutes;
+    refuse it at once, in one line. ``auto`` and ``ray://`` addresses are Ray's to check."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"scale.ray_address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"cannot join Ray at {address}: {exc.strerror or type(exc).__name__}") from None
+
+
 class RayBackend:
     """Ray tasks (one CPU each). Joins ``cfg.ray_address`` when set, else starts a local Ray with
     ``cfg.n_workers`` CPUs; an already initialised Ray (a test fixture, a notebook) is reused and
@@ -145,6 +161,7 @@ class RayBackend:
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
             if cfg.ray_address:
+                _check_reachable(cfg.ray_address)
                 kwargs["address"] = cfg.ray_address
             else:
                 kwargs["num_cpus"] = cfg.n_workers
