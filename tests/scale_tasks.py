@@ -51,3 +51,25 @@ def tensor_sum(seed: int) -> list[float]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(300, 300, generator=g)
     return (x @ x).sum(dim=0)[:5].tolist()
+
+
+def always_dies(x: int, delay: float) -> int:
+    """Kills its worker process on every attempt, ``delay`` seconds after it started."""
+    import time
+
+    time.sleep(delay)
+    os._exit(13)
+
+
+def slow_marked(x: int, seconds: float, started: str, finished: str) -> int:
+    """Writes its pid to ``started``, sleeps, then touches ``finished``."""
+    import time
+
+    Path(started).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    Path(finished).write_text("done\n")
+    return x
+
+
+def not_json(x: int) -> object:
+    return {x, x + 1}  # a set: not JSON

@@ -97,6 +97,21 @@ def test_task_arguments_must_be_plain_data():
         run_tasks([Task(key="a", fn="tests.scale_tasks:nope")], scale=SERIAL, progress=False)
 
 
+@pytest.mark.parametrize("address, match", [("127.0.0.1:1", "cannot join Ray at 127.0.0.1:1"),
+                                            ("head-without-port", "HOST:PORT")])
+def test_a_ray_address_nobody_answers_is_a_usage_error_at_once(address, match):
+    """Catches: ray.init retrying an unreachable HOST:PORT for minutes (the command hangs, then
+    dies of a signal) instead of exit 2 in one line. Runs before the module's Ray fixture (an
+    initialised Ray would be reused and the address never looked at)."""
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=match) as exc:
+        run_tasks([Task(key="a", fn=T + "square", kwargs={"x": 1})],
+                  scale=ScaleConfig(backend="ray", ray_address=address), progress=False)
+    assert time.monotonic() - t0 < 20 and exc.value.exit_code == 2 and "\n" not in str(exc.value)
+
+
 # ------------------------------------------------------------------ Ray (a local 2-CPU Ray)
 
 @pytest.fixture(scope="module")
@@ -220,3 +235,59 @@ def test_step_audit_cli_with_the_pool(tmp_path):
     a, b = (json.loads((tmp_path / d / "step_audit.json").read_text()) for d in "ab")
     assert a["estimates"] == b["estimates"]
     assert main([*args, "--out", str(tmp_path / "c"), "--backend", "local", "--ray-address", "auto"]) == 2
+
+
+def test_a_crash_is_charged_only_to_the_task_that_died(tmp_path):
+    """Catches: a dead worker's pool mates charged with a failed attempt they did not cause (with
+    retries=0 an innocent task is reported as the failure and never finishes), or a crash never
+    charged to anyone (an always-crashing task retried for ever)."""
+    tasks = [Task(key="d0", fn=T + "dies_once", kwargs={"x": 1, "marker": str(tmp_path / "m")}),
+             Task(key="s1", fn=T + "slow_marked", kwargs={"x": 7, "seconds": 2.0, "started": str(tmp_path / "s1.pid"),
+                                                           "finished": str(tmp_path / "s1.done")})]
+    no_retry = ScaleConfig(backend="local", workers=2, retries=0)
+    assert run_tasks(tasks, scale=no_retry, progress=False) == [101, 7]  # d0 died next to s1: rerun alone
+    killer = Task(key="k0", fn=T + "always_dies", kwargs={"x": 0, "delay": 0.5})
+    with pytest.raises(TaskFailed, match=r"^task k0 failed after 1 attempts: worker process died"):
+        run_tasks([killer, tasks[1]], scale=no_retry, progress=False)
+
+
+def test_an_interrupt_stops_the_running_workers_at_once(tmp_path):
+    """Catches: Ctrl-C (KeyboardInterrupt in the parent) waiting for every running attempt to
+    finish (minutes for a reference model) before exit 130, or leaving the workers running."""
+    import os
+    import signal
+    import threading
+    import time
+
+    started = [tmp_path / f"s{i}.pid" for i in range(2)]
+    tasks = [Task(key=f"s{i}", fn=T + "slow_marked", kwargs={"x": i, "seconds": 120.0, "started": str(started[i]),
+                                                              "finished": str(tmp_path / f"s{i}.done")})
+             for i in range(2)]
+
+    sent: list[float] = []
+
+    def interrupt_once_both_run():
+        while not all(p.exists() and p.read_text() for p in started):
+            time.sleep(0.05)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does to the parent
+
+    threading.Thread(target=interrupt_once_both_run, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks(tasks, scale=LOCAL2, progress=False)
+    assert time.monotonic() - sent[0] < 30  # the tasks sleep 120 s
+    pids = [int(p.read_text()) for p in started]
+    assert not any((tmp_path / f"s{i}.done").exists() for i in range(2))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in pids):
+        time.sleep(0.1)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids), "workers still running after the interrupt"
+
+
+def test_a_result_that_is_not_plain_data_fails_at_once(tmp_path):
+    """Catches: a task bug (a result JSON cannot hold) retried like a transient error, which
+    reruns a whole training ``retries`` more times only to fail the same way."""
+    with pytest.raises(TaskFailed, match=r"task s failed after 1 attempts: NotPlainData: .*not plain JSON") as exc:
+        run_tasks([Task(key="s", fn=T + "not_json", kwargs={"x": 1})], scale=SERIAL, progress=False,
+                  log_dir=str(tmp_path))
+    assert exc.value.exit_code == EXIT_INTERNAL and [p.name for p in tmp_path.iterdir()] == ["s.attempt1.log"]

@@ -1,5 +1,10 @@
 """Backends: where task attempts run. Each has ``submit(task, attempt) -> handle``,
-``wait(handles) -> [(handle, result dict)]`` (at least one finished) and ``close()``."""
+``wait(handles) -> [(handle, result dict)]`` (at least one finished) and ``close(abort=...)``
+(``abort``: the parent was interrupted; stop running attempts now instead of waiting for them).
+
+A result of an attempt whose worker process died carries ``"crash": True`` and ``"alone"``:
+whether that attempt was the only one its worker pool ran when it broke. A dead pool worker
+takes every running attempt of its pool with it, so only a crash alone says which task died."""
 
 from __future__ import annotations
 
@@ -13,11 +18,11 @@ from dp_audit.scale.config import ScaleConfig
 from dp_audit.scale.task import Task, execute
 
 
-def _crashed(exc: BaseException, where: str) -> dict[str, Any]:
+def _crashed(exc: BaseException, where: str, *, alone: bool = True) -> dict[str, Any]:
     from dp_audit.safetext import one_line
 
     return {"ok": False, "kind": "internal", "message": one_line(f"{where}: {type(exc).__name__}: {exc}"),
-            "log": "(the worker died before writing a log)"}
+            "log": "(the worker died before writing a log)", "crash": True, "alone": alone}
 
 
 class SerialBackend:
@@ -36,7 +41,7 @@ class SerialBackend:
         done, self._done = self._done, []
         return done
 
-    def close(self) -> None:
+    def close(self, *, abort: bool = False) -> None:
         pass
 
 
@@ -70,11 +75,15 @@ def die_with_parent(parent: int) -> None:
 
 class LocalBackend:
     """A pool of spawned processes (fork is unsafe with torch's threads). A worker that dies
-    (killed, out of memory) breaks the pool: its running attempts fail and a new pool starts."""
+    (killed, out of memory) breaks the pool: every attempt the pool was running fails (each
+    result says whether it ran alone) and a new pool starts. Attempts submitted to the new pool
+    are never touched by the old pool's failures arriving later."""
 
     def __init__(self, cfg: ScaleConfig, log_dir: str, n_tasks: int):
         self.cfg, self.log_dir = cfg, log_dir
         self.n = max(1, min(cfg.n_workers, n_tasks))
+        self._owner: dict[Any, cf.ProcessPoolExecutor] = {}  # uncollected future -> its pool
+        self._peers: dict[Any, int] = {}  # a broken pool -> attempts it held when it broke
         self._pool = self._new_pool()
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
@@ -82,29 +91,59 @@ class LocalBackend:
                                       initializer=die_with_parent, initargs=(os.getpid(),))
 
     def submit(self, task: Task, attempt: int) -> Any:
+        args = (execute, task.key, task.fn, task.kwargs)
+        kwargs = {"attempt": attempt, "log_dir": self.log_dir, "threads": self.cfg.threads}
         try:
-            return self._pool.submit(execute, task.key, task.fn, task.kwargs, attempt=attempt, log_dir=self.log_dir,
-                                     threads=self.cfg.threads)
-        except cf.BrokenExecutor:
+            fut = self._pool.submit(*args, **kwargs)
+        except cf.BrokenExecutor:  # broke since the last wait: its attempts come back as crashes
             self._pool = self._new_pool()
-            return self._pool.submit(execute, task.key, task.fn, task.kwargs, attempt=attempt, log_dir=self.log_dir,
-                                     threads=self.cfg.threads)
+            fut = self._pool.submit(*args, **kwargs)
+        self._owner[fut] = self._pool
+        return fut
 
     def wait(self, handles: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
         done, _ = cf.wait(handles, return_when=cf.FIRST_COMPLETED)
         out = []
         for fut in done:
+            pool = self._owner.pop(fut)
             try:
                 out.append((fut, fut.result()))
             except cf.BrokenExecutor as exc:
-                out.append((fut, _crashed(exc, "worker process died")))
-        if any(not r["ok"] and r["log"].startswith("(the worker died") for _, r in out):
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
+                if pool not in self._peers:  # the first of its attempts seen: count them all
+                    self._peers[pool] = 1 + sum(p is pool for p in self._owner.values())
+                out.append((fut, _crashed(exc, "worker process died", alone=self._peers[pool] == 1)))
+                if pool is self._pool:
+                    pool.shutdown(wait=False)
+                    self._pool = self._new_pool()
         return out
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, *, abort: bool = False) -> None:
+        if not abort:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            return
+        # interrupted: the running attempts would otherwise hold the parent until they finish
+        procs = list((getattr(self._pool, "_processes", None) or {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join(timeout=5)
+
+
+def _check_reachable(address: str, *, timeout: float = 10.0) -> None:
+    """A ``HOST:PORT`` Ray address that nothing answers on makes ``ray.init`` retry for minutes;
+    refuse it at once, in one line. ``auto`` and ``ray://`` addresses are Ray's to check."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"scale.ray_address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"cannot join Ray at {address}: {exc.strerror or type(exc).__name__}") from None
 
 
 class RayBackend:
@@ -122,6 +161,7 @@ class RayBackend:
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
             if cfg.ray_address:
+                _check_reachable(cfg.ray_address)
                 kwargs["address"] = cfg.ray_address
             else:
                 kwargs["num_cpus"] = cfg.n_workers
@@ -131,22 +171,32 @@ class RayBackend:
                 raise UsageError(f"cannot start or join Ray (address {cfg.ray_address or 'local'}): {exc}") from None
             self._owned = True
         self._remote = ray.remote(num_cpus=1, max_retries=0)(execute)
+        self._inflight: set[Any] = set()
 
     def submit(self, task: Task, attempt: int) -> Any:
-        return self._remote.remote(task.key, task.fn, task.kwargs, attempt=attempt, log_dir=self.log_dir,
-                                   threads=self.cfg.threads)
+        ref = self._remote.remote(task.key, task.fn, task.kwargs, attempt=attempt, log_dir=self.log_dir,
+                                  threads=self.cfg.threads)
+        self._inflight.add(ref)
+        return ref
 
     def wait(self, handles: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
         ready, _ = self.ray.wait(handles, num_returns=1)
         out = []
         for ref in ready:
+            self._inflight.discard(ref)
             try:
                 out.append((ref, self.ray.get(ref)))
             except self.ray.exceptions.RayError as exc:
                 out.append((ref, _crashed(exc, "Ray worker failed")))
         return out
 
-    def close(self) -> None:
+    def close(self, *, abort: bool = False) -> None:
+        if abort:  # interrupted: stop this run's tasks (a joined cluster keeps running otherwise)
+            for ref in self._inflight:
+                try:
+                    self.ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - best effort on the way out
+                    pass
         if self._owned:
             self.ray.shutdown()
 

@@ -4,7 +4,7 @@ A task names its function by an importable ``"package.module:function"`` path an
 JSON-able keyword arguments, so any process or Ray worker that has dp-audit installed can run it
 and nothing but plain data crosses process boundaries. The worker returns a plain dict (never an
 exception object): ``{"ok": True, "value": ...}`` or ``{"ok": False, "kind": "usage" | "integrity" |
-"internal", "message": one line, "log": traceback file}``.
+"internal", "message": one line, "log": traceback file, "retry": worth another attempt}``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ def resolve(fn: str) -> Callable[..., Any]:
     return obj
 
 
+class NotPlainData(TypeError):
+    """A task returned something JSON cannot hold: a bug of the task, which a retry only repeats."""
+
+
 def _one_line(exc: BaseException) -> str:
     from dp_audit.safetext import one_line
 
@@ -65,7 +69,10 @@ def execute(key: str, fn: str, kwargs: dict[str, Any], *, attempt: int, log_dir:
         previous = None
     try:
         value = resolve(fn)(**kwargs)
-        json.dumps(value, allow_nan=False)  # results are plain data too
+        try:
+            json.dumps(value, allow_nan=False)  # results are plain data too
+        except (TypeError, ValueError) as exc:
+            raise NotPlainData(f"{fn} returned a value that is not plain JSON data ({exc})") from None
         return {"ok": True, "value": value}
     except BaseException as exc:  # noqa: BLE001 - reported to the scheduler as data
         if isinstance(exc, KeyboardInterrupt):
@@ -77,7 +84,8 @@ def execute(key: str, fn: str, kwargs: dict[str, Any], *, attempt: int, log_dir:
             log.write_text(f"task {key} ({fn}) attempt {attempt}\n{traceback.format_exc()}")
         except OSError:
             log = Path("(log not written)")
-        return {"ok": False, "kind": kind, "message": _one_line(exc), "log": str(log)}
+        return {"ok": False, "kind": kind, "message": _one_line(exc), "log": str(log),
+                "retry": not isinstance(exc, NotPlainData)}
     finally:
         if previous is not None:
             import torch
