@@ -73,3 +73,30 @@ def slow_marked(x: int, seconds: float, started: str, finished: str) -> int:
 
 def not_json(x: int) -> object:
     return {x, x + 1}  # a set: not JSON
+
+
+def fake_arm(arm, d, *, settings, cache_dir, run_ids):
+    """An arm that writes its directories as the real one does (a manifest with the recorded run
+    id) and returns a row computed from its name; arm 'boom' raises."""
+    import json
+
+    from dp_audit.study.row import ArmRow
+
+    if arm.name == "boom":
+        raise RuntimeError("arm boom failed")
+    for key, rid in run_ids.items():
+        p = d / "run" if key == "run" else d / "step" / key
+        p.mkdir(parents=True)
+        (p / "manifest.json").write_text(json.dumps({"run_id": rid, "kind": "train" if key == "run" else "step-audit"}))
+    i = int(arm.name[3:])
+    return ArmRow(name=arm.name, label=arm.label, group=arm.group, claimed_epsilon=1.0,
+                  step_constructions=arm.constructions, step_claim_epsilon=4.38, step_eps_lb=10.0 * i,
+                  step_refuted=10.0 * i > 4.38, blackbox_eps_lb=0.0, blackbox_refuted=False)
+
+
+def fake_sweep(point, d, *, settings, alpha, seed, run_ids):
+    from dp_audit.study.row import SweepRow
+
+    return SweepRow(name=point.name, sweep=point.sweep, construction=point.construction, option=point.option,
+                    value=point.value, step_claim_epsilon=4.38, step_eps_lb=point.value * 100,
+                    step_refuted=point.value * 100 > 4.38, alpha=alpha, seed=seed)

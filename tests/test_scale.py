@@ -291,3 +291,73 @@ def test_a_result_that_is_not_plain_data_fails_at_once(tmp_path):
         run_tasks([Task(key="s", fn=T + "not_json", kwargs={"x": 1})], scale=SERIAL, progress=False,
                   log_dir=str(tmp_path))
     assert exc.value.exit_code == EXIT_INTERNAL and [p.name for p in tmp_path.iterdir()] == ["s.attempt1.log"]
+
+
+# ------------------------------------------------------------------ the study's arms and sweep points as tasks
+
+def _study_inputs():
+    from dp_audit.study.arms import Arm, SweepPoint
+    from dp_audit.study.runner import study_settings
+
+    arms = tuple(Arm(f"arm{i}", f"Arm {i}", ("control", "paper", "private")[i % 3], {"trainer": "dpsgd"}, (f"c{i}",))
+                 for i in range(4))
+    sweeps = tuple(SweepPoint("awp-gamma", "c", "gamma", g) for g in (1e-3, 1e-1))
+    return arms, sweeps, study_settings(quick=True, trials=1000, seed=0)
+
+
+FAKE_JOBS = ("tests.scale_tasks:fake_arm", "tests.scale_tasks:fake_sweep")
+
+
+def _rows(out):
+    import json
+
+    data = json.loads((out / "study.json").read_text())
+    return [{k: v for k, v in r.items() if k != "timings"} for r in data["arms"] + data["sweeps"]]
+
+
+def test_study_tasks_on_the_pool_equal_the_serial_study_and_resume(tmp_path):
+    """Catches: rows reassembled in completion order or attached to the wrong arm, sweep points
+    losing their α share or seed on the way to the worker, result.json not written by the task
+    (a rerun would redo everything), directories left unsealed."""
+    from dp_audit.study.runner import run_study
+    from tests.scale_tasks import fake_arm, fake_sweep
+
+    arms, sweeps, settings = _study_inputs()
+
+    def arm_fn(arm, d, *, settings, run_ids):
+        return fake_arm(arm, d, settings=settings, cache_dir=None, run_ids=run_ids)
+
+    def sweep_fn(point, d, *, settings, alpha, seed, run_ids):
+        return fake_sweep(point, d, settings=settings, alpha=alpha, seed=seed, run_ids=run_ids)
+
+    run_study(tmp_path / "serial", arms=arms, sweeps=sweeps, settings=settings, arm_fn=arm_fn, sweep_fn=sweep_fn,
+              log=lambda s: None)
+    res = run_study(tmp_path / "pool", arms=arms, sweeps=sweeps, settings=settings, scale=LOCAL2, jobs=FAKE_JOBS,
+                    log=lambda s: None)
+    assert len(res.computed) == 6 and not res.skipped
+    assert _rows(tmp_path / "pool") == _rows(tmp_path / "serial")
+    again = run_study(tmp_path / "pool", arms=arms, sweeps=sweeps, settings=settings, scale=LOCAL2, jobs=FAKE_JOBS,
+                      log=lambda s: None)
+    assert not again.computed and len(again.skipped) == 6
+    import json
+
+    written = json.loads((tmp_path / "pool" / "written.json").read_text())["dirs"]
+    made = {rel: rec for rel, rec in written.items() if (tmp_path / "pool" / rel).exists()}  # fake sweeps write none
+    assert len(made) == 8 and all(rec.get("listing") for rec in made.values())
+
+
+def test_a_failing_arm_task_keeps_the_others_results(tmp_path):
+    """Catches: one failing arm losing the finished arms' results (a rerun would redo them)."""
+    from dp_audit.study.arms import Arm
+    from dp_audit.study.runner import run_study
+
+    arms, sweeps, settings = _study_inputs()
+    boom = Arm("boom", "Boom", "control", {"trainer": "dpsgd"}, ("cb",))
+    scale = ScaleConfig(backend="local", workers=2, retries=0)
+    with pytest.raises(TaskFailed, match="task boom failed"):
+        run_study(tmp_path, arms=(*arms, boom), sweeps=sweeps, settings=settings, scale=scale, jobs=FAKE_JOBS,
+                  log=lambda s: None)
+    res = run_study(tmp_path, arms=arms, sweeps=sweeps, settings=settings, scale=scale, jobs=FAKE_JOBS,
+                    log=lambda s: None)
+    # the arms that ran (before and beside the failure) are reused; what never started runs now
+    assert set(res.skipped) >= {a.name for a in arms} and set(res.computed) <= {p.name for p in sweeps}

@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("--trials", type=int, default=None, help="step-level trials per side (default 20000 quick, 100000 full)")
     p.add_argument("--seed", type=int, default=0, help="seed of the training runs and the step audits (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from dp_audit.scale.cli import add_arguments as add_scale_arguments
+
+    add_scale_arguments(p, "the arms and sweep points; default: one after the other in this process")
     p.set_defaults(func=run)
 
 
@@ -36,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     t0 = time.time()
     settings = study_settings(quick=args.quick, trials=args.trials, seed=args.seed)
+    from dp_audit.scale.cli import from_args as scale_from_args
+
     res = run_study(args.out, arms=awp_leak_arms(), sweeps=awp_leak_sweeps(), settings=settings,
-                    progress=not args.quiet, log=lambda s: print(s, flush=True))
+                    progress=not args.quiet, log=lambda s: print(s, flush=True), scale=scale_from_args(args, None))
     print(f"[study] done in {time.time() - t0:.0f} s ({len(res.computed)} computed, {len(res.skipped)} reused)")
     return 0

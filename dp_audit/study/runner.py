@@ -19,6 +19,10 @@ from dp_audit.study.arms import (FULL_BASE, FULL_TRIALS, QUICK_BASE, QUICK_TRIAL
 from dp_audit.study.family import CORRECTION, PointPlan, sweep_plan
 from dp_audit.study.row import RESULT, ArmRow, SweepRow, read_result, write_result
 from dp_audit.study.store import Owned, open_study_dir, study_id_of
+from dp_audit.errors import UsageError
+
+ARM_JOB = "dp_audit.study.runner:arm_job"
+SWEEP_JOB = "dp_audit.study.runner:sweep_job"
 
 STUDY = "awp-leak"
 ALPHA = 0.05
@@ -151,6 +155,17 @@ def arm_paths(arm: Arm, arm_dir: Path) -> dict[str, Path]:
     return {"run": arm_dir / "run", **{c: arm_dir / "step" / c for c in arm.constructions}}
 
 
+def arm_config(arm: Arm, *, settings: Mapping[str, Any], cache_dir: Path, progress: bool):
+    """The run config of an arm: the study's base config, the arm's sections, the study's seeds."""
+    from dp_audit.config import run_config_from_dict
+
+    seed = settings["seed"]
+    base = QUICK_BASE if settings["quick"] else FULL_BASE
+    return run_config_from_dict(merge(merge(base, arm.spec), {
+        "name": arm.name, "model": {"cache_dir": str(cache_dir)},
+        "train": {"seed": seed, "progress": progress}, "canaries": {"seed": seed + 1}}))
+
+
 def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_dir: Path, progress: bool,
                 run_ids: Mapping[str, str] | None = None) -> ArmRow:
     """Train, audit end to end, gate; then the step-level audits. Returns the arm's row.
@@ -163,10 +178,7 @@ def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_d
     from dp_audit.trainers.base import train_run
 
     seed = settings["seed"]
-    base = QUICK_BASE if settings["quick"] else FULL_BASE
-    cfg = run_config_from_dict(merge(merge(base, arm.spec), {
-        "name": arm.name, "model": {"cache_dir": str(cache_dir)},
-        "train": {"seed": seed, "progress": progress}, "canaries": {"seed": seed + 1}}))
+    cfg = arm_config(arm, settings=settings, cache_dir=cache_dir, progress=progress)
     t0 = time.time()
     run_dir = train_run(cfg, arm_dir / "run", progress=progress, run_id=(run_ids or {}).get("run"))
     t1 = time.time()
@@ -224,10 +236,22 @@ def _fmt(x) -> str:
 
 def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoint], settings: Mapping[str, Any],
               arm_fn: Callable[..., ArmRow] | None = None, sweep_fn: Callable[..., SweepRow] | None = None,
-              progress: bool = False, log: Callable[[str], None] = print) -> StudyResult:
+              progress: bool = False, log: Callable[[str], None] = print, scale: Any = None,
+              jobs: tuple[str, str] = (ARM_JOB, SWEEP_JOB)) -> StudyResult:
     """Run (or resume) the study in ``out``; write study.json, study.md, study.html (and the
-    comparison report of the run directories). ``arm_fn``/``sweep_fn`` replace the real work (tests)."""
+    comparison report of the run directories). ``arm_fn``/``sweep_fn`` replace the real work (tests).
+    ``scale`` (a :class:`dp_audit.scale.ScaleConfig`): the arms and sweep points not done yet run as
+    tasks on its backend (``jobs``: the task functions, replaceable by tests); None: one after the
+    other in this process."""
     from dp_audit.study.render import write_outputs
+
+    if scale is not None:
+        if arm_fn is not None or sweep_fn is not None:
+            raise UsageError("run_study: arm_fn/sweep_fn run in this process; with scale give jobs= instead")
+        result = _run_study_tasks(Path(out), arms=arms, sweeps=sweeps, settings=settings, progress=progress,
+                                  log=log, scale=scale, jobs=jobs)
+        write_outputs(result[0], settings=settings, elapsed_s=result[1], log=log)
+        return result[0]
 
     out = open_study_dir(Path(out), study=STUDY, settings=settings)
     owned = Owned(out, study_id_of(out))
@@ -277,3 +301,108 @@ def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoi
     result = StudyResult(out, tuple(arm_rows), tuple(sweep_rows), tuple(computed), tuple(skipped))
     write_outputs(result, settings=settings, elapsed_s=time.time() - t0, log=log)
     return result
+
+
+# --------------------------------------------------------------------------- the study as tasks
+
+
+def arm_job(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_dir: Path, run_ids: Mapping[str, str]) -> ArmRow:
+    """The real work of one arm in a worker (no progress bars: one bar over the tasks)."""
+    return compute_arm(arm, arm_dir, settings=settings, cache_dir=cache_dir, progress=False, run_ids=run_ids)
+
+
+def sweep_job(point: SweepPoint, d: Path, *, settings: Mapping[str, Any], alpha: float, seed: int,
+              run_ids: Mapping[str, str]) -> SweepRow:
+    return compute_sweep(point, d, settings=settings, alpha=alpha, seed=seed, progress=False, run_ids=run_ids)
+
+
+def study_task(kind: str, job: str, payload: dict, d: str, settings: dict, run_ids: dict,
+               cache_dir: str = "", alpha: float = 0.0, seed: int = 0, family_size: int = 0) -> dict:
+    """One arm or sweep point as a scale-out task (plain data in and out): run ``job`` (an importable
+    ``module:function`` with :func:`arm_job`'s or :func:`sweep_job`'s signature) and write the
+    row's result.json in its own directory (hash-checked on resume, as in the serial path)."""
+    from dp_audit.scale.task import resolve
+
+    fn = resolve(job)
+    if kind == "arm":
+        arm = Arm(**{**payload, "constructions": tuple(payload["constructions"])})
+        row = fn(arm, Path(d), settings=settings, cache_dir=Path(cache_dir), run_ids=run_ids)
+        definition = arm_definition(arm, settings=settings)
+    else:
+        point = SweepPoint(**payload)
+        row = fn(point, Path(d), settings=settings, alpha=alpha, seed=seed, run_ids=run_ids)
+        definition = sweep_definition(PointPlan(point=point, alpha=alpha, seed=seed, family_size=family_size))
+    write_result(Path(d) / RESULT, row, settings=settings, definition=definition)
+    return row.to_dict()
+
+
+def _run_study_tasks(out: Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoint], settings: Mapping[str, Any],
+                     progress: bool, log: Callable[[str], None], scale: Any, jobs: tuple[str, str]):
+    """The study with its pending arms and sweep points as tasks. The parent does what touches
+    shared files: it vets and claims every directory (written.json) before any task starts,
+    prepares the shared backbone once, and seals each finished directory afterwards."""
+    import dataclasses
+
+    from dp_audit.io import canonical_fingerprint, dumps_json
+    from dp_audit.scale import Task, run_tasks
+
+    out = open_study_dir(out, study=STUDY, settings=settings)
+    owned = Owned(out, study_id_of(out))
+    cache_dir = (out / "cache").resolve()
+    t0 = time.time()
+    plain = lambda x: __import__("json").loads(dumps_json(x))  # noqa: E731
+    rows: dict[str, Any] = {}
+    skipped: list[str] = []
+    pending: list[tuple[str, Path, Mapping[str, Any], Mapping[str, Path], dict]] = []
+    for arm in arms:
+        d = out / "arms" / arm.name
+        definition = arm_definition(arm, settings=settings)
+        row = read_result(d / RESULT, name=arm.name, settings=settings, definition=definition)
+        if row is not None:
+            rows[arm.name] = row
+            skipped.append(arm.name)
+            continue
+        pending.append((arm.name, d, definition, arm_paths(arm, d),
+                        {"kind": "arm", "job": jobs[0], "payload": plain(dataclasses.asdict(arm)), "d": str(d),
+                         "cache_dir": str(cache_dir)}))
+    for plan in sweep_plan(sweeps, settings=settings):
+        point, d = plan.point, out / "sweeps" / plan.point.name
+        definition = sweep_definition(plan)
+        row = read_result(d / RESULT, name=point.name, settings=settings, definition=definition)
+        if row is not None:
+            rows[point.name] = row
+            skipped.append(point.name)
+            continue
+        pending.append((point.name, d, definition, {point.construction: d / "step" / point.construction},
+                        {"kind": "sweep", "job": jobs[1], "payload": plain(dataclasses.asdict(point)), "d": str(d),
+                         "alpha": plan.alpha, "seed": plan.seed, "family_size": plan.family_size}))
+    for _, _, _, paths, _ in pending:  # every directory vetted before any is touched
+        for p in paths.values():
+            owned.vet(p)
+    tasks = []
+    for name, d, definition, paths, kwargs in pending:
+        sha = canonical_fingerprint(dict(definition))
+        run_ids = {key: owned.claim(p, definition_sha256=sha) for key, p in paths.items()}
+        tasks.append(Task(key=name, fn="dp_audit.study.runner:study_task",
+                          kwargs={**kwargs, "settings": plain(dict(settings)), "run_ids": run_ids}))
+    first_arm = next((a for a in arms if a.name in {t.key for t in tasks}), None)
+    if first_arm is not None and jobs[0] == ARM_JOB:  # the shared backbone, once, before the workers start
+        from dp_audit.trainers.base import prepare
+
+        prepare(arm_config(first_arm, settings=settings, cache_dir=cache_dir, progress=False), cache_root=cache_dir,
+                progress=progress)
+    log(f"[study] {len(tasks)} task(s) to run on the {scale.backend} backend, {len(skipped)} reused")
+    try:
+        values = run_tasks(tasks, scale=scale, desc="study", progress=progress)
+    finally:  # seal what finished (a failed task's directories stay claimed, redone on the rerun)
+        for name, d, definition, paths, _ in pending:
+            if (d / RESULT).is_file():
+                for p in paths.values():
+                    if p.exists():
+                        owned.seal(p)
+    for task, value in zip(tasks, values):
+        rows[task.key] = (ArmRow if task.kwargs["kind"] == "arm" else SweepRow).from_dict(value)
+    arm_rows = tuple(rows[a.name] for a in arms)
+    sweep_rows = tuple(rows[p.name] for p in sweeps)
+    computed = tuple(t.key for t in tasks)
+    return StudyResult(out, arm_rows, sweep_rows, computed, tuple(skipped)), time.time() - t0
