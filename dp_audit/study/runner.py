@@ -333,7 +333,7 @@ def study_task(kind: str, job: str, payload: dict, d: str, settings: dict, run_i
         row = fn(point, Path(d), settings=settings, alpha=alpha, seed=seed, run_ids=run_ids)
         definition = sweep_definition(PointPlan(point=point, alpha=alpha, seed=seed, family_size=family_size))
     write_result(Path(d) / RESULT, row, settings=settings, definition=definition)
-    return row.to_dict()
+    return str(Path(d) / RESULT)  # the parent reads the row back from it (its own encoding, NaN/∞ included)
 
 
 def _run_study_tasks(out: Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoint], settings: Mapping[str, Any],
@@ -393,15 +393,20 @@ def _run_study_tasks(out: Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPo
                 progress=progress)
     log(f"[study] {len(tasks)} task(s) to run on the {scale.backend} backend, {len(skipped)} reused")
     try:
-        values = run_tasks(tasks, scale=scale, desc="study", progress=progress)
+        run_tasks(tasks, scale=scale, desc="study", progress=progress)
     finally:  # seal what finished (a failed task's directories stay claimed, redone on the rerun)
         for name, d, definition, paths, _ in pending:
             if (d / RESULT).is_file():
                 for p in paths.values():
                     if p.exists():
                         owned.seal(p)
-    for task, value in zip(tasks, values):
-        rows[task.key] = (ArmRow if task.kwargs["kind"] == "arm" else SweepRow).from_dict(value)
+    from dp_audit.errors import IntegrityError
+
+    for name, d, definition, _, _ in pending:
+        row = read_result(d / RESULT, name=name, settings=settings, definition=definition)
+        if row is None:
+            raise IntegrityError(f"{d / RESULT}: the task finished but its result does not match its definition")
+        rows[name] = row
     arm_rows = tuple(rows[a.name] for a in arms)
     sweep_rows = tuple(rows[p.name] for p in sweeps)
     computed = tuple(t.key for t in tasks)
