@@ -112,3 +112,20 @@ def test_usage_errors(audits, tmp_path, capsys):
     assert main(["report", str(d), "--format", "md"]) == 2
     assert main(["report"]) == 2
     assert not (d / "report.html").exists()
+
+
+def test_statistic_text_is_drawn_literally_not_as_mathtext(tmp_path):
+    """Bug caught (review of issue 17): the construction's ``info["statistic"]`` (a user's own
+    text, the x-axis label of the score histogram) was parsed by matplotlib as mathtext: a label
+    such as ``$\\hat{s}$ of $\\Delta$ \\undefined`` or an odd ``$`` crashed the report (ValueError,
+    exit 4) or rendered "$5 … $10" as italics. It is now drawn literally: the report renders
+    (exit 0), the label's text is in the SVG as typed, and markup in it stays escaped. Seen
+    failing (exit 4) without ``parse_math=False``."""
+    label = r"$\undefinedcmd$ of <b>Δ</b> costs $5 or $10"
+    cons = dataclasses.replace(build("gaussian"), name="mathy", info={"statistic": label})
+    d = tmp_path / "s"
+    step_audit(cons, trials=500, seed=0, progress=False, out=d)
+    assert main(["report", str(d)]) == 0
+    html = (d / "report.html").read_text()
+    assert r"$\undefinedcmd$ of &lt;b&gt;Δ&lt;/b&gt; costs $5 or $10" in html
+    assert "<b>Δ</b>" not in html
