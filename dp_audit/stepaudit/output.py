@@ -65,7 +65,7 @@ def _write_files(res: StepAuditResult, out: Path, config: Mapping[str, Any] | No
     atomic_write_json(out / RESULT, res.to_dict())
     cfg = {"construction": res.construction, "trials": res.trials, "alpha": res.alpha, "delta": res.delta,
            "threshold": res.threshold, "calibration_per_side": res.calibration_trials,
-           "construction_info": res.info, "steps": res.steps, **dict(config or {})}
+           "construction_info": res.info, **dict(config or {}), "steps": res.steps}  # k: the result's, always
     claim = {**res.claim_dict(), "accountant": "gdp" if res.claim_mu is not None else
              ("pld" if res.steps > 1 else "construction")}
     write_manifest(out, kind=KIND, config=cfg, seeds={"seed": res.seed}, claim=claim, artifacts=[TRIALS, RESULT],
