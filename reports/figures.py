@@ -205,7 +205,7 @@ def step_scores_figure(d0: Sequence[float], d1: Sequence[float], *, thresholds: 
         for i, (name, t, orientation) in enumerate(thresholds):
             ax.axvline(t, color=SERIES[(i + 2) % len(SERIES)], linestyle="--", linewidth=1.2,
                        label=f"{name} rule: d1 iff score {'≥' if orientation >= 0 else '≤'} {t:.3g}")
-        ax.set_xlabel(f"score: {statistic}")
+        ax.set_xlabel(f"score: {statistic}", parse_math=False)  # user text: drawn literally
         ax.set_ylabel("trials (count)")
         ax.legend(loc="upper left", frameon=True, framealpha=0.9, fontsize=7)
     return fig

@@ -45,7 +45,7 @@ class StepAuditView:
     delta: float
     claim_mu: float | None
     sigma: float | None
-    steps: int
+    steps: int  # consecutive steps per trial (k); k > 1: the claim is the composition of k per-step claims
     trials: int  # per side
     calibration: int  # per side
     alpha: float
@@ -64,6 +64,13 @@ class StepAuditView:
     tool_version: str
     environment: tuple[tuple[str, str], ...]
     artifacts: tuple[tuple[str, str], ...]  # (file, sha256)
+    per_step: str = ""  # k > 1: the per-step claim and how it composes (e.g. "ε 4.377, μ 1 (gdp)")
+
+    @property
+    def claim_name(self) -> str:
+        """What the claim is a claim of: one step, or k composed steps (never the composed ε
+        called "per-step")."""
+        return "per-step claim" if self.steps == 1 else f"claim of {self.steps} composed steps"
 
     @property
     def verdict_label(self) -> str:
@@ -72,9 +79,9 @@ class StepAuditView:
     @property
     def verdict_text(self) -> str:
         if self.refuted:
-            return (f"The per-step claim ε = {self.claim_epsilon:.3f} (δ = {self.delta:g}) is refuted with "
+            return (f"The {self.claim_name} ε = {self.claim_epsilon:.3f} (δ = {self.delta:g}) is refuted with "
                     f"{100 * (1 - self.alpha):g}% confidence: ε_LB = {self.eps_lb:.3f} exceeds it.")
-        return (f"The per-step claim ε = {self.claim_epsilon:.3f} (δ = {self.delta:g}) is not refuted: the largest "
+        return (f"The {self.claim_name} ε = {self.claim_epsilon:.3f} (δ = {self.delta:g}) is not refuted: the largest "
                 f"counted ε_LB is {self.eps_lb:.3f} at {100 * (1 - self.alpha):g}% confidence. A lower bound can "
                 f"refute a claim, never prove it.")
 
@@ -111,7 +118,14 @@ def build_step_view(path: str | Path) -> StepAuditView:
             rules.append((e.method, float(d["threshold_value"]) * o, o))
     info = dict(res.info or {})
     facts = tuple((str(k), one_line(v, limit=300)) for k, v in sorted(info.items()))
-    steps = int(info.get("steps") or (man.get("config") or {}).get("steps") or 1)
+    steps = int(res.steps)  # as read_step_audit checked it against the manifest (not the construction's info)
+    comp = res.composition or {}
+    per = comp.get("per_step") or {}
+    per_step = "" if steps == 1 else (
+        f"ε {float(per.get('epsilon', float('nan'))):.4g}"
+        + (f", μ {float(per['mu']):.4g}" if per.get("mu") is not None else "")
+        + (f", Laplace ε0 {float(per['laplace_epsilon']):.4g}" if per.get("laplace_epsilon") is not None else "")
+        + f"; composed over {steps} steps by {comp.get('accountant')}")
     env = man.get("environment") or {}
     arts = man.get("artifacts") or {}
     return StepAuditView(
@@ -124,7 +138,7 @@ def build_step_view(path: str | Path) -> StepAuditView:
         rules=tuple(rules), statistic=str(info.get("statistic") or "statistic of the release"),
         run_id=str(man.get("run_id", "")), created=str(man.get("created", "")),
         tool_version=str(man.get("tool_version", "")),
-        environment=tuple((str(k), str(v)) for k, v in sorted(env.items())),
+        environment=tuple((str(k), str(v)) for k, v in sorted(env.items())), per_step=per_step,
         artifacts=tuple((str(k), str(v.get("sha256") if isinstance(v, dict) else v)) for k, v in sorted(arts.items())))
 
 
@@ -156,7 +170,8 @@ def _pdf_lines(view: StepAuditView):
     lines += _wrap("text", view.verdict_text)
     lines += _wrap("mono", one_line(view.summary))
     lines += [("text", ""), ("h2", "Claim and trials")]
-    claim = [("per-step claim ε", f"{view.claim_epsilon:.4f}"), ("δ", f"{view.delta:g}"),
+    claim = [(f"{view.claim_name} ε", f"{view.claim_epsilon:.4f}"),
+             *([("per-step claim", view.per_step)] if view.per_step else []), ("δ", f"{view.delta:g}"),
              ("μ (GDP claim)", "-" if view.claim_mu is None else f"{view.claim_mu:.4g}"),
              ("σ", "-" if view.sigma is None else f"{view.sigma:.4g}"), ("steps", str(view.steps)),
              ("N per side", str(view.trials)), ("calibration per side", str(view.calibration)),

@@ -356,3 +356,44 @@ def test_observed_laplace_lower_bound_closed_form_and_order():
                                         sampling_prob=0.05).self_compose(200).get_epsilon_for_delta(1e-5)
     assert 0.9 * hi < lo < hi < laplace_pure_epsilon(epsilon_step=1.0, sample_rate=0.05, steps=200)
     assert laplace_epsilon_lower(rec(0.0, 0.05, 10), delta=1e-5) == math.inf
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "laplace"])
+def test_observed_record_of_steps_with_different_clips_stays_a_lower_bound(noise):
+    """Two kinds of steps, same noise scale b = 2: T steps clipped at C = 0.2 (per-step ε0 =
+    C/b = 0.1) and T at C = 2 (ε0 = 1). The true ε is that of the composition of both kinds;
+    the record must summarise them by values whose ε is at most that, i.e. the *smallest* clip
+    (ε0 = 0.1 for all 2T steps). Bug caught: the largest clip kept as the sensitivity (ε0 = 1 for
+    all 2T steps, about twice the run's ε), a gate then "refutes" a run that keeps its claim.
+    Seen failing with ``max(clips)`` in observed_zo."""
+    from dp_audit.accounting import observed_epsilon_lower
+    from dp_audit.trainers.dpzo import ZOPlan, ledger_zo, observed_zo
+    from dp_audit.trainers.zo import ZOStep
+
+    b, q, t = 2.0, 1.0, 20
+
+    def step(c):
+        return ZOStep(seed=0, batch_size=5, gradient=0.0, loss=0.0, clipped_fraction=0.0, noise=noise,
+                      noise_scale=b, clip=c, normaliser=5.0, sample_rate=q)
+
+    plan = ZOPlan(noise=noise, sample_rate=q, steps=2 * t, clip=2.0, perturbation_scale=1e-3,
+                  noise_multiplier=1.0 if noise == "gaussian" else 0.0,
+                  epsilon_step=1.0 if noise == "laplace" else 0.0, reproducible_noise=True)
+    obs = observed_zo([step(0.2)] * t + [step(2.0)] * t, plan)
+    lo = observed_epsilon_lower(ledger_zo(plan, observed=obs), delta=1e-5)
+    if noise == "laplace":
+        from dp_accounting import dp_event, pld
+
+        acc = pld.PLDAccountant(value_discretization_interval=1e-4)
+        acc.compose(dp_event.LaplaceDpEvent(noise_multiplier=b / 0.2), t)
+        acc.compose(dp_event.LaplaceDpEvent(noise_multiplier=b / 2.0), t)
+        true = acc.get_epsilon(1e-5)
+        assert lo <= true
+        assert obs["epsilon_step"] == pytest.approx(0.1)
+    else:
+        from dp_audit.estimate.gdp_math import gdp_epsilon
+
+        true = gdp_epsilon(1e-5, math.sqrt(t * (0.2 / b) ** 2 + t * (2.0 / b) ** 2))
+        assert lo <= true
+        assert obs["noise_multiplier"] == pytest.approx(b / 0.2)
+    assert obs["sensitivity"] == 0.2

@@ -112,3 +112,36 @@ def test_usage_errors(audits, tmp_path, capsys):
     assert main(["report", str(d), "--format", "md"]) == 2
     assert main(["report"]) == 2
     assert not (d / "report.html").exists()
+
+
+def test_statistic_text_is_drawn_literally_not_as_mathtext(tmp_path):
+    """Bug caught (review of issue 17): the construction's ``info["statistic"]`` (a user's own
+    text, the x-axis label of the score histogram) was parsed by matplotlib as mathtext: a label
+    such as ``$\\hat{s}$ of $\\Delta$ \\undefined`` or an odd ``$`` crashed the report (ValueError,
+    exit 4) or rendered "$5 … $10" as italics. It is now drawn literally: the report renders
+    (exit 0), the label's text is in the SVG as typed, and markup in it stays escaped. Seen
+    failing (exit 4) without ``parse_math=False``."""
+    label = r"$\undefinedcmd$ of <b>Δ</b> costs $5 or $10"
+    cons = dataclasses.replace(build("gaussian"), name="mathy", info={"statistic": label})
+    d = tmp_path / "s"
+    step_audit(cons, trials=500, seed=0, progress=False, out=d)
+    assert main(["report", str(d)]) == 0
+    html = (d / "report.html").read_text()
+    assert r"$\undefinedcmd$ of &lt;b&gt;Δ&lt;/b&gt; costs $5 or $10" in html
+    assert "<b>Δ</b>" not in html
+
+
+def test_a_k_step_report_names_the_composed_claim_not_a_per_step_one(tmp_path):
+    """Bug caught (review of issue 17): the report of a 3-step audit called the composed claim
+    (ε of √3·μ, or the PLD of 3 Laplace steps) the "per-step claim", in the verdict sentence and
+    the facts, and took k from the construction's info before the verified record. Now it says
+    "claim of 3 composed steps", shows the per-step claim and its accountant, and k comes from
+    read_step_audit. Seen failing ("The per-step claim ε = 2.9…") before the fix."""
+    d = tmp_path / "k3"
+    step_audit(build("dpzo-laplace"), trials=200, seed=0, progress=False, steps=3, out=d)
+    assert main(["report", str(d)]) == 0
+    html = (d / "report.html").read_text()
+    assert "per-step claim ε" not in html and "The per-step claim" not in html
+    assert "The claim of 3 composed steps ε = " in html
+    assert "Laplace ε0 1; composed over 3 steps by pld-laplace" in html
+    assert "<b>steps</b> 3" in html

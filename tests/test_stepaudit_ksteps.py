@@ -147,3 +147,61 @@ def test_k_step_record_is_checked_and_unsupported_constructions_refused(tmp_path
         step_audit(build("dpflat-distill-paper"), trials=10, progress=False, steps=2)
     with pytest.raises(UsageError, match="steps"):
         step_audit(build("dpsgd-dirac"), trials=10, progress=False, steps=0)
+
+
+def _forge(d, edit_result=None, edit_manifest=None):
+    """A consistent edit of a step-audit directory: the files edited, the artifact hash and the
+    manifest's digest redone (what an unsigned directory cannot prevent; only the cross-checks
+    of read_step_audit can catch it)."""
+    import json
+
+    from dp_audit.io import sha256_file
+    from dp_audit.manifest import MANIFEST, manifest_digest
+
+    r = json.loads((d / "step_audit.json").read_text())
+    if edit_result is not None:
+        edit_result(r)
+    (d / "step_audit.json").write_text(json.dumps(r))
+    m = json.loads((d / MANIFEST).read_text())
+    m["artifacts"]["step_audit.json"] = sha256_file(d / "step_audit.json")
+    if edit_manifest is not None:
+        edit_manifest(m)
+    m["digest"] = manifest_digest(m)
+    (d / MANIFEST).write_text(json.dumps(m))
+
+
+def _as_one_step(claim):
+    for k in ("steps", "per_step", "composition", "pld_epsilon"):
+        claim.pop(k, None)
+    claim["per"] = "step"
+
+
+_FORGERIES = {
+    "one-step-result": dict(edit_result=lambda r: _as_one_step(r["claim"])),
+    "one-step-both": dict(edit_result=lambda r: _as_one_step(r["claim"]),
+                          edit_manifest=lambda m: _as_one_step(m["claim"])),
+    "per-step-eps": dict(edit_result=lambda r: r["claim"]["per_step"].update(epsilon=100.0),
+                         edit_manifest=lambda m: m["claim"]["per_step"].update(epsilon=100.0)),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(_FORGERIES))
+def test_forged_k_or_per_step_claim_is_refused_on_read_and_by_the_gate(tmp_path, forgery):
+    """Bugs caught (review of issue 17): (1) ``one-step-result``: a 2-step directory whose
+    step_audit.json is rewritten as a *one-step* audit of the composed claim (√2·μ presented as
+    the per-step claim, so the gate labels a 2-step bound a per-step one) was read back and gated
+    without complaint: only the claim's ε/μ/δ were compared with the manifest's, not k nor the
+    per-step record; (2) ``one-step-both``: the same rewrite in both files while the manifest's
+    configuration still says steps = 2; (3) ``per-step-eps``: an edited per-step ε (the
+    composition reads only μ, so per_step.epsilon = 100 next to μ = 1 passed). Each seen passing
+    (no IntegrityError, gate exit 0) before the fix in dp_audit/stepaudit/output.py."""
+    from dp_audit.cli import main
+
+    d = tmp_path / "k2"
+    step_audit(build("dpsgd-dirac", steps=2), trials=100, seed=0, progress=False, steps=2, out=d)
+    read_step_audit(d)  # the honest directory reads back
+    assert main(["gate", "--run", str(d)]) == 0
+    _forge(d, **_FORGERIES[forgery])
+    with pytest.raises(IntegrityError):
+        read_step_audit(d)
+    assert main(["gate", "--run", str(d)]) == 3

@@ -144,7 +144,25 @@ def test_per_component_end_to_end_refutation_of_a_shared_arm_is_not_attributed()
             _arm_of("dpsat", "private", {"dpflat-awp-dpsat": 4.1}, bb_lb=3.0)]
     lines = conclusion(rows)
     sparse = next(x for x in lines if x.startswith("sparse selection:"))
-    assert "not attributable to this component" in sparse and "NOT fixed" in sparse
+    assert "not attributable to this component" in sparse and "not shown to be fixed" in sparse
+    assert "NOT fixed" not in sparse  # nothing shows the sparse replacement itself broken
     awp = next(x for x in lines if x.startswith("AWP"))
     assert "DP-SAT AWP: not refuted (ε_LB 4.10 ≤ per-step claim 4.38); refuted end to end" in awp
     assert "(paper mode not audited)" in awp and "per-example AWP: not audited" in awp
+
+
+def test_an_unaudited_replacement_is_not_called_a_failure():
+    """Bug caught (review of issue 17): with the paper component refuted and one replacement not
+    audited (the other unrefuted), the line ended "NOT fixed by every private replacement", a
+    finding the study never made; and an unattributable end-to-end refutation (previous test)
+    read the same way. Now "NOT fixed" needs a refuted replacement; otherwise "not shown to be
+    fixed". Seen failing (the line said "NOT fixed") before the three-way status in
+    component_lines."""
+    rows = [_arm_of("paper-awp", "paper", {"dpflat-awp-paper": 39.6}),
+            _arm_of("dpsat", "private", {"dpflat-awp-dpsat": 4.1})]
+    awp = next(x for x in conclusion(rows) if x.startswith("AWP:"))
+    assert "per-example AWP: not audited" in awp
+    assert "NOT fixed" not in awp and "fixes it at every" not in awp and "not shown to be fixed" in awp
+    rows.append(_arm_of("per-example", "private", {"dpflat-awp-per-example": 9.0}))  # refuted: broken
+    awp = next(x for x in conclusion(rows) if x.startswith("AWP:"))
+    assert awp.endswith("NOT fixed by every private replacement.")

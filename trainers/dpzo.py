@@ -82,14 +82,16 @@ def observed_zo(steps: list[ZOStep], plan: ZOPlan) -> dict[str, Any]:
     empty batches included, also counted as ``empty_batch_steps``), ``planned_steps``, the Poisson
     rate the batches were drawn at, the clip bound and the noise each step drew. Where steps
     differ, the record keeps the least private-looking value (the smallest rate, the largest noise,
-    the largest clip as sensitivity), so the ε computed from it stays a lower bound of the run's;
+    the smallest clip as sensitivity), so the ε computed from it stays a lower bound of the run's;
     a step without noise makes the noise scale 0 (ε = ∞). Gaussian: ``noise_multiplier`` = noise
     std / C; Laplace: ``laplace_scale`` b and ``epsilon_step`` = C / b (absent when b = 0)."""
     kinds = sorted({s.noise for s in steps})
     noisy = [s.noise_scale for s in steps if s.noise != "none"]
     scale = 0.0 if (not steps or len(noisy) < len(steps)) else max(noisy)
     clips = [s.clip for s in steps if s.clip is not None]
-    clip = max(clips) if clips and len(clips) == len(steps) else float(plan.clip)
+    # the smallest clip bound: ε grows with the sensitivity C (C/b for Laplace, σ = std/C for the
+    # Gaussian), so the largest would overstate the ε of the steps clipped more tightly
+    clip = min(clips) if clips and len(clips) == len(steps) else float(plan.clip)
     rates = [s.sample_rate for s in steps if s.sample_rate is not None]
     rec: dict[str, Any] = {
         "steps": len(steps), "planned_steps": int(plan.steps),

@@ -65,7 +65,7 @@ def _write_files(res: StepAuditResult, out: Path, config: Mapping[str, Any] | No
     atomic_write_json(out / RESULT, res.to_dict())
     cfg = {"construction": res.construction, "trials": res.trials, "alpha": res.alpha, "delta": res.delta,
            "threshold": res.threshold, "calibration_per_side": res.calibration_trials,
-           "construction_info": res.info, "steps": res.steps, **dict(config or {})}
+           "construction_info": res.info, **dict(config or {}), "steps": res.steps}  # k: the result's, always
     claim = {**res.claim_dict(), "accountant": "gdp" if res.claim_mu is not None else
              ("pld" if res.steps > 1 else "construction")}
     write_manifest(out, kind=KIND, config=cfg, seeds={"seed": res.seed}, claim=claim, artifacts=[TRIALS, RESULT],
@@ -90,8 +90,21 @@ def read_step_audit(path: str | Path) -> StepAuditResult:
     claim = manifest.get("claim") or {}
     if (claim.get("epsilon"), claim.get("mu"), claim.get("delta")) != (res.claim_epsilon, res.claim_mu, res.delta):
         raise IntegrityError(f"{path / RESULT}: its claim differs from the manifest's")
+    # the whole claim record (k, per-step claim, accountant), not only its ε/μ/δ: a step_audit.json
+    # rewritten as a one-step audit of the k-step claim (or with another k) next to the manifest's
+    # record is not accepted; nor is a manifest whose configuration ran another number of steps
+    recorded = {k: v for k, v in claim.items() if k != "accountant"}
+    if recorded != data.get("claim") or _config_steps(manifest) != res.steps:
+        raise IntegrityError(f"{path / RESULT}: its claim or number of steps differs from the manifest's")
     check_consistent(res, where=str(path / RESULT))
     return res
+
+
+def _config_steps(manifest: Mapping[str, Any]) -> Any:
+    """The steps per trial of the manifest's configuration (1 when absent: directories written
+    before k-step audits)."""
+    cfg = manifest.get("config")
+    return cfg.get("steps", 1) if isinstance(cfg, dict) else None
 
 
 def check_consistent(res: StepAuditResult, *, where: str) -> None:
@@ -149,14 +162,25 @@ def _check_composition(res: StepAuditResult, bad) -> None:
     """A k-step claim is the composition of the recorded per-step claim (recomputed here): a
     k-step audit tested against a per-step claim, or against a composition for another k, is an
     inconsistent result."""
+    from dp_audit.estimate.gdp_math import gdp_epsilon
     from dp_audit.stepaudit.compose import compose_claim
 
     comp = res.composition or {}
     per = comp.get("per_step") or {}
     if int(res.steps) < 2 or int(comp.get("steps", -1)) != int(res.steps):
         raise bad(f"steps {res.steps} and its composition record disagree")
-    again = compose_claim(epsilon=float(per["epsilon"]), delta=float(res.delta), mu=per.get("mu"),
-                          laplace_epsilon=per.get("laplace_epsilon"), steps=int(res.steps))
+    mu, lap, eps = per.get("mu"), per.get("laplace_epsilon"), float(per["epsilon"])
+    # the per-step record is one claim: its ε is the ε of its μ (GDP) or its ε0 (Laplace); the
+    # composition below reads μ or ε0 only, so an edited per-step ε would otherwise go unnoticed
+    if mu is not None and lap is not None:
+        raise bad("the per-step claim has both a μ and a Laplace ε0")
+    implied = gdp_epsilon(float(res.delta), float(mu)) if mu is not None else (float(lap) if lap is not None else eps)
+    if abs(implied - eps) > 1e-6 * max(1.0, implied):
+        raise bad(f"the per-step claim ε {eps:g} is not the ε of its {'μ' if mu is not None else 'ε0'} ({implied:g})")
+    again = compose_claim(epsilon=eps, delta=float(res.delta), mu=mu, laplace_epsilon=lap, steps=int(res.steps))
+    if comp.get("accountant") != again.accountant:
+        raise bad(f"composition accountant {comp.get('accountant')!r}, the per-step claim composes by "
+                  f"{again.accountant!r}")
     if not np.isclose(again.epsilon, float(res.claim_epsilon), rtol=1e-9) or \
             (again.mu is None) != (res.claim_mu is None) or \
             (again.mu is not None and not np.isclose(again.mu, float(res.claim_mu), rtol=1e-12)):

@@ -101,11 +101,12 @@ def component_lines(arms: Sequence[ArmRow]) -> list[str]:
     lines = []
     for component, paper_c, reps in COMPONENTS:
         p = step_result(paper, paper_c)
-        parts = []
+        parts, status = [], []  # status per replacement: "fixed", "broken" (refuted) or "unknown"
         for c, label in reps:
             found = step_result(private, c)
             if found is None:
                 parts.append(f"{label}: not audited")
+                status.append("unknown")
                 continue
             res, row = found
             e2e = _end_to_end(row)
@@ -119,16 +120,18 @@ def component_lines(arms: Sequence[ArmRow]) -> list[str]:
                 verdict = ""
             step = f"refuted at the step level ({_num(res)})" if res["refuted"] else f"not refuted ({_num(res)})"
             parts.append(f"{label}: {step}" + (f"; {verdict}" if verdict else ""))
-        fixed = [x for x in parts if x.split(": ", 1)[1].startswith("not refuted") and "refuted end to end" not in x
-                 and "its arm" not in x]
-        all_fixed = len(fixed) == len(reps)
+            status.append("broken" if res["refuted"] or (e2e and not shared) else ("unknown" if e2e else "fixed"))
         if p is None:
             head = f"{component} (paper mode not audited)"
             tail = ""
         elif p[0]["refuted"]:
             head = f"{component}: the paper-mode component refutes its claim ({_num(p[0])})"
-            tail = (" — the private replacement fixes it at every threat model audited" if all_fixed else
-                    " — NOT fixed by every private replacement")
+            # "NOT fixed" only when a replacement is itself refuted; a replacement not audited, or
+            # inside an arm refuted end to end with another component's replacement, is unknown
+            tail = (" — NOT fixed by every private replacement" if "broken" in status else
+                    " — the private replacement fixes it at every threat model audited" if set(status) == {"fixed"}
+                    else " — not shown to be fixed by every private replacement (one is not audited, or its arm's "
+                         "end-to-end refutation is not attributable)")
         else:
             head = f"{component}: the paper-mode component is not refuted here ({_num(p[0])})"
             tail = " — so this study does not show that a replacement fixes anything"
