@@ -21,12 +21,16 @@ from dp_audit.errors import UsageError
 TRAINERS = ("nondp", "dpsgd", "dpflat", "dpzo")
 TUNINGS = ("full", "prefix", "lora")
 BUGS = ("none", "no-noise", "no-clip", "accountant-rate-10x-smaller", "noise-multiplier-ignored")
+DATA_TASKS = ("pseudo", "english")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The built-in synthetic text-classification task (dp_audit.trainers.data)."""
+    """The built-in text-classification task: ``task = "pseudo"`` (pseudo-words,
+    dp_audit.trainers.data; the default) or ``"english"`` (sentences from VADER's English
+    sentiment lexicon, dp_audit.trainers.data_english; for pretrained English encoders)."""
 
+    task: str = "pseudo"
     seed: int = 0
     n_public: int = 3000
     n_train: int = 2000
@@ -183,6 +187,7 @@ class RunConfig:
                              f"only (dpsgd, white-box dpflat), not by trainer {self.trainer!r}"
                              + (" with dpflat.blackbox = true" if self.trainer == "dpflat" else ""))
         _choice("model.backbone", self.model.backbone, ("tiny", "minilm"))
+        _choice("data.task", self.data.task, DATA_TASKS)
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
         _choice("privacy.grad_sample_mode", self.privacy.grad_sample_mode, ("auto", "hooks", "ghost"))
         if not 0 < self.privacy.delta < 1:

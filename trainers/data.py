@@ -101,6 +101,12 @@ def _sample_split(
 
 
 def make_task(cfg: DataConfig) -> TaskData:
+    """The built-in task named by ``cfg.task``: ``pseudo`` (this module) or ``english``
+    (:mod:`dp_audit.trainers.data_english`)."""
+    if cfg.task == "english":
+        from dp_audit.trainers.data_english import make_english_task
+
+        return make_english_task(cfg)
     rng = np.random.default_rng(cfg.seed)
     vocab = make_vocab(cfg.vocab_size, rng=rng)
     u = rng.random(len(vocab))
