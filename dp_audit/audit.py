@@ -62,7 +62,7 @@ def target_from_run(run_dir: str | Path) -> Target:
     if manifest["kind"] == "external":
         return _target_from_external_run(run_dir, manifest)
     tuning = manifest["config"].get("model", {}).get("tuning", "full")
-    base = run_dir / "base_model" if tuning != "full" else None
+    base = run_dir / "base_model" if tuning not in ("full", "head") else None
     ledger = read_json(run_dir / "ledger.json", what="ledger", integrity=True) if (run_dir / "ledger.json").exists() else None
     canaries_path = run_dir / "canaries.jsonl"
     if not canaries_path.is_file():

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from dp_audit.errors import UsageError
 
 TRAINERS = ("nondp", "dpsgd", "dpflat", "dpzo")
-TUNINGS = ("full", "prefix", "lora")
+TUNINGS = ("full", "prefix", "lora", "head")
 BUGS = ("none", "no-noise", "no-clip", "accountant-rate-10x-smaller", "noise-multiplier-ignored")
 DATA_TASKS = ("pseudo", "english")
 
@@ -62,6 +62,9 @@ class ModelConfig:
     num_virtual_tokens: int = 50  # DP-Flat's setting
     prefix_positions: str = "text"  # text: the text keeps positions 0..L-1 | shifted: PEFT's T..T+L-1 (dp_audit.hf_compat)
     lora_r: int = 8
+    # keep only the first k encoder layers of a pretrained backbone (0: all). MiniLM on 2 CPU cores:
+    # a step costs about k/6 of the full model's (docs/trainers.md, "MiniLM on the English task")
+    backbone_layers: int = 0
     cache_dir: str = ""  # default: <out>/../.cache
 
 
@@ -188,6 +191,8 @@ class RunConfig:
                              + (" with dpflat.blackbox = true" if self.trainer == "dpflat" else ""))
         _choice("model.backbone", self.model.backbone, ("tiny", "minilm"))
         _choice("data.task", self.data.task, DATA_TASKS)
+        if self.model.backbone_layers < 0:
+            raise UsageError(f"model.backbone_layers must be >= 0 (0: every layer), got {self.model.backbone_layers}")
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
         _choice("privacy.grad_sample_mode", self.privacy.grad_sample_mode, ("auto", "hooks", "ghost"))
         if not 0 < self.privacy.delta < 1:

@@ -240,14 +240,14 @@ def release_policy(result: TrainResult, cfg: RunConfig) -> TrainResult:
 def _base_for_saving(model, cfg: RunConfig):
     """The weights before fine-tuning: the base of a PEFT adapter, and for full fine-tuning the
     starting point that white-box audits compare the final weights with."""
-    base = model if cfg.model.tuning == "full" else model.get_base_model()
+    base = model if cfg.model.tuning in ("full", "head") else model.get_base_model()
     return {k: v.detach().clone() for k, v in base.state_dict().items()}
 
 
 def _write_model(run_dir: Path, model, base_state, prep: Prepared, cfg: RunConfig) -> list[str]:
     prep.tokenizer.save_pretrained(run_dir / "tokenizer")
     model.save_pretrained(run_dir / "model")  # full model, or adapter_config.json + adapter_model.safetensors
-    base = model if cfg.model.tuning == "full" else model.get_base_model()
+    base = model if cfg.model.tuning in ("full", "head") else model.get_base_model()
     base.save_pretrained(run_dir / "base_model", state_dict=plain_state_dict(base_state))
     return ["model", "base_model", "tokenizer"]
 

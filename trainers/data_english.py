@@ -37,19 +37,19 @@ NEGATION = "not"
 DETERMINERS = ("the", "this", "that", "my", "our", "their", "his", "her", "a", "every")
 BE = ("was", "is", "seemed", "felt", "looked", "sounded", "became", "stayed")
 DO = ("did", "does", "will", "would", "could")
-ADVERBS = ("really", "very", "quite", "so", "just", "also", "still", "always", "pretty", "rather")
+ADVERBS = ("really", "very", "quite", "so", "just", "also", "still", "always", "rather", "somewhat")
 FILLERS = ("today", "again", "at first", "in the end", "for us", "to me", "this time", "as usual",
            "on sunday", "last night", "after all", "for a while", "overall", "", "", "")
 CONNECTIVES = ("and", "but", "so", "while", "because", "although")
 PUBLIC_NOUNS = ("day", "week", "weather", "city", "street", "neighbor", "news", "game", "team", "school",
                 "teacher", "class", "family", "house", "garden", "car", "train", "road", "morning",
-                "evening", "party", "friend", "letter", "meeting", "office", "job", "trip", "holiday",
-                "weekend", "phone", "music", "song", "picture", "story")
+                "evening", "letter", "meeting", "office", "job", "trip", "visit",
+                "weekend", "phone", "music", "song", "picture", "story", "river")
 PRIVATE_NOUNS = ("movie", "film", "plot", "actor", "ending", "scene", "director", "script", "cast",
                  "soundtrack", "hotel", "room", "staff", "service", "restaurant", "food", "meal",
                  "waiter", "menu", "product", "price", "delivery", "book", "author", "chapter",
                  "album", "show", "episode", "series", "app", "screen", "battery", "camera")
-SUBJECTS = ("i", "we", "they", "my friends", "the kids", "my parents", "everyone", "people")
+SUBJECTS = ("i", "we", "they", "my sister", "the kids", "my parents", "everyone", "people")
 
 
 @functools.lru_cache(maxsize=1)

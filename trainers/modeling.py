@@ -15,6 +15,8 @@ from dp_audit.hf_compat import enable_prefix_tuning, quiet_transformers
 
 Batch = dict[str, torch.Tensor]
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+# The classification head's top-level modules (``tuning = "head"`` trains these only)
+HEAD_MODULES = ("classifier", "pre_classifier", "score")
 
 
 def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: int = 2, generator: torch.Generator):
@@ -27,6 +29,7 @@ def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: 
         model = AutoModelForSequenceClassification.from_pretrained(
             str(backbone_dir), num_labels=num_labels, local_files_only=True
         )
+    truncate_layers_(model, model_cfg.backbone_layers)
     head = getattr(model, "classifier", None)  # the only new module; the pooler is pretrained
     if head is not None:
         from dp_audit.trainers.backbone import init_weights_
@@ -35,8 +38,41 @@ def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: 
     return apply_tuning(model, model_cfg, generator=generator)
 
 
+def truncate_layers_(model, k: int) -> None:
+    """Keep the first ``k`` encoder layers of a BERT-style model (0: all); the config says so, so
+    the saved checkpoint reloads as trained. ``k`` above the model's depth is a usage error."""
+    if not k:
+        return
+    from dp_audit.errors import UsageError
+
+    encoder = getattr(getattr(model, "base_model", model), "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise UsageError(f"model.backbone_layers = {k}: the backbone has no BERT-style encoder.layer list")
+    if k > len(layers):
+        raise UsageError(f"model.backbone_layers = {k} exceeds the backbone's {len(layers)} layers")
+    encoder.layer = layers[:k]
+    model.config.num_hidden_layers = k
+
+
+def freeze_all_but_head(model) -> list[str]:
+    """``tuning = "head"``: only the classification head is trained (the backbone is a frozen
+    feature extractor). Returns the names of the trainable modules."""
+    from dp_audit.errors import UsageError
+
+    heads = [n for n, _ in model.named_children() if n in HEAD_MODULES]
+    if not heads:
+        raise UsageError(f"model.tuning = 'head': {type(model).__name__} has no module named "
+                         f"{' / '.join(HEAD_MODULES)}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.split(".", 1)[0] in heads)
+    return heads
+
+
 def apply_tuning(model, model_cfg: ModelConfig, *, generator: torch.Generator):
-    if model_cfg.tuning == "full":
+    if model_cfg.tuning in ("full", "head"):
+        if model_cfg.tuning == "head":
+            freeze_all_but_head(model)
         model.train()
         return model
     from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
