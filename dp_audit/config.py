@@ -65,6 +65,9 @@ class ModelConfig:
     # keep only the first k encoder layers of a pretrained backbone (0: all). MiniLM on 2 CPU cores:
     # a step costs about k/6 of the full model's (docs/trainers.md, "MiniLM on the English task")
     backbone_layers: int = 0
+    # tuning = "head": the frozen body's outputs computed once per distinct input, eval mode
+    # (dp_audit.trainers.feature_cache); false: the body runs at every step, in the model's mode
+    head_cache: bool = True
     cache_dir: str = ""  # default: <out>/../.cache
 
 

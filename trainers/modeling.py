@@ -35,7 +35,12 @@ def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: 
         from dp_audit.trainers.backbone import init_weights_
 
         init_weights_(head, generator=generator)
-    return apply_tuning(model, model_cfg, generator=generator)
+    model = apply_tuning(model, model_cfg, generator=generator)
+    if model_cfg.tuning == "head" and model_cfg.head_cache:
+        from dp_audit.trainers.feature_cache import cache_frozen_body_
+
+        cache_frozen_body_(model)
+    return model
 
 
 def truncate_layers_(model, k: int) -> None:
