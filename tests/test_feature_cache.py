@@ -13,7 +13,7 @@ def _model(seed: int):
     cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.1)
     m = BertForSequenceClassification(cfg)
-    init_weights_(m, generator=torch.Generator().manual_seed(seed))
+    init_weights_(m, generator=torch.Generator().manual_seed(seed), std=0.5)  # outputs sensitive to every input
     return m
 
 
