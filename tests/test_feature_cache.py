@@ -53,3 +53,33 @@ def test_cached_head_model_equals_the_eval_mode_model_row_by_row():
     torch.testing.assert_close(other(input_ids=ids, attention_mask=mask).logits,
                                _model(2).eval()(input_ids=ids, attention_mask=mask).logits)
     assert not cache_frozen_body_(_model(3))  # trainable body: not cached
+
+
+def test_backbone_layers_keeps_the_first_layers_and_saves_that_depth(tmp_path):
+    """model.backbone_layers = k keeps the first k encoder layers (their weights unchanged), the
+    saved config says k (an audit reloads the model as trained), and k beyond the depth is a usage
+    error. Bugs caught: the last layers kept instead of the first, the config left at the old
+    depth (reloading would add random layers), a silent no-op."""
+    import pytest
+    from transformers import AutoModelForSequenceClassification
+
+    from dp_audit.config import ModelConfig
+    from dp_audit.errors import UsageError
+    from dp_audit.trainers.modeling import build_classifier
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    deep = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3,
+                                                    num_attention_heads=2, intermediate_size=32,
+                                                    max_position_embeddings=16))
+    deep.save_pretrained(tmp_path / "deep")
+    g = torch.Generator().manual_seed(0)
+    m = build_classifier(tmp_path / "deep", ModelConfig(backbone_layers=2), generator=g)
+    assert len(m.bert.encoder.layer) == 2 and m.config.num_hidden_layers == 2
+    torch.testing.assert_close(m.bert.encoder.layer[1].attention.self.query.weight,
+                               deep.bert.encoder.layer[1].attention.self.query.weight)
+    m.save_pretrained(tmp_path / "out")
+    again = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "out"))
+    assert len(again.bert.encoder.layer) == 2
+    with pytest.raises(UsageError, match="exceeds"):
+        build_classifier(tmp_path / "deep", ModelConfig(backbone_layers=4), generator=g)
