@@ -21,8 +21,20 @@ EPILOG = """example:
   dp-audit demo --with-dpflat           # also DP-Flat on MiniLM prefixes (much slower)
   then open demo-run/report.html (comparison) and demo-run/<run>/report.html"""
 
+# The attack's positive control: a non-private head on the frozen MiniLM barely memorises the
+# canaries (LOSS AUC 0.565 measured: not refuted), so the demo also fine-tunes the whole small
+# pseudo-word model of the earlier demo without privacy (rare-token canaries, 15 epochs), which
+# memorises them and is refuted by the same black-box audit.
+TINY_CONTROL = {
+    "data": {"task": "pseudo", "n_public": 3000, "n_train": 2000, "n_dev": 500, "n_test": 1000, "max_length": 32},
+    "model": {"backbone": "tiny", "tuning": "full"},
+    "canaries": {"m": 500, "kind": "rare-token"},
+    "train": {"epochs": 15, "batch_size": 64, "lr": 1e-3},
+}
+
 SCENARIOS: tuple[tuple[str, dict], ...] = (
     ("nondp-claims-eps1", {"trainer": "nondp", "privacy": {"claimed_epsilon": 1.0}}),
+    ("nondp-tiny-claims-eps1", {"trainer": "nondp", "privacy": {"claimed_epsilon": 1.0}, **TINY_CONTROL}),
     ("dpsgd", {"trainer": "dpsgd"}),
     ("dpsgd-no-noise-bug", {"trainer": "dpsgd", "privacy": {"inject_bug": "no-noise"}}),
 )
@@ -174,9 +186,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         cfg = run_config_from_dict(_merge(_merge(BASE, spec), {"name": name,
                                                                "train": {"progress": not args.quiet}}))
-        print(f"[demo] training {name} ...", flush=True)
+        print(f"[demo] training {name} ... ({time.time() - t0:.0f} s)", flush=True)
         run_dir = train_run(cfg, out / name, progress=not args.quiet, overwrite=True)
-        print(f"[demo] auditing {name} ...", flush=True)
+        print(f"[demo] auditing {name} ... ({time.time() - t0:.0f} s)", flush=True)
         audit = run_audit(target_from_run(run_dir), audit_cfg, progress=not args.quiet)
         print_summary(audit, run_dir)
         gate = evaluate_gate(run_dir, GatePolicy(estimators=audit_cfg.estimators, alpha=audit_cfg.alpha,
