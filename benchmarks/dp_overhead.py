@@ -56,6 +56,10 @@ def main() -> None:
         opt = torch.optim.AdamW(trainable_parameters(plain), lr=1e-3)
         private = build_classifier(prep.backbone_dir, cfg.model, generator=g)
         gsm, dp_opt, loader = make_private(private, prep, cfg, plan(cfg, prep.n_train), generator=g)
+        if tuning == "head":  # fill the frozen encoder's feature cache first: steps then measure the head alone
+            from dp_audit.trainers.modeling import predict_losses
+
+            predict_losses(plain, prep.train)
         loader_it = iter(loader)
 
         def step_plain(batch):
