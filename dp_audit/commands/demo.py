@@ -70,7 +70,7 @@ AUDIT = {  # the audit config of every demo run (audit.toml keys)
     # loss at w + ηd with filter-normalised d (Li et al. 2018): comparable across full and prefix tuning
     # (every point of the curve is a MiniLM forward over the examples: kept small)
     "probes": ["curve-filter"], "probe": {"curve-filter": {"n_directions": 2, "etas": DEMO_ETAS}},
-    "landscape": {"splits": ["member", "nonmember", "dev"], "max_examples": 60},
+    "landscape": {"splits": ["member", "nonmember", "dev"], "max_examples": 25},
 }
 
 # The end-to-end part runs on the built-in English task (data.task = "english": sentences from
