@@ -40,9 +40,10 @@ SCENARIOS: tuple[tuple[str, dict], ...] = (
 )
 
 # DP-Flat tunes a prefix, so each of its steps runs the whole MiniLM forward and backward (the
-# feature cache cannot help), plus its selection and teacher runs and the layer probe: measured
-# 444 s for one run at this reduced size on 2 loaded cores, at test accuracy 0.508 (chance). It is
-# therefore not in the default demo (≤ 5 min); `dp-audit demo --with-dpflat` adds both modes.
+# feature cache cannot help), plus its selection and teacher runs and the layer probe: about a
+# minute per run on 2 quiet cores (444 s under load), and at this size neither DP-Flat nor DP-SGD
+# on a prefix learns (test accuracy 0.49-0.51; docs/trainers.md). So DP-Flat is not in the default
+# demo; `dp-audit demo --with-dpflat` adds both modes.
 # DP-Flat's own question, whether its AWP step leaks, is answered by the step-level part.
 DPFLAT = {
     "model": {"tuning": "prefix", "num_virtual_tokens": 10},
