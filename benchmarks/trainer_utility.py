@@ -10,6 +10,12 @@ distillation). Prints a Markdown table (mean ± std over seeds) and writes JSON 
 Default size (~10 min on 2 cores): 3 seeds, ε ∈ {1, 3, 8}, 2 000 private examples, DP-SGD
 for --epochs epochs, DP-ZO for --zo-epochs epochs (its steps are much cheaper).
 Usage: python benchmarks/trainer_utility.py [--seeds 0,1] [--eps 1,3,8] [--json out.json]
+
+MiniLM on the English task (issue 14; docs/trainers.md "MiniLM on the English task"):
+  --backbone minilm --task english --tuning head --max-length 24 --epochs 5 --lr 0.05 --clip 1
+  (non-private, DP-SGD and DP-ZO tune the classification head; the frozen encoder's outputs are
+  computed once for the whole grid, trainers/feature_cache.py). DP-Flat always tunes a prefix
+  (--dpflat-* options), whose every step runs the whole encoder: the expensive rows.
 """
 
 from __future__ import annotations
@@ -29,16 +35,20 @@ METHODS = ("nondp", "dpsgd", "dpflat-paper", "dpflat-private", "dpzo-gaussian", 
 
 def sections(method: str, args) -> dict:
     dp = {"train": {"epochs": args.epochs, "lr": args.lr}, "privacy": {"max_grad_norm": args.clip}}
-    flat = {"awp": True, "sparse": True, "distill": True, "sparse_k": 1, "distill_epochs": args.ref_epochs}
+    flat = {"awp": True, "sparse": True, "distill": True, "sparse_k": 1, "distill_epochs": args.ref_epochs,
+            "train_head": args.dpflat_train_head, "sparse_reference_epochs": args.ref_epochs}
+    flat_model = {"model": {"tuning": "prefix"}, "data": {"n_train": args.dpflat_n_train or args.n_train}}
+    flat_train = {"train": {"epochs": args.dpflat_epochs or args.epochs, "lr": args.dpflat_lr or args.lr}}
     zo = {"train": {"epochs": args.zo_epochs, "lr": args.zo_lr, "optimizer": "sgd"},
           "dpzo": {"clip": args.zo_clip, "perturbation_scale": 1e-3}}
     return {
         "nondp": {"trainer": "nondp", "train": {"epochs": args.epochs, "lr": args.nondp_lr}},
         "dpsgd": {"trainer": "dpsgd", **dp},
-        "dpflat-paper": {"trainer": "dpflat", **dp, "dpflat": {**flat, "awp_mode": "paper", "sparse_mode": "paper",
-                                                                "distill_mode": "paper"}},
-        "dpflat-private": {"trainer": "dpflat", **dp, "dpflat": {**flat, "awp_mode": "per-example",
-                                                                  "sparse_mode": "public", "distill_mode": "public"}},
+        "dpflat-paper": {"trainer": "dpflat", **dp, **flat_model, **flat_train,
+                         "dpflat": {**flat, "awp_mode": "paper", "sparse_mode": "paper", "distill_mode": "paper"}},
+        "dpflat-private": {"trainer": "dpflat", **dp, **flat_model, **flat_train,
+                           "dpflat": {**flat, "awp_mode": args.private_awp, "sparse_mode": "public",
+                                      "distill_mode": "public"}},
         "dpzo-gaussian": {"trainer": "dpzo", **zo, "dpzo": {**zo["dpzo"], "noise": "gaussian"}},
         "dpzo-laplace": {"trainer": "dpzo", **zo, "dpzo": {**zo["dpzo"], "noise": "laplace"}},
     }[method]
@@ -66,6 +76,17 @@ def main() -> None:
     ap.add_argument("--zo-clip", type=float, default=1.0)
     ap.add_argument("--virtual-tokens", type=int, default=20)
     ap.add_argument("--n-train", type=int, default=2000)
+    ap.add_argument("--n-test", type=int, default=1000)
+    ap.add_argument("--backbone", default="tiny", choices=("tiny", "minilm"))
+    ap.add_argument("--task", default="pseudo", choices=("pseudo", "english"))
+    ap.add_argument("--tuning", default="prefix", help="tuning of nondp, dpsgd, dpzo (DP-Flat: always prefix)")
+    ap.add_argument("--max-length", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--dpflat-train-head", action="store_true", help="DP-Flat also trains the head")
+    ap.add_argument("--dpflat-n-train", type=int, default=0, help="DP-Flat's private examples (0: --n-train)")
+    ap.add_argument("--dpflat-epochs", type=int, default=0)
+    ap.add_argument("--dpflat-lr", type=float, default=0.0)
+    ap.add_argument("--private-awp", default="per-example", choices=("per-example", "dpsat"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dp-audit-bench-cache")
     args = ap.parse_args()
@@ -76,9 +97,10 @@ def main() -> None:
     from dp_audit.trainers.base import TRAINERS, prepare
     from dp_audit.trainers.modeling import accuracy, build_classifier
 
-    base = {"model": {"tuning": "prefix", "num_virtual_tokens": args.virtual_tokens, "cache_dir": str(args.cache)},
-            "data": {"n_train": args.n_train}, "canaries": {"m": 0},
-            "train": {"batch_size": 64, "progress": False}}
+    base = {"model": {"tuning": args.tuning, "num_virtual_tokens": args.virtual_tokens, "cache_dir": str(args.cache),
+                      "backbone": args.backbone},
+            "data": {"n_train": args.n_train, "n_test": args.n_test, "task": args.task, "max_length": args.max_length},
+            "canaries": {"m": 0}, "train": {"batch_size": args.batch_size, "progress": False}}
     seeds = [int(s) for s in args.seeds.split(",")]
     epsilons = [float(e) for e in args.eps.split(",")]
     methods = args.methods.split(",")
@@ -108,10 +130,18 @@ def main() -> None:
                              "removed_layers": removed, "seconds": time.time() - t0})
                 print(f"{method:>15} ε={eps} seed={seed}: test acc {acc:.3f}  ({time.time() - t0:.0f}s)"
                       f"{'  removed ' + str(removed) if removed is not None else ''}", flush=True)
+                if args.json:  # after every run: a long grid stopped midway keeps what it measured
+                    save(args, runs)
     print(f"\ntotal {time.time() - t_start:.0f}s\n")
     print(table(runs, methods, epsilons, seeds))
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs}, indent=1))
+        save(args, runs)
+
+
+def save(args, runs: list[dict]) -> None:
+    from dp_audit.io import atomic_write_json
+
+    atomic_write_json(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs})
 
 
 def table(runs: list[dict], methods: list[str], epsilons: list[float], seeds: list[int]) -> str:

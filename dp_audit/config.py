@@ -23,16 +23,19 @@ TRAINERS = ("nondp", "dpsgd", "dpflat", "dpzo")
 TUNINGS = ("full", "prefix", "lora", "head")
 DATA_SOURCES = ("builtin", "csv", "jsonl", "parquet", "hf-disk")
 BUGS = ("none", "no-noise", "no-clip", "accountant-rate-10x-smaller", "noise-multiplier-ignored")
+DATA_TASKS = ("pseudo", "english")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The data: the built-in synthetic text-classification task (dp_audit.trainers.data), or your
+    """The data: a built-in text-classification task (``task = "pseudo"``, dp_audit.trainers.data,
+    the default; ``"english"``, sentences from VADER's English lexicon, dp_audit.trainers.data_english), or your
     own files (``source`` = csv | jsonl | parquet | hf-disk; dp_audit.trainers.data_files and
     docs/trainers.md "Your data and your model"). ``seed`` draws the built-in task, or the dev/test
     cut of ``train`` when those splits are not given."""
 
     source: str = "builtin"
+    task: str = "pseudo"  # source = builtin: pseudo (pseudo-words) | english (VADER lexicon sentences, dp_audit.trainers.data_english)
     train: str = ""  # the private split (a file, or a save_to_disk folder for hf-disk)
     dev: str = ""  # "": dev_fraction of train
     test: str = ""  # "": test_fraction of train
@@ -77,6 +80,12 @@ class ModelConfig:
     num_virtual_tokens: int = 50  # DP-Flat's setting
     prefix_positions: str = "text"  # text: the text keeps positions 0..L-1 | shifted: PEFT's T..T+L-1 (dp_audit.hf_compat)
     lora_r: int = 8
+    # keep only the first k encoder layers of a pretrained backbone (0: all). MiniLM on 2 CPU cores:
+    # a step costs about k/6 of the full model's (docs/trainers.md, "MiniLM on the English task")
+    backbone_layers: int = 0
+    # tuning = "head": the frozen body's outputs computed once per distinct input, eval mode
+    # (dp_audit.trainers.feature_cache); false: the body runs at every step, in the model's mode
+    head_cache: bool = True
     cache_dir: str = ""  # default: <out>/../.cache
     # rows of the position table (0: max(64, data.max_length + 8)); rows >= data.max_length are never
     # read by any input: a larger table gives room for more Dirac gradient canaries (docs/whitebox.md)
@@ -206,6 +215,9 @@ class RunConfig:
                              + (" with dpflat.blackbox = true" if self.trainer == "dpflat" else ""))
         _choice("model.backbone", self.model.backbone, ("tiny", "minilm"))
         _validate_data(self.data)
+        _choice("data.task", self.data.task, DATA_TASKS)
+        if self.model.backbone_layers < 0:
+            raise UsageError(f"model.backbone_layers must be >= 0 (0: every layer), got {self.model.backbone_layers}")
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
         _choice("privacy.grad_sample_mode", self.privacy.grad_sample_mode, ("auto", "hooks", "ghost"))
         if not 0 < self.privacy.delta < 1:

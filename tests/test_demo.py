@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from dp_audit.commands.demo import BASE, SCENARIOS, _merge
+from dp_audit.commands.demo import BASE, DPFLAT_SCENARIOS, SCENARIOS, _merge
 from dp_audit.config import run_config_from_dict
 
 
-@pytest.mark.parametrize("name,spec", SCENARIOS, ids=[n for n, _ in SCENARIOS])
+@pytest.mark.parametrize("name,spec", SCENARIOS + DPFLAT_SCENARIOS, ids=[n for n, _ in SCENARIOS + DPFLAT_SCENARIOS])
 def test_every_scenario_is_a_valid_config(name, spec):
     cfg = run_config_from_dict(_merge(_merge(BASE, spec), {"name": name}))
     assert cfg.privacy.epsilon == 1.0 and cfg.canaries.m > 0

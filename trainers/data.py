@@ -103,11 +103,16 @@ def _sample_split(
 
 
 def make_task(cfg: DataConfig) -> TaskData:
-    """The data of a run: the built-in task, or your own files (``data.source``; trainers.data_files)."""
+    """The data of a run: a built-in task (``data.task``: pseudo, or english in
+    :mod:`dp_audit.trainers.data_english`), or your own files (``data.source``; trainers.data_files)."""
     if cfg.source != "builtin":
         from dp_audit.trainers.data_files import load_task_files
 
         return load_task_files(cfg)
+    if cfg.task == "english":
+        from dp_audit.trainers.data_english import make_english_task
+
+        return make_english_task(cfg)
     return make_builtin_task(cfg)
 
 

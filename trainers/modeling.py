@@ -18,13 +18,13 @@ from dp_audit.hf_compat import PADDED_POSITION_MODELS, enable_prefix_tuning, qui
 
 Batch = dict[str, torch.Tensor]
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+# The classification head's top-level modules (``tuning = "head"`` trains these only)
+HEAD_MODULES = ("classifier", "pre_classifier", "score")
 
 
 # LoRA's target modules by model type (PEFT's table has no entry for DistilBERT)
 LORA_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
                 "camembert": ["query", "value"], "distilbert": ["q_lin", "v_lin"], "gpt2": ["c_attn"]}
-# The classification head's top-level modules (``tuning = "head"`` trains these only)
-HEAD_MODULES = ("classifier", "pre_classifier", "score")
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,32 @@ def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: 
                                                            for m in info.get("mismatched_keys") or []}
     for name in sorted({k.rsplit(".", 1)[0] for k in fresh}):
         init_weights_(model.get_submodule(name), generator=generator)
-    return apply_tuning(model, model_cfg, generator=generator)
+    truncate_layers_(model, model_cfg.backbone_layers)
+    model = apply_tuning(model, model_cfg, generator=generator)
+    if model_cfg.tuning == "head" and model_cfg.head_cache:
+        from dp_audit.trainers.feature_cache import cache_frozen_body_
+
+        cache_frozen_body_(model)
+    return model
+
+
+def truncate_layers_(model, k: int) -> None:
+    """Keep the first ``k`` encoder layers of a BERT-style model (0: all); the config says so, so
+    the saved checkpoint reloads as trained. ``k`` above the model's depth is a usage error."""
+    if not k:
+        return
+    from dp_audit.errors import UsageError
+
+    encoder = getattr(getattr(model, "base_model", model), "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise UsageError(f"model.backbone_layers = {k}: the backbone has no BERT-style encoder.layer list")
+    if k > len(layers):
+        raise UsageError(f"model.backbone_layers = {k} exceeds the backbone's {len(layers)} layers")
+    encoder.layer = layers[:k]
+    model.config.num_hidden_layers = k
+
+
 
 
 def _is_decoder(config) -> bool:
