@@ -74,3 +74,35 @@ def test_minilm_backbone_loads_offline_and_runs(tuning):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
     if tuning == "prefix":  # only the prefix and the head train
         assert sum(p.numel() for p in trainable) < 0.05 * sum(p.numel() for p in model.parameters())
+
+
+def test_fast_weighted_draw_is_numpys_choice_stream():
+    """The generators draw weighted words with a precomputed CDF instead of rng.choice(p=...)
+    (4x faster task building); it must be the same stream. Catches a CDF left unnormalised
+    (weights are passed unnormalised here), one draw too many or too few per word, a zero-weight
+    word drawn."""
+    import numpy as np
+
+    from dp_audit.trainers.data import _choice_cdf
+
+    w = np.random.default_rng(5).random(50) ** 3 * 7.0
+    w[[3, 17, 49]] = 0.0
+    a = np.random.default_rng(11)
+    b = np.random.default_rng(11)
+    cdf = _choice_cdf(w)
+    ref = [int(a.choice(len(w), p=w / w.sum())) for _ in range(5000)]
+    got = [int(cdf.searchsorted(b.random(), side="right")) for _ in range(5000)]
+    assert got == ref
+    assert not {3, 17, 49} & set(got)
+
+
+def test_builtin_tasks_are_the_same_data_as_before():
+    """Golden fingerprints of the built-in tasks' private split (as generated since issue 14):
+    a change of the generators' random stream silently changes every data set, and with it the
+    cached backbones' keys and every published number. Catches e.g. a faster sampler that draws
+    differently."""
+    from dp_audit.config import DataConfig
+    from dp_audit.trainers.data import make_task
+
+    assert make_task(DataConfig()).fingerprint.startswith("53d77804df4939d3")
+    assert make_task(DataConfig(task="english")).fingerprint.startswith("c4a780327c875279")

@@ -27,7 +27,7 @@ import numpy as np
 from dp_audit.config import DataConfig
 from dp_audit.errors import UsageError
 from dp_audit.io import canonical_fingerprint
-from dp_audit.trainers.data import Split, TaskData
+from dp_audit.trainers.data import Split, TaskData, _choice_cdf
 
 LEXICON_PACKAGE, LEXICON_FILE = "vaderSentiment", "vader_lexicon.txt"
 MIN_VALENCE, MAX_STD = 2.0, 1.0
@@ -117,6 +117,7 @@ def _sample_split(n: int, cfg: DataConfig, *, rng: np.random.Generator, words: S
                   freq: np.ndarray, nouns: Sequence[str], taken: set[str]) -> Split:
     groups = {s: np.flatnonzero(np.sign(valence) == s) for s in (-1, 1)}
     probs = {s: freq[g] / freq[g].sum() for s, g in groups.items()}
+    cdfs = {s: _choice_cdf(p) for s, p in probs.items()}  # = rng.choice(len(g), p=p), stream included
     texts: list[str] = []
     labels: list[int] = []
     while len(texts) < n:
@@ -126,7 +127,7 @@ def _sample_split(n: int, cfg: DataConfig, *, rng: np.random.Generator, words: S
         score = 0.0
         while len(out) < target or not out:
             s = sentiment if rng.random() < 0.8 else -sentiment
-            k = groups[s][rng.choice(len(groups[s]), p=probs[s])]
+            k = int(groups[s][cdfs[s].searchsorted(rng.random(), side="right")])
             negated = rng.random() < 0.15
             score += -valence[k] if negated else valence[k]
             if out:
