@@ -5,9 +5,11 @@ models four ways into fresh copies of the run directory: serial with torch's def
 `dp-audit run` did before scale-out), serial with one thread per task, the local process pool
 (`--workers`, default every core), and a local Ray with as many CPUs. Prints wall times, the
 speed-ups of the pool over both serial baselines (target >= 1.7 on 2 cores, goal >= 1.8), Ray's
-overhead over the pool, and whether every backend wrote identical files.
+overhead over the pool, and whether every backend wrote identical files. Also the fixed cost of
+one pool worker (spawn, imports, the shared preparation), measured alone in a fresh process: each
+worker pays it once, the serial run never, so the pool's speed-up grows with the work per worker.
 
-Usage: python benchmarks/scale_references.py [--models 8] [--workers 2] [--epochs 1] [--no-ray]
+Usage: python benchmarks/scale_references.py [--models 8] [--workers 2] [--epochs 3] [--no-ray]
 """
 
 from __future__ import annotations
@@ -21,11 +23,22 @@ import warnings
 from pathlib import Path
 
 
+def _worker_startup(config: dict, cache: str) -> tuple[float, float]:
+    """In a fresh spawned process: seconds to import the reference code, then to prepare."""
+    t0 = time.perf_counter()
+    import dp_audit.reference as ref
+    from dp_audit.config import run_config_from_dict
+
+    t1 = time.perf_counter()
+    ref._prepared(run_config_from_dict(config), Path(cache))
+    return t1 - t0, time.perf_counter() - t1
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=int, default=8)
     ap.add_argument("--workers", type=int, default=0, help="0: every core")
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=3, help="epochs of each model (default: train.epochs' default)")
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dp-audit-bench-cache")
     args = ap.parse_args()
@@ -66,6 +79,18 @@ def main() -> None:
         }
         if not args.no_ray:
             results["ray (local)"] = timed("ray", ScaleConfig(backend="ray", workers=workers))
+        import concurrent.futures as cf
+        import multiprocessing
+
+        from dp_audit.trainers.base import default_cache_root
+
+        cfg_run = run_config_from_dict(manifest["config"])
+        with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+            t_spawn = time.perf_counter()
+            imp, prep = ex.submit(_worker_startup, manifest["config"], str(default_cache_root(run, cfg_run))).result()
+            t_spawn = time.perf_counter() - t_spawn
+        print(f"one worker's start-up alone: {t_spawn:.1f} s (imports {imp:.1f} s, preparation {prep:.1f} s); "
+              f"one model serially: {results['serial, 1 thread'][0] / args.models:.1f} s")
         pool = results["local pool"][0]
         print(f"speed-up local pool vs serial (default threads): {results['serial, default threads'][0] / pool:.2f}")
         print(f"speed-up local pool vs serial (1 thread):        {results['serial, 1 thread'][0] / pool:.2f}")

@@ -62,14 +62,14 @@ def reference_digest(manifest: dict[str, Any], canaries: Sequence[Any], *, priva
 _PREPARED: dict[str, Any] = {}  # per process: config fingerprint -> Prepared (workers run many tasks)
 
 
-def _prepared(cfg: Any, cache_root: Path) -> Any:
+def _prepared(cfg: Any, cache_root: Path, *, progress: bool = False) -> Any:
     from dp_audit.io import canonical_fingerprint
     from dp_audit.trainers.base import prepare
 
     key = canonical_fingerprint({"config": dataclasses.asdict(cfg), "cache": str(cache_root)})
     if key not in _PREPARED:
         _PREPARED.clear()  # one audit at a time per process: keep memory flat
-        _PREPARED[key] = prepare(cfg, cache_root=cache_root, progress=False)
+        _PREPARED[key] = prepare(cfg, cache_root=cache_root, progress=progress)
     return _PREPARED[key]
 
 
@@ -167,7 +167,7 @@ def train_references(run_dir: str | Path, manifest: dict[str, Any], *, n_models:
     from dp_audit.canaries import read_canaries
     from dp_audit.config import run_config_from_dict
     from dp_audit.scale import Task, run_tasks
-    from dp_audit.trainers.base import default_cache_root, prepare
+    from dp_audit.trainers.base import default_cache_root
 
     if n_models < 1:
         raise UsageError(f"need at least one reference model, got {n_models}")
@@ -181,7 +181,9 @@ def train_references(run_dir: str | Path, manifest: dict[str, Any], *, n_models:
                     and _meta_matches(reference_path(run_dir, i), seed=seed, index=i, digest=digest))]
     if todo:  # the shared preparation once, here: the backbone cache exists before any worker starts
         cfg = run_config_from_dict(manifest["config"])
-        prepare(cfg, cache_root=default_cache_root(run_dir, cfg), progress=progress)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
+        # memoised: the serial backend's in-process tasks reuse it instead of preparing again
+        _prepared(cfg, default_cache_root(run_dir, cfg), progress=progress)
         (run_dir / REF_DIR).mkdir(exist_ok=True)
     tasks = [Task(key=f"ref-{i:03d}", fn="dp_audit.reference:reference_job",
                   kwargs={"run_dir": str(run_dir), "manifest": manifest, "index": i, "seed": int(seed),
