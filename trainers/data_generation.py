@@ -113,7 +113,7 @@ def _office_frames() -> tuple[Frame, ...]:
 
     def pin(r):
         n, p = _person(r)
-        return f"{n} asked to reset my pin code for the {_pick(r, DEVICES)} , the new code is {_digits(r, 4, 6)}"
+        return f"{n} wrote about the {_pick(r, DEVICES)} : my pin code is {_digits(r, 4, 6)} , call me on {_pick(r, DAYS)}"
 
     def sent(r):
         n, p = _person(r)
