@@ -171,6 +171,9 @@ class DPFlatConfig:
     distill_mode: str = "paper"  # paper (private data, non-private) | public
     distill_lambda: float = 0.01
     distill_epochs: int = 10  # official: the teacher P_np runs 10 epochs
+    # weights (official: λ‖P − P_np‖_F) | outputs (λ·KL(p_np ‖ p) per example, on next-token
+    # distributions for causal LMs; inside the clipped per-example loss; docs/language-models.md)
+    distill_target: str = "weights"
     # added by the DP-Flat trainer (docs/trainers.md)
     awp_micro_batch: int = 0  # paper mode: size of the AWP micro-batch (0: awp_micro_batch_fraction of the batch)
     awp_micro_batch_fraction: float = 20 / 1020  # official: 20 of a logical batch of 1 020 (at least 1 example)
@@ -329,6 +332,10 @@ def _validate_dpflat_dpzo(cfg: RunConfig) -> None:
     _choice("dpflat.awp_mode", f.awp_mode, ("paper", "dpsat", "per-example"))
     _choice("dpflat.sparse_mode", f.sparse_mode, ("paper", "public"))
     _choice("dpflat.distill_mode", f.distill_mode, ("paper", "public"))
+    _choice("dpflat.distill_target", f.distill_target, ("weights", "outputs"))
+    if f.blackbox and f.distill_target != "weights":
+        raise UsageError("dpflat.distill_target = 'outputs' is for white-box DP-Flat; black-box DP-Flat distils "
+                         "weights (dpflat.blackbox = true)")
     _choice("dpflat.awp_radius", f.awp_radius, ("full", "masked"))
     _choice("dpflat.sparse_reference", f.sparse_reference, ("dp", "nonprivate"))
     _choice("dpflat.reference_init", f.reference_init, ("own", "shared"))
@@ -413,9 +420,6 @@ def _validate_causal_lm(cfg: RunConfig) -> None:
         raise UsageError(f"a causal LM's canaries are secrets: set canaries.kind = 'secret' (got {c.kind!r})")
     if m.tuning == "head":
         raise UsageError("model.tuning = 'head' is for classifiers; a causal LM takes full, prefix or lora")
-    if cfg.trainer == "dpflat":
-        raise UsageError("trainer 'dpflat' does not train causal LMs yet (docs/language-models.md); use nondp, "
-                         "dpsgd or dpzo")
     if cfg.privacy.grad_sample_mode == "ghost":
         raise UsageError("privacy.grad_sample_mode = 'ghost' is not supported for causal LMs (Opacus' ghost "
                          "criterion expects one loss per example from class logits): use 'hooks'")

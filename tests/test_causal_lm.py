@@ -81,6 +81,34 @@ def test_lm_tokenizer_splits_digits_and_prepends_bos():
     assert len(digit_ids) == 10 and tok.unk_token_id not in digit_ids
 
 
+def test_causal_lm_config_checks_and_example():
+    """The example config loads as a causal LM with secret canaries; ``backbone = "tiny-gpt2"``
+    implies ``kind = "causal-lm"``; combinations that cannot work are one-line usage errors (the
+    generation task with a classifier, classifier canaries on a causal LM, DP-Flat without a prefix, ghost
+    clipping, a template without {secret}). Bugs caught: the example drifting from the config
+    schema, a causal LM silently trained as a classifier."""
+    from pathlib import Path
+
+    from dp_audit.config import load_run_config, run_config_from_dict
+    from dp_audit.errors import UsageError
+
+    ex = load_run_config(Path(__file__).resolve().parents[1] / "examples" / "train-lm-dpsgd.toml")
+    assert (ex.model.kind, ex.canaries.kind, ex.data.task) == ("causal-lm", "secret", "generation")
+    ok = {"data": {"task": "generation"}, "model": {"backbone": "tiny-gpt2"}, "canaries": {"kind": "secret"}}
+    assert run_config_from_dict(ok).model.kind == "causal-lm"
+    bad = [
+        {"data": {"task": "generation"}},
+        {**ok, "canaries": {"kind": "mislabelled-random"}},
+        {**ok, "trainer": "dpflat"},
+        {**ok, "privacy": {"grad_sample_mode": "ghost"}},
+        {**ok, "canaries": {"kind": "secret", "template": "my pin code"}},
+        {**ok, "data": {"task": "pseudo"}},
+    ]
+    for d in bad:
+        with pytest.raises(UsageError):
+            run_config_from_dict(d)
+
+
 # --------------------------------------------------------------------------- the tiny GPT-2 and its cache
 
 
@@ -186,7 +214,7 @@ def test_opacus_per_sample_gradients_of_gpt2_match_a_per_example_loop():
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
     lm_loss(gsm, batch).backward()
     per_sample = {n: p.grad_sample.detach().clone() for n, p in model.named_parameters()}
-    gsm.remove_hooks() if hasattr(gsm, "remove_hooks") else gsm._close()
+    gsm.remove_hooks()
     assert per_sample["transformer.h.0.attn.c_attn.weight"].shape[0] == len(rows)
     for i, row in enumerate(rows):
         model.zero_grad(set_to_none=True)
@@ -223,6 +251,10 @@ def test_secret_canaries_repeated_and_candidates_independent(lm_config, cache_di
 
     same_stream = make_secret_canaries(200, rng=np.random.default_rng(5))
     assert not {d["text"] for d in same_stream} & set(prep.candidates)
+    # drawn from default_rng(candidate_seed), the candidates would be the canaries' own stream
+    # shifted by the membership draws: the canaries' digit sequence would occur in theirs verbatim
+    digits = lambda texts: "".join(t[len("my pin code is "):].replace(" ", "") for t in texts)  # noqa: E731
+    assert digits(c.text for c in prep.canaries)[:24] not in digits(prep.candidates)
 
 
 def _audit(run_dir, attacks=("loss", "zlib", "mink", "exposure")):
@@ -348,3 +380,102 @@ def test_dpsgd_at_small_epsilon_keeps_exposure_within_its_bound(lm_config, cache
     se = (1 / math.log(2)) / math.sqrt(member.sum())
     assert exp[member].mean() < dp_mean_exposure_bound(1.0) + 2 * se
     assert exp[member].mean() - exp[~member].mean() < 1.5
+
+
+@pytest.mark.slow
+def test_whole_pipeline_nondp_fails_the_gate_and_dpsgd_passes(lm_config, tmp_path):
+    """Issue 16's must-show through the CLI: train_run, ``dp-audit run`` (LOSS + exposure with the
+    run's candidates) and ``dp-audit gate``. A non-private run with 64 secret canaries, members
+    repeated 20 times, that *claims* ε = 1 fails the gate (exit 1) and its members' exposure is far
+    above non-members'; DP-SGD at ε = 1 on the same data passes (exit 0) with every bound below
+    its claim. Bugs caught: the run audited as a classifier, candidates missing, the gate blind to
+    LM attacks, DP-SGD without noise on LM batches."""
+    from dp_audit.cli import main
+    from dp_audit.trainers.base import train_run
+
+    audit_cfg = tmp_path / "audit.toml"
+    audit_cfg.write_text('attacks = ["loss", "exposure"]\nformats = []\n')
+    sections = {"canaries": {"m": 64, "repeat": 20, "candidates": 200}, "train": {"epochs": 6, "lr": 5e-3}}
+    for trainer, claim, expected in (("nondp", {"claimed_epsilon": 1.0}, 1), ("dpsgd", {}, 0)):
+        run = train_run(lm_config(trainer=trainer, privacy=claim, **sections), tmp_path / trainer, progress=False)
+        assert main(["run", "--run", str(run), "--config", str(audit_cfg), "--quiet"]) == 0
+        audit = json.loads((run / "audit.json").read_text())
+        scores = np.load(run / "scores" / "exposure.npz", allow_pickle=False)
+        gap = scores["scores"][scores["member"]].mean() - scores["scores"][~scores["member"]].mean()
+        if trainer == "nondp":
+            assert gap > 3.0
+        else:
+            assert gap < 1.5
+            assert all(e["epsilon_lb"] <= audit["claim"]["epsilon"] for e in audit["estimates"] if e["is_bound"])
+        assert main(["gate", "--run", str(run)]) == expected, audit["verdict"]
+
+
+# --------------------------------------------------------------------------- DP-Flat on causal LMs
+
+
+def test_output_distillation_kl_closed_form_and_per_sample_clipping():
+    """``dpflat.distill_target = "outputs"``: KL(p_np ‖ p) per example is 0 for identical logits,
+    equals the hand-computed mean over the example's predicted tokens (padding masked), and the
+    distillation loss ℓ_i + λ·KL_i has Opacus per-sample gradients equal to each example's own
+    gradient (so clipping bounds the whole term: no part escapes, unlike weight distillation).
+    The teacher forward (prefix swapped to P_np) leaves the weights as they were. Bugs caught: KL
+    direction or shift wrong, padding counted, a batch-level KL (examples mixed: per-sample
+    clipping would no longer bound one example's influence), the weight not restored."""
+    from opacus import GradSampleModule
+
+    from dp_audit.trainers.causal_lm import lm_nll_from_logits
+    from dp_audit.trainers.dpflat_distill import OutputDistill, kl_each
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)
+    labels = torch.tensor([[1, 2, 3, 4, 5], [1, 2, -100, -100, -100]])
+    assert torch.allclose(kl_each(s, s, labels), torch.zeros(2), atol=1e-6)
+    ps, pt = torch.softmax(s[1, 0], -1), torch.softmax(t[1, 0], -1)
+    manual = float((pt * (pt.log() - ps.log())).sum())  # example 1: one predicted token (position 0)
+    assert abs(float(kl_each(s, t, labels)[1]) - manual) < 1e-5
+    assert float(kl_each(s, t, labels)[0]) > 0
+
+    model = _tiny_gpt2().train()
+    weight = model.transformer.h[0].attn.c_attn.weight
+    anchor = weight.detach() + 0.3 * torch.randn(weight.shape, generator=g)
+    od = OutputDistill(weight=weight, anchor=anchor, lam=0.5)
+    rows = [[1, 5, 9, 3, 7, 2], [1, 4, 4], [1, 8, 2, 2, 9, 11]]
+    batch = _batch(rows, 6)
+    before = weight.detach().clone()
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    od.loss_each(gsm, batch, lm_nll_from_logits).mean().backward()
+    assert torch.equal(weight.detach(), before)
+    per_sample = {n: p.grad_sample.detach().clone() for n, p in model.named_parameters()}
+    gsm.remove_hooks()
+    for i, row in enumerate(rows):
+        model.zero_grad(set_to_none=True)
+        od.loss_each(model, _batch([row], 6), lm_nll_from_logits).sum().backward()
+        for name, p in model.named_parameters():
+            assert torch.allclose(per_sample[name][i], p.grad, atol=1e-6, rtol=1e-4), (name, i)
+
+
+@pytest.mark.parametrize("modes,unaccounted", [
+    ({}, {"awp", "sparse", "distill", "distill-regulariser"}),
+    ({"awp_mode": "dpsat", "sparse_mode": "public", "distill_mode": "public", "distill_target": "outputs"}, set()),
+    ({"distill_target": "outputs", "sparse": False}, {"awp", "distill"}),
+])
+def test_dpflat_trains_a_causal_lm_prefix(lm_config, tmp_path, modes, unaccounted):
+    """White-box DP-Flat on the tiny GPT-2's prefix: paper mode (AWP from a raw private gradient,
+    layer selection on private data, weight distillation to a private teacher), the private
+    variants (DP-SAT, public selection, output distillation to a public teacher) and paper-mode
+    output distillation. Each trains, releases a prefix adapter that loads back as a causal LM,
+    and lists exactly the unaccounted components of its modes. Bugs caught: the classifier loss in
+    AWP / the sharpness probe / the teacher on LM batches (crash), output distillation reported
+    with the weight regulariser's C+λ entry, a private variant listed as unaccounted."""
+    from dp_audit.attacks.loading import load_hf_model
+    from dp_audit.trainers.base import train_run
+
+    cfg = lm_config(trainer="dpflat", model={"tuning": "prefix", "num_virtual_tokens": 4},
+                    dpflat={"distill_epochs": 1, "sparse_reference_epochs": 1, "awp_micro_batch": 4, **modes})
+    run = train_run(cfg, tmp_path / "r", progress=False)
+    ledger = json.loads((run / "ledger.json").read_text())
+    assert {u["component"] for u in ledger["unaccounted"]} == unaccounted
+    model, _, info = load_hf_model(run / "model", base=run / "base_model", tokenizer_path=run / "tokenizer")
+    assert info["kind"] == "causal-lm" and info["peft_type"] == "PREFIX_TUNING"
+    notes = json.loads((run / "manifest.json").read_text())["notes"]["dpflat"]
+    assert notes["distill"]["target"] == modes.get("distill_target", "weights")

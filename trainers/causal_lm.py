@@ -45,7 +45,11 @@ def encode_lm(tokenizer, texts: Sequence[str], *, max_length: int) -> Batch:
 
 def lm_nll_each(model, batch: Batch) -> torch.Tensor:
     """(B,) mean next-token NLL of each example over its predicted text tokens."""
-    logits = model(**model_inputs(batch)).logits
+    return lm_nll_from_logits(model(**model_inputs(batch)).logits, batch)
+
+
+def lm_nll_from_logits(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """:func:`lm_nll_each` from the model's logits (B, L, V)."""
     labels = batch["labels"][:, 1:]
     logits = logits[:, -batch["labels"].shape[1]:][:, :-1]  # a PEFT prefix adds no logits, but be sure
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, reduction="none",

@@ -229,6 +229,18 @@ def batches(data: Batch, batch_size: int) -> Iterator[Batch]:
         yield subset(data, slice(s, s + batch_size))
 
 
+def batch_loss(model, batch: Batch, *, reduction: str = "mean") -> torch.Tensor:
+    """The loss of a batch, mean or sum over its examples: cross-entropy of the class logits, or
+    for causal-LM batches (``labels`` of shape (B, L)) each example's mean next-token NLL
+    (dp_audit.trainers.causal_lm). DP-Flat's components call it, so they work on both."""
+    if batch["labels"].dim() == 2:
+        from dp_audit.trainers.causal_lm import lm_nll_each
+
+        each = lm_nll_each(model, batch)
+        return each.mean() if reduction == "mean" else each.sum()
+    return torch.nn.functional.cross_entropy(model(**model_inputs(batch)).logits, batch["labels"], reduction=reduction)
+
+
 def logits_of(model, batch: Batch) -> torch.Tensor:
     return model(**model_inputs(batch)).logits
 
