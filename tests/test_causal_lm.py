@@ -479,3 +479,51 @@ def test_dpflat_trains_a_causal_lm_prefix(lm_config, tmp_path, modes, unaccounte
     assert info["kind"] == "causal-lm" and info["peft_type"] == "PREFIX_TUNING"
     notes = json.loads((run / "manifest.json").read_text())["notes"]["dpflat"]
     assert notes["distill"]["target"] == modes.get("distill_target", "weights")
+
+
+def test_model_path_to_a_local_causal_lm(lm_config, cache_dir, tmp_path, monkeypatch):
+    """``[model] path`` to a local causal-LM ``save_pretrained`` folder (here a GPT-2 with its own
+    tokenizer, copied out of the cache) is fine-tuned instead of the tiny backbone, without
+    pretraining anything, and the run is audited as a causal LM. Bugs caught: model.path ignored
+    for causal LMs (the tiny GPT-2 rebuilt), the folder loaded as a classifier, a folder without
+    safetensors accepted."""
+    import shutil
+
+    from dp_audit.errors import UsageError
+    from dp_audit.trainers import lm_backbone
+    from dp_audit.trainers.base import prepare, train_run
+
+    src = prepare(lm_config(), cache_root=cache_dir, progress=False).backbone_dir
+    folder = tmp_path / "my-gpt2"
+    shutil.copytree(src, folder)
+    calls = []
+    real = lm_backbone.pretrain_clm
+    monkeypatch.setattr(lm_backbone, "pretrain_clm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run = train_run(lm_config(trainer="nondp", model={"path": str(folder), "cache_dir": str(tmp_path / "c")}),
+                    tmp_path / "r", progress=False)
+    assert not calls and not (tmp_path / "c").exists()
+    assert json.loads((run / "model" / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    assert _audit(run, attacks=("loss", "exposure"))["model"]["kind"] == "causal-lm"
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(UsageError):
+        train_run(lm_config(trainer="nondp", model={"path": str(folder)}), tmp_path / "r2", progress=False)
+
+
+@pytest.mark.slow
+def test_reference_models_of_a_causal_lm_run(lm_config, tmp_path):
+    """Reference (shadow) models of a causal-LM run are trained by the same LM trainer on LM
+    batches and scored as causal LMs: ``dp-audit run`` with 2 reference models runs ref-loss and
+    offline LiRA on the secret canaries. Bugs caught: reference data encoded as classifier batches
+    (a crash in the LM loss), reference signals computed as a classifier's (labels required)."""
+    from dp_audit.audit import run_audit, target_from_run
+    from dp_audit.config import AuditConfig
+    from dp_audit.scale.config import ScaleConfig
+    from dp_audit.trainers.base import train_run
+
+    run = train_run(lm_config(trainer="nondp"), tmp_path / "r", progress=False)
+    audit = run_audit(target_from_run(run), AuditConfig(attacks=("loss", "ref-loss", "lira-offline"), formats=(),
+                                                        reference_models=2, scale=ScaleConfig(workers=1)),
+                      progress=False, render=False)
+    names = {a["name"] for a in audit["attacks"]}
+    assert {"ref-loss", "lira-offline"} <= names and audit["model"]["kind"] == "causal-lm"
+    assert len(list((run / "references").glob("ref-*.npz"))) == 2

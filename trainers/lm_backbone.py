@@ -8,11 +8,12 @@ Cached like the classification backbone (:mod:`dp_audit.trainers.backbone`): one
 ``lm-<key>`` per key (model config + data config + tokenizer size + canary template + the public
 file's sha256), written in a temporary sibling and renamed into place.
 
-Position table: prefix tuning (PEFT) puts its T virtual tokens in front of the text, and GPT-2
-then numbers the text's positions T..T+L−1. So the table has ``max(128, max_length +
-num_virtual_tokens + 8)`` rows (or ``model.max_position_embeddings``), and pretraining shifts half
-of its batches by a random offset, so that every row is trained and the model reads a text the
-same at any offset.
+Position table: ``max(128, max_length + num_virtual_tokens + 8)`` rows (or
+``model.max_position_embeddings``), room for a prefix of T virtual tokens in front of the text
+should a setup number the text T..T+L−1 (with PEFT 0.21 and transformers 5 a prefix-tuned GPT-2
+reads it at 0..L−1, in training and in the audit alike: checked). Pretraining shifts half of its
+batches by a random offset, so that every row is trained and the model reads a text the same at
+any offset.
 """
 
 from __future__ import annotations
