@@ -509,7 +509,6 @@ def test_model_path_to_a_local_causal_lm(lm_config, cache_dir, tmp_path, monkeyp
         train_run(lm_config(trainer="nondp", model={"path": str(folder)}), tmp_path / "r2", progress=False)
 
 
-@pytest.mark.slow
 def test_reference_models_of_a_causal_lm_run(lm_config, tmp_path):
     """Reference (shadow) models of a causal-LM run are trained by the same LM trainer on LM
     batches and scored as causal LMs: ``dp-audit run`` with 2 reference models runs ref-loss and
