@@ -6,8 +6,15 @@
 
 Same batches (expected batch size B) for every kind of step, the tiny GPT-2 of
 trainers/lm_backbone.py (or --hidden/--layers), full fine-tuning. Ratios of medians are printed,
-never absolute times as pass/fail. Peak memory ratios are not measured here.
-Usage: python benchmarks/lm_step_cost.py [--steps 20] [--batch-size 64] [--hidden 128 --layers 4]
+never absolute times as pass/fail.
+
+``--memory``: peak memory of DP-ZO steps / of inference (and of backprop steps / inference), each
+kind in its own subprocess (Linux): after set-up (model and batches loaded, no step run), the
+resident-set high-water mark is reset (``/proc/self/clear_refs`` = 5) and the peak above the
+resident set at that moment is read from ``VmHWM`` after the steps (first step included:
+activations, z regenerated per tensor, AdamW state and gradients for backprop). Use a model large enough for activations to dominate the
+allocator's noise (e.g. --hidden 256 --layers 4).
+Usage: python benchmarks/lm_step_cost.py [--steps 20] [--batch-size 64] [--hidden 128 --layers 4] [--memory]
 """
 
 from __future__ import annotations
@@ -31,8 +38,12 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--tuning", default="full", choices=("full", "prefix", "lora"))
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dp-audit-bench-cache")
+    ap.add_argument("--memory", action="store_true", help="peak-memory ratios (subprocesses) instead of times")
+    ap.add_argument("--phase", default="", help=argparse.SUPPRESS)  # internal: one kind of step, print its peak
     args = ap.parse_args()
     warnings.simplefilter("ignore")
+    if args.memory:
+        return memory_ratios(args)
 
     from dp_audit.config import run_config_from_dict
     from dp_audit.trainers.base import new_classifier, prepare
@@ -86,6 +97,17 @@ def main() -> None:
         plain.train()
 
     kinds = {"nonprivate": step_plain, "dpsgd": step_dp, "dpzo": step_zo, "inference": step_infer}
+    if args.phase:
+        import gc
+
+        fn, batches_ = kinds[args.phase], [batch(i) for i in range(args.steps)]
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")  # reset the resident-set high-water mark
+        base = _status_bytes("VmRSS")  # model and data loaded, no step run yet
+        for b in batches_:
+            fn(b)
+        print(f"PEAK {_status_bytes('VmHWM') - base}")
+        return
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(args.warmup + args.steps):
         b = batch(i)
@@ -100,6 +122,31 @@ def main() -> None:
     print(f"DP-SGD step / non-private step : {med['dpsgd'] / med['nonprivate']:.2f}")
     print(f"DP-ZO step / backprop step     : {med['dpzo'] / med['nonprivate']:.2f}")
     print(f"inference / backprop step      : {med['inference'] / med['nonprivate']:.2f}")
+
+
+def _status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status (Linux only)")
+
+
+def memory_ratios(args) -> None:
+    import subprocess
+    import sys
+
+    peaks = {}
+    for phase in ("inference", "dpzo", "nonprivate"):
+        cmd = [sys.executable, __file__, "--phase", phase, "--steps", str(args.steps), "--batch-size",
+               str(args.batch_size), "--hidden", str(args.hidden), "--layers", str(args.layers), "--tuning",
+               args.tuning, "--cache", str(args.cache)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        peaks[phase] = int(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("PEAK")))
+    print(f"tiny GPT-2 {args.layers} x {args.hidden}, tuning {args.tuning}, batch {args.batch_size}: peak above "
+          f"the set-up resident set: inference {peaks['inference'] / 2**20:.1f} MiB, DP-ZO "
+          f"{peaks['dpzo'] / 2**20:.1f} MiB, backprop {peaks['nonprivate'] / 2**20:.1f} MiB")
+    print(f"DP-ZO peak memory / inference peak memory : {peaks['dpzo'] / max(peaks['inference'], 1):.2f}")
+    print(f"backprop peak memory / inference          : {peaks['nonprivate'] / max(peaks['inference'], 1):.2f}")
 
 
 if __name__ == "__main__":
