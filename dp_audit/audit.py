@@ -69,7 +69,8 @@ def target_from_run(run_dir: str | Path) -> Target:
         raise IntegrityError(f"canaries file missing from run directory: {canaries_path}")
     return Target(run_dir=run_dir, model_path=run_dir / "model", base_path=base,
                   tokenizer_path=run_dir / "tokenizer" if (run_dir / "tokenizer").is_dir() else None,
-                  kind="classifier", claim=manifest["claim"], canaries=tuple(read_canaries(canaries_path)),
+                  kind=(manifest["config"].get("model") or {}).get("kind") or "classifier",  # causal-lm: LM runs
+                  claim=manifest["claim"], canaries=tuple(read_canaries(canaries_path)),
                   source="dp-audit", manifest=manifest, ledger=ledger)
 
 

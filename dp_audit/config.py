@@ -23,7 +23,8 @@ TRAINERS = ("nondp", "dpsgd", "dpflat", "dpzo")
 TUNINGS = ("full", "prefix", "lora", "head")
 DATA_SOURCES = ("builtin", "csv", "jsonl", "parquet", "hf-disk")
 BUGS = ("none", "no-noise", "no-clip", "accountant-rate-10x-smaller", "noise-multiplier-ignored")
-DATA_TASKS = ("pseudo", "english")
+DATA_TASKS = ("pseudo", "english", "generation")
+MODEL_KINDS = ("classifier", "causal-lm")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class DataConfig:
 
     source: str = "builtin"
     task: str = "pseudo"  # source = builtin: pseudo (pseudo-words) | english (VADER lexicon sentences, dp_audit.trainers.data_english)
+    #   | generation (record-like notes for causal LMs, dp_audit.trainers.data_generation; needs model.kind = "causal-lm")
     train: str = ""  # the private split (a file, or a save_to_disk folder for hf-disk)
     dev: str = ""  # "": dev_fraction of train
     test: str = ""  # "": test_fraction of train
@@ -67,8 +69,11 @@ class ModelConfig:
     or GPT-2-style model with its own tokenizer (safetensors only, no remote code).
     ``tuning``: full | prefix | lora | head (the classification head only)."""
 
-    backbone: str = "tiny"
+    backbone: str = "tiny"  # tiny | minilm | tiny-gpt2 (a small GPT-2 pretrained on the public split: kind causal-lm)
     path: str = ""
+    # classifier (a sequence classifier) | causal-lm (next-token prediction; backbone "tiny" or
+    # "tiny-gpt2" is then the tiny GPT-2 of dp_audit.trainers.lm_backbone; docs/language-models.md)
+    kind: str = "classifier"
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 2
@@ -101,6 +106,13 @@ class CanaryConfig:
     seed: int = 1
     n_words: int = 10
     repeat: int = 1  # how many times a member canary is inserted
+    # secret canaries (kind = "secret", causal LMs; Carlini et al. 2019): template with one {secret},
+    # n_digits digits separated by spaces; candidates = K i.i.d. candidate secrets written to
+    # candidates.txt, drawn from candidate_seed (a stream independent of seed) for the exposure attack
+    template: str = "my pin code is {secret}"
+    n_digits: int = 6
+    candidates: int = 1000
+    candidate_seed: int = 0
     # Dirac gradient canaries (white-box, DP-SGD with full fine-tuning; docs/whitebox.md): m canaries,
     # each a member with probability 1/2, sampled at the Poisson rate q, per-sample gradient C·e_i
     gradient: int = 0
@@ -159,6 +171,9 @@ class DPFlatConfig:
     distill_mode: str = "paper"  # paper (private data, non-private) | public
     distill_lambda: float = 0.01
     distill_epochs: int = 10  # official: the teacher P_np runs 10 epochs
+    # weights (official: λ‖P − P_np‖_F) | outputs (λ·KL(p_np ‖ p) per example, on next-token
+    # distributions for causal LMs; inside the clipped per-example loss; docs/language-models.md)
+    distill_target: str = "weights"
     # added by the DP-Flat trainer (docs/trainers.md)
     awp_micro_batch: int = 0  # paper mode: size of the AWP micro-batch (0: awp_micro_batch_fraction of the batch)
     awp_micro_batch_fraction: float = 20 / 1020  # official: 20 of a logical batch of 1 020 (at least 1 example)
@@ -213,9 +228,13 @@ class RunConfig:
             raise UsageError(f"privacy.inject_bug = {self.privacy.inject_bug!r} is implemented by the Opacus trainers "
                              f"only (dpsgd, white-box dpflat), not by trainer {self.trainer!r}"
                              + (" with dpflat.blackbox = true" if self.trainer == "dpflat" else ""))
-        _choice("model.backbone", self.model.backbone, ("tiny", "minilm"))
+        _choice("model.backbone", self.model.backbone, ("tiny", "minilm", "tiny-gpt2"))
+        _choice("model.kind", self.model.kind, MODEL_KINDS)
+        if self.model.backbone == "tiny-gpt2" and self.model.kind != "causal-lm":
+            object.__setattr__(self.model, "kind", "causal-lm")  # the tiny GPT-2 is a causal LM
         _validate_data(self.data)
         _choice("data.task", self.data.task, DATA_TASKS)
+        _validate_causal_lm(self)
         if self.model.backbone_layers < 0:
             raise UsageError(f"model.backbone_layers must be >= 0 (0: every layer), got {self.model.backbone_layers}")
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
@@ -313,6 +332,10 @@ def _validate_dpflat_dpzo(cfg: RunConfig) -> None:
     _choice("dpflat.awp_mode", f.awp_mode, ("paper", "dpsat", "per-example"))
     _choice("dpflat.sparse_mode", f.sparse_mode, ("paper", "public"))
     _choice("dpflat.distill_mode", f.distill_mode, ("paper", "public"))
+    _choice("dpflat.distill_target", f.distill_target, ("weights", "outputs"))
+    if f.blackbox and f.distill_target != "weights":
+        raise UsageError("dpflat.distill_target = 'outputs' is for white-box DP-Flat; black-box DP-Flat distils "
+                         "weights (dpflat.blackbox = true)")
     _choice("dpflat.awp_radius", f.awp_radius, ("full", "masked"))
     _choice("dpflat.sparse_reference", f.sparse_reference, ("dp", "nonprivate"))
     _choice("dpflat.reference_init", f.reference_init, ("own", "shared"))
@@ -367,6 +390,39 @@ def _validate_data(d: DataConfig) -> None:
                          f"(got {d.dev_fraction}, {d.test_fraction})")
     if not d.text_column or not d.label_column or d.text_column == d.label_column:
         raise UsageError("data.text_column and data.label_column must be two different non-empty names")
+
+
+def _validate_causal_lm(cfg: RunConfig) -> None:
+    """Causal LMs (``model.kind = "causal-lm"``) train on the generation task (or your own texts)
+    with secret canaries; the generation task needs a causal LM (docs/language-models.md)."""
+    m, c = cfg.model, cfg.canaries
+    causal = m.kind == "causal-lm"
+    if c.kind == "secret" or causal:
+        from dp_audit.lm_canaries import _check_template
+
+        _check_template(c.template)
+        if c.n_digits < 1 or c.candidates < 1:
+            raise UsageError(f"canaries.n_digits and canaries.candidates must be >= 1 (got {c.n_digits}, "
+                             f"{c.candidates})")
+    if cfg.data.source == "builtin" and cfg.data.task == "generation" and not causal:
+        raise UsageError("data.task = 'generation' trains a language model: set model.kind = 'causal-lm' "
+                         "(or model.backbone = 'tiny-gpt2')")
+    if not causal:
+        if c.kind == "secret":
+            raise UsageError("canaries.kind = 'secret' needs a causal LM (model.kind = 'causal-lm')")
+        return
+    if cfg.data.source == "builtin" and cfg.data.task != "generation":
+        raise UsageError(f"model.kind = 'causal-lm' trains on texts: use data.task = 'generation' (got "
+                         f"{cfg.data.task!r}) or your own data (data.source)")
+    if m.backbone == "minilm" and not m.path:
+        raise UsageError("model.backbone = 'minilm' is an encoder, not a causal LM: use 'tiny-gpt2' or model.path")
+    if c.kind not in ("secret",) and c.m:
+        raise UsageError(f"a causal LM's canaries are secrets: set canaries.kind = 'secret' (got {c.kind!r})")
+    if m.tuning == "head":
+        raise UsageError("model.tuning = 'head' is for classifiers; a causal LM takes full, prefix or lora")
+    if cfg.privacy.grad_sample_mode == "ghost":
+        raise UsageError("privacy.grad_sample_mode = 'ghost' is not supported for causal LMs (Opacus' ghost "
+                         "criterion expects one loss per example from class logits): use 'hooks'")
 
 
 def _validate_gradient_canaries(cfg: RunConfig) -> None:

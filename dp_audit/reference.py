@@ -123,13 +123,18 @@ def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *,
     in_mask = rng.random(len(canaries)) < 0.5
     n_private = len(prep.task.train)
     keep = np.arange(n_private) if private == "all" else np.flatnonzero(rng.random(n_private) < 0.5)
-    private_enc = encode(prep.tokenizer, prep.task.train.texts, prep.task.train.labels, max_length=cfg.data.max_length,
-                         layout=prep.layout)
+    def enc(texts, labels):  # a causal LM's batches carry next-token labels (trainers.causal_lm)
+        if prep.kind == "causal-lm":
+            from dp_audit.trainers.causal_lm import encode_lm
+
+            return encode_lm(prep.tokenizer, list(texts), max_length=cfg.data.max_length)
+        return encode(prep.tokenizer, texts, labels, max_length=cfg.data.max_length, layout=prep.layout)
+
+    private_enc = enc(prep.task.train.texts, prep.task.train.labels)
     chosen = [c for c, i in zip(canaries, in_mask) if i] * cfg.canaries.repeat
     part = subset(private_enc, torch.as_tensor(keep))
     if chosen:
-        can_enc = encode(prep.tokenizer, [c.text for c in chosen], [c.label for c in chosen],
-                         max_length=cfg.data.max_length, layout=prep.layout)
+        can_enc = enc([c.text for c in chosen], [c.label for c in chosen])
         train = {k: torch.cat([part[k], can_enc[k]]) for k in part}
     else:
         train = part
@@ -143,7 +148,7 @@ def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *,
     model = new_classifier(prep, generator=g_init)
     result = TRAINERS.get(cfg.trainer)().fit(ref_prep, model, generator=g_train)
     signals = compute_signals(result.model, prep.tokenizer, [c.text for c in canaries], [c.label for c in canaries],
-                              kind="classifier", batch_size=batch_size, progress=False)
+                              kind=prep.kind, batch_size=batch_size, progress=False)
     tmp = out.parent / f".{out.stem}.signals.tmp.npz"  # never matches ref-*.npz
     signals.save(tmp)
     arrays = load_npz(tmp)

@@ -55,13 +55,21 @@ def ensure_backbone(
         return minilm_path()
     public_sha = (task.source.get("files") or {}).get("public", {}).get("sha256", "")
     target = Path(cache_root) / f"backbone-{backbone_key(model_cfg, data_cfg, len(tokenizer), public_sha)}"
+    return build_cached(target, lambda: pretrain_mlm(model_cfg, data_cfg, task, tokenizer, progress=progress),
+                        tokenizer)
+
+
+def build_cached(target: Path, build, tokenizer) -> Path:
+    """``target`` if it is complete; else ``build()`` a model and save it with ``tokenizer`` into a
+    temporary sibling, marked complete, renamed into place (a crash leaves no half-written cache;
+    a concurrent builder that wins the race is kept)."""
     if (target / DONE).is_file():
         return target
     quiet_transformers()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".backbone-", dir=target.parent))
     try:
-        model = pretrain_mlm(model_cfg, data_cfg, task, tokenizer, progress=progress)
+        model = build()
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / DONE).write_text("ok\n")

@@ -21,7 +21,7 @@ import torch
 from dp_audit.canaries import Canary, make_canaries, write_canaries
 from dp_audit.config import RunConfig
 from dp_audit.errors import UsageError
-from dp_audit.io import atomic_write_bytes, atomic_write_json
+from dp_audit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from dp_audit.manifest import inside, new_run_id, write_manifest
 from dp_audit.records import PrivacyClaim
 from dp_audit.registry import Registry
@@ -44,6 +44,8 @@ class Prepared:
     test: Batch
     public: Batch  # empty (0 rows) without a public split
     layout: InputLayout = InputLayout()  # which inputs the model takes (trainers.modeling.input_layout)
+    kind: str = "classifier"  # classifier | causal-lm (batches then carry next-token labels, trainers.causal_lm)
+    candidates: tuple[str, ...] = ()  # causal LMs: K candidate secrets for exposure (candidates.txt)
 
     @property
     def n_train(self) -> int:
@@ -135,8 +137,11 @@ TRAINERS: Registry[type] = Registry("trainer")
 
 
 def seeds_of(cfg: RunConfig) -> dict[str, int]:
-    return {"data": cfg.data.seed, "canaries": cfg.canaries.seed, "train": cfg.train.seed,
-            "pretrain": cfg.model.pretrain_seed}
+    seeds = {"data": cfg.data.seed, "canaries": cfg.canaries.seed, "train": cfg.train.seed,
+             "pretrain": cfg.model.pretrain_seed}
+    if cfg.canaries.kind == "secret":
+        seeds["candidates"] = cfg.canaries.candidate_seed
+    return seeds
 
 
 def canary_token_pool(cfg: RunConfig) -> int:
@@ -148,6 +153,8 @@ def canary_token_pool(cfg: RunConfig) -> int:
 
 
 def prepare(cfg: RunConfig, *, cache_root: Path, progress: bool = True) -> Prepared:
+    if cfg.model.kind == "causal-lm":
+        return prepare_causal_lm(cfg, cache_root=cache_root, progress=progress)
     task = make_task(cfg.data)
     check_public_needs(cfg, task)
     source = model_source(cfg.model)  # model.path, or the MiniLM package's folder; None: the tiny backbone
@@ -176,12 +183,55 @@ def prepare(cfg: RunConfig, *, cache_root: Path, progress: bool = True) -> Prepa
                     layout=layout)
 
 
+def prepare_causal_lm(cfg: RunConfig, *, cache_root: Path, progress: bool = True) -> Prepared:
+    """The shared path for causal LMs (docs/language-models.md): the generation task (or your
+    texts), the tiny GPT-2 pretrained on the public split (cached) or ``model.path``, secret
+    canaries (each member inserted ``canaries.repeat`` times) and K candidate secrets drawn from
+    an independent stream (``canaries.candidate_seed``)."""
+    from dp_audit.lm_canaries import make_secret_canaries, secret_candidates
+    from dp_audit.trainers.causal_lm import encode_lm
+    from dp_audit.trainers.lm_backbone import ensure_lm_backbone
+    from dp_audit.trainers.tokenizer import train_lm_tokenizer
+
+    c = cfg.canaries
+    task = make_task(cfg.data)
+    check_public_needs(cfg, task)
+    source = model_source(cfg.model)
+    if source is None:
+        template_words = c.template.replace("{secret}", " ")
+        tok = train_lm_tokenizer(task.public.texts, vocab_size=cfg.data.vocab_size, max_length=cfg.data.max_length,
+                                 extra=[template_words])
+        backbone_dir = ensure_lm_backbone(cfg.model, cfg.data, task, tok, template=c.template, cache_root=cache_root,
+                                          progress=progress)
+        tokenizer = load_model_tokenizer(backbone_dir)
+    else:
+        backbone_dir, tokenizer = source, load_model_tokenizer(source)
+    tokenizer.padding_side = "right"
+    canaries = tuple(Canary(**d) for d in make_secret_canaries(
+        c.m, rng=np.random.default_rng(c.seed), template=c.template, n_digits=c.n_digits)) if c.m else ()
+    candidates = tuple(secret_candidates(c.candidates, rng=candidate_rng(c.candidate_seed), template=c.template,
+                                         n_digits=c.n_digits)) if c.m else ()
+    members = [x for x in canaries if x.member] * c.repeat
+    private = with_canaries(task.train, [x.text for x in members], [0] * len(members))
+    enc = lambda s: encode_lm(tokenizer, s.texts, max_length=cfg.data.max_length)  # noqa: E731
+    return Prepared(cfg=cfg, task=task, tokenizer=tokenizer, backbone_dir=backbone_dir, canaries=canaries,
+                    train=enc(private), dev=enc(task.dev), test=enc(task.test), public=enc(task.public),
+                    layout=input_layout_of(backbone_dir), kind="causal-lm", candidates=candidates)
+
+
+def candidate_rng(seed: int) -> np.random.Generator:
+    """The generator of the candidate secrets: a stream of ``seed`` with its own spawn key, so it
+    is independent of the canaries' generator (``default_rng(canaries.seed)``) even for equal
+    seeds (the exposure bound needs candidates i.i.d. and independent of the canaries)."""
+    return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(0x63616E64,)))
+
+
 def check_public_needs(cfg: RunConfig, task: TaskData) -> None:
     """Without a public split (``data.public`` not given) the tiny backbone cannot be pretrained
     (nor its tokenizer trained) and DP-Flat's public modes have no data: one-line usage errors."""
     if len(task.public):
         return
-    if not cfg.model.path and cfg.model.backbone == "tiny":
+    if not cfg.model.path and cfg.model.backbone in ("tiny", "tiny-gpt2"):
         raise UsageError("data.public is not given: the tiny backbone (model.backbone = 'tiny') and its tokenizer "
                          "are trained on the public split; give data.public, or model.path = a pretrained folder")
     f = cfg.dpflat
@@ -200,7 +250,13 @@ def tokenizer_words(tokenizer) -> tuple[str, ...]:
 
 
 def new_classifier(prep: Prepared, *, generator: torch.Generator):
-    """The run's classifier: the backbone, a head for the task's labels, the configured tuning."""
+    """The run's model: the backbone with a head for the task's labels (a causal LM for
+    ``model.kind = "causal-lm"``), with the configured tuning."""
+    if prep.kind == "causal-lm":
+        from dp_audit.trainers.causal_lm import build_causal_lm
+
+        return build_causal_lm(prep.backbone_dir, prep.cfg.model, generator=generator,
+                               pad_token_id=prep.tokenizer.pad_token_id)
     return build_classifier(prep.backbone_dir, prep.cfg.model, num_labels=prep.task.num_labels, generator=generator,
                             pad_token_id=prep.tokenizer.pad_token_id)
 
@@ -237,23 +293,42 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
     with staged_output(out_dir, state) as tmp:  # nothing is removed if out_dir changed meanwhile
         artifacts = _write_model(tmp, model, base_state, prep, cfg)
         write_canaries(tmp / "canaries.jsonl", prep.canaries)
+        if prep.candidates:  # the exposure attack's candidate secrets (dp_audit.audit_attacks.CANDIDATES)
+            atomic_write_text(tmp / "candidates.txt", "\n".join(prep.candidates) + "\n")
         atomic_write_json(tmp / "ledger.json", result.ledger)
         atomic_write_json(tmp / "metrics.json", metrics)
         for rel, data in result.files.items():
             atomic_write_bytes(inside(tmp, rel), data)
         write_manifest(
             tmp, kind="train", config=cfg.to_dict(), seeds=seeds_of(cfg), claim=result.claim.to_dict(),
-            artifacts=[*artifacts, "canaries.jsonl", "ledger.json", "metrics.json", *result.files],
+            artifacts=[*artifacts, "canaries.jsonl", *(["candidates.txt"] if prep.candidates else []), "ledger.json",
+                       "metrics.json", *result.files],
             run_id=run_id or new_run_id(cfg.name or out_dir.name), data_fingerprint=prep.task.fingerprint,
-            extra={"notes": {"trainer": cfg.trainer, "tuning": cfg.model.tuning, "metrics": metrics,
+            extra={"notes": {"trainer": cfg.trainer, "tuning": cfg.model.tuning, "kind": prep.kind, "metrics": metrics,
+                             **({"canaries": secret_notes(cfg)} if prep.kind == "causal-lm" else {}),
                              **({"data": prep.task.source} if prep.task.source else {}), **result.extra}},
         )
     return out_dir
 
 
+def secret_notes(cfg: RunConfig) -> dict[str, Any]:
+    c = cfg.canaries
+    from dp_audit.lm_canaries import secret_space_size
+
+    return {"kind": "secret", "m": c.m, "repeat": c.repeat, "template": c.template, "n_digits": c.n_digits,
+            "secret_space": secret_space_size(n_digits=c.n_digits), "candidates": c.candidates,
+            "candidates_file": "candidates.txt", "seed": c.seed, "candidate_seed": c.candidate_seed,
+            "membership": "Bernoulli(1/2) per canary from canaries.seed",
+            "candidate_stream": "SeedSequence(candidate_seed, spawn_key=(0x63616E64,)): independent of the canaries"}
+
+
 def evaluation_metrics(model, prep: Prepared) -> dict[str, float]:
     """Metrics of the final model on the held-out dev and test splits: post-processing of the
     released model, nothing computed on the private training split."""
+    if prep.kind == "causal-lm":
+        from dp_audit.trainers.causal_lm import lm_evaluation_metrics
+
+        return lm_evaluation_metrics(model, prep)
     out: dict[str, float] = {}
     for name in ("test", "dev"):
         losses, correct = predict_losses(model, getattr(prep, name))
@@ -285,6 +360,8 @@ def _base_for_saving(model, cfg: RunConfig):
 def _write_model(run_dir: Path, model, base_state, prep: Prepared, cfg: RunConfig) -> list[str]:
     prep.tokenizer.save_pretrained(run_dir / "tokenizer")
     model.save_pretrained(run_dir / "model")  # full model, or adapter_config.json + adapter_model.safetensors
+    if prep.kind == "causal-lm":  # model/ loads on its own (generation, foreign tools)
+        prep.tokenizer.save_pretrained(run_dir / "model")
     base = model if cfg.model.tuning in ("full", "head") else model.get_base_model()
     base.save_pretrained(run_dir / "base_model", state_dict=plain_state_dict(base_state))
     return ["model", "base_model", "tokenizer"]

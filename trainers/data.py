@@ -123,6 +123,10 @@ def make_task(cfg: DataConfig) -> TaskData:
         from dp_audit.trainers.data_files import load_task_files
 
         return load_task_files(cfg)
+    if cfg.task == "generation":
+        from dp_audit.trainers.data_generation import make_generation_task
+
+        return make_generation_task(cfg)
     if cfg.task == "english":
         from dp_audit.trainers.data_english import make_english_task
 

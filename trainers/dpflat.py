@@ -31,9 +31,10 @@ import torch
 
 from dp_audit.config import RunConfig
 from dp_audit.errors import UsageError
+from dp_audit.trainers.causal_lm import batch_loss_fn, per_example_loss_fn
 from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult, replace_cfg
 from dp_audit.trainers.dpflat_awp import AWP
-from dp_audit.trainers.dpflat_distill import Distill, clip_coefficients, distill_value
+from dp_audit.trainers.dpflat_distill import Distill, OutputDistill, clip_coefficients, distill_value
 from dp_audit.trainers.dpflat_prefix import PrefixHook, layout_of, prefix_weight
 from dp_audit.trainers.dpflat_sparse import select_layers
 from dp_audit.trainers.dpsgd import (claim_for, gaussian_epsilon, ledger_for, make_private, observed_mechanism, plan,
@@ -41,7 +42,7 @@ from dp_audit.trainers.dpsgd import (claim_for, gaussian_epsilon, ledger_for, ma
 from dp_audit.trainers.dpzo import claim_zo, ledger_zo, observed_zo, plan_zo, train_dpzo, zo_metrics
 from dp_audit.trainers.modeling import Batch, subset, trainable_parameters
 from dp_audit.trainers.nondp import fit_nonprivate
-from dp_audit.trainers.zo import cross_entropy_each, run_zo
+from dp_audit.trainers.zo import run_zo
 
 
 # --------------------------------------------------------------------------- helpers
@@ -144,6 +145,7 @@ def unaccounted_whitebox(cfg: RunConfig, *, removed: list[int]) -> list[dict[str
     if f.distill and f.distill_mode == "paper":
         out.append({"component": "distill", "reason": f"P_np trained without privacy on the private training split "
                     f"({f.distill_epochs} epochs)"})
+    if f.distill and f.distill_mode == "paper" and f.distill_target == "weights":
         out.append({"component": "distill-regulariser", "reason": f"lambda*grad||P-P_np||_F enters each example's "
                     f"term with its clipping coefficient, after the norms are taken: true sensitivity "
                     f"C+lambda = {cfg.privacy.max_grad_norm + f.distill_lambda:g}, the ledger uses "
@@ -211,7 +213,7 @@ class _References:
             setup = plan(rcfg, self.prep.n_train)
             gsm, optimizer, loader = make_private(self.model, self.prep, rcfg, setup, generator=g,
                                                   noise_stream=1)  # never the main run's noise
-            losses = run_steps(gsm, optimizer, loader, setup, cfg=rcfg,
+            losses = run_steps(gsm, optimizer, loader, setup, cfg=rcfg, loss_fn=batch_loss_fn(self.prep),
                                desc=f"DP selection prefix (ε={f.sparse_reference_epsilon:g})")
             unwrap(gsm)
             eps = gaussian_epsilon(noise_multiplier=setup.noise_multiplier, sample_rate=setup.accounted_sample_rate,
@@ -224,7 +226,8 @@ class _References:
             data = selection_data(self.prep, f.sparse_mode)
             losses = fit_nonprivate(self.model, data, epochs=epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
                                     weight_decay=cfg.train.weight_decay, generator=g, progress=cfg.train.progress,
-                                    desc="non-private selection prefix", optimizer=cfg.train.optimizer)
+                                    desc="non-private selection prefix", optimizer=cfg.train.optimizer,
+                                    loss_fn=batch_loss_fn(self.prep))
             self.info["selection"] = {"split": "private" if f.sparse_mode == "paper" else "public", "dp": False,
                                       "epochs": epochs, "n": int(data["labels"].shape[0]), "init": f.reference_init}
         if self.info["selection"].get("split") == "public":  # a loss on private data is not released
@@ -248,7 +251,7 @@ class _References:
             losses = fit_nonprivate(self.model, data, epochs=f.distill_epochs, batch_size=cfg.train.batch_size,
                                     lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, generator=g,
                                     progress=cfg.train.progress, desc=f"non-private teacher P_np ({source})",
-                                    optimizer=cfg.train.optimizer)
+                                    optimizer=cfg.train.optimizer, loss_fn=batch_loss_fn(self.prep))
         finally:
             hook.remove()
         self.info["teacher"] = {"split": source, "epochs": f.distill_epochs, "masked": use_mask, "init": f.reference_init,
@@ -293,6 +296,17 @@ def attach_components(optimizer, weight: torch.nn.Parameter, *, awp: AWP | None,
     return before_step, stepper
 
 
+def _output_distill_loss(outputs: OutputDistill, prep: Prepared):
+    """The batch loss of output distillation: mean over examples of ℓ_i + λ·KL_i (Opacus'
+    per-sample gradients are those of each example's own term, clipped together)."""
+    if prep.kind == "causal-lm":
+        from dp_audit.trainers.causal_lm import lm_nll_from_logits as base_each
+    else:
+        def base_each(logits, batch):
+            return torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
+    return lambda model, batch: outputs.loss_each(model, batch, base_each).mean()
+
+
 def awp_micro_batch(cfg: RunConfig) -> int:
     """Paper-mode AWP micro-batch: ``awp_micro_batch`` or that fraction of the expected batch (>= 1)."""
     f = cfg.dpflat
@@ -322,14 +336,18 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
                            "rounds": [[c.to_dict() for c in r] for r in rounds]}
 
     mask = layout.mask(removed) if removed else None
-    distill = None
+    distill = outputs = None
     if f.distill:
         w_index = [i for i, p in enumerate(trainable_parameters(model)) if p is prefix_weight(model)][0]
         anchor = refs.teacher(mask)[w_index].clone()
         if mask is not None:
             anchor = anchor * mask
-        distill = Distill(anchor=anchor, lam=f.distill_lambda, mode=f.distill_mode)
-        notes["distill"] = {"reference": "private" if f.distill_mode == "paper" else "public", "lambda": f.distill_lambda}
+        if f.distill_target == "outputs":  # KL to the teacher's outputs, inside each example's clipped loss
+            outputs = OutputDistill(weight=prefix_weight(model), anchor=anchor, lam=f.distill_lambda)
+        else:
+            distill = Distill(anchor=anchor, lam=f.distill_lambda, mode=f.distill_mode)
+        notes["distill"] = {"reference": "private" if f.distill_mode == "paper" else "public", "lambda": f.distill_lambda,
+                            "target": f.distill_target}
     refs.restore()
     notes["reference_training"] = refs.info
     del refs
@@ -353,7 +371,8 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
     before_step, stepper = attach_components(optimizer, weight, awp=awp, distill=distill, mask=mask)
     desc = f"DP-Flat (σ={setup.noise_multiplier:.2f}, removed {removed})"
     try:
-        losses = run_steps(gsm, stepper, loader, setup, cfg=cfg, desc=desc, before_step=before_step)
+        losses = run_steps(gsm, stepper, loader, setup, cfg=cfg, desc=desc, before_step=before_step,
+                           loss_fn=batch_loss_fn(prep) if outputs is None else _output_distill_loss(outputs, prep))
     finally:
         if awp is not None:
             awp.restore()
@@ -364,8 +383,8 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
                         "applied": awp.applied, "micro_batch": awp.micro_batch if f.awp_mode == "paper" else None,
                         "radius": f.awp_radius, "removed_norm": removed_norm_sq ** 0.5,
                         "mean_relative_norm": float(sum(awp.rel_norms) / len(awp.rel_norms)) if awp.rel_norms else None}
-    if distill is not None:
-        notes["distill"]["final_distance"] = distill_value(prefix_weight(model), distill.anchor)
+    if distill is not None or outputs is not None:
+        notes["distill"]["final_distance"] = distill_value(prefix_weight(model), (distill or outputs).anchor)
     unacc = unaccounted_whitebox(cfg, removed=removed)
     return TrainResult(
         model=model, ledger=ledger_for(setup, component="dpflat-dpsgd", unaccounted=unacc,
@@ -394,16 +413,17 @@ def _fit_blackbox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
     q_np = min(1.0, cfg.train.batch_size / n_src)
     np_steps = run_zo(model, params, data, steps=f.distill_epochs * int(round(1 / q_np)), sample_rate=q_np,
                       lr=cfg.train.lr, scale=cfg.dpzo.perturbation_scale, clip=None, noise="none", noise_scale=0.0,
-                      private=False, generator=generator, restore=cfg.dpzo.restore,
+                      private=False, generator=generator, restore=cfg.dpzo.restore, loss_fn=per_example_loss_fn(prep),
                       chunk=cfg.train.max_physical_batch_size, progress=cfg.train.progress,
                       desc=f"non-private ZO reference ({source})")
     anchors = _snapshot(model)
     _load(model, init)
     lam = f.distill_lambda
+    each_loss = per_example_loss_fn(prep)  # cross-entropy, or a causal LM's per-example NLL
 
     def loss_fn(m, batch) -> torch.Tensor:
         reg = torch.sqrt(sum(((p - a) ** 2).sum() for p, a in zip(params, anchors)))
-        return cross_entropy_each(m, batch) + lam * reg
+        return each_loss(m, batch) + lam * reg
 
     steps = train_dpzo(model, prep, zplan, generator=generator, loss_fn=loss_fn,
                        desc=f"black-box DP-Flat ({zplan.noise})")

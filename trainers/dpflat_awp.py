@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dp_audit.trainers.dpflat_prefix import PrefixHook, prefix_weight
-from dp_audit.trainers.modeling import model_inputs, Batch, subset
+from dp_audit.trainers.modeling import Batch, batch_loss, subset
 
 AWP_MODES = ("paper", "dpsat", "per-example")
 _EPS = 1e-20
@@ -66,8 +66,7 @@ def raw_prefix_gradient(model, batch: Batch) -> torch.Tensor:
     weight = prefix_weight(model)
     with _no_opacus_hooks(model), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        logits = model(**model_inputs(batch)).logits
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        loss = batch_loss(model, batch)  # mean cross-entropy (causal LMs: mean of the examples' NLL)
         (grad,) = torch.autograd.grad(loss, weight)
     return grad.detach()
 
@@ -80,8 +79,7 @@ def per_example_prefix_gradients(model, hook: PrefixHook, batch: Batch) -> torch
     try:
         with _no_opacus_hooks(model), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            logits = model(**model_inputs(batch)).logits
-            loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
+            loss = batch_loss(model, batch, reduction="sum")
             (grads,) = torch.autograd.grad(loss, hook.captured)
     finally:
         hook.capture, hook.captured, hook.offset = False, None, saved

@@ -92,3 +92,59 @@ def clip_coefficients(optimizer) -> torch.Tensor:
 
 
 __all__ = ["DISTILL_MODES", "Distill", "clip_coefficients", "distill_gradient", "distill_value"]
+
+
+# --------------------------------------------------------------------------- distillation on outputs
+
+DISTILL_TARGETS = ("weights", "outputs")
+
+
+def kl_each(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) KL(p_teacher ‖ p_student) of each example: over its class distribution (classifier
+    logits (B, C)), or averaged over its predicted tokens' next-token distributions (causal-LM
+    logits (B, L, V) with next-token ``labels`` (B, L), −100 at padding, as the LM loss)."""
+    log_s = torch.log_softmax(student_logits.float(), dim=-1)
+    log_t = torch.log_softmax(teacher_logits.float(), dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1)
+    if kl.dim() == 1:
+        return kl
+    kl = kl[:, :-1]  # position t predicts token t+1
+    mask = (labels[:, 1:] != -100).to(kl.dtype)
+    return (kl * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+@dataclass
+class OutputDistill:
+    """Cross-model flattening on outputs (``dpflat.distill_target = "outputs"``): example i's loss
+    is ℓ_i + λ·KL(p_np(·|x_i) ‖ p(·|x_i)), where p_np is the model with the teacher prefix P_np
+    (its next-token distributions for a causal LM). The term is inside each example's loss, so its
+    gradient goes through Opacus' per-sample clipping with ℓ_i: sensitivity C, nothing escapes
+    clipping. What stays unaccounted is only P_np itself in ``paper`` mode (trained without
+    privacy on the private split); ``public`` mode trains it on the public split.
+
+    The teacher's logits come from the same forward code with the prefix weight swapped to P_np
+    under ``torch.no_grad`` (Opacus captures no activations without grad), then restored."""
+
+    weight: torch.nn.Parameter
+    anchor: torch.Tensor
+    lam: float
+
+    def teacher_logits(self, model, batch) -> torch.Tensor:
+        from dp_audit.trainers.modeling import model_inputs
+
+        saved = self.weight.detach().clone()
+        try:
+            with torch.no_grad():
+                self.weight.copy_(self.anchor)
+                return model(**model_inputs(batch)).logits.detach()
+        finally:
+            with torch.no_grad():
+                self.weight.copy_(saved)
+
+    def loss_each(self, model, batch, base_each) -> torch.Tensor:
+        """(B,) ℓ_i + λ·KL_i; ``base_each(model, batch, logits)`` gives ℓ_i from the student logits."""
+        from dp_audit.trainers.modeling import model_inputs
+
+        teacher = self.teacher_logits(model, batch)
+        logits = model(**model_inputs(batch)).logits
+        return base_each(logits, batch) + self.lam * kl_each(logits, teacher, batch["labels"])

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 
 from dp_audit.trainers.dpflat_prefix import PrefixHook, PrefixLayout, prefix_weight
-from dp_audit.trainers.modeling import model_inputs, Batch, batches
+from dp_audit.trainers.modeling import Batch, batch_loss, batches
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,7 @@ def _mean_loss(model, data: Batch, *, batch_size: int, grad_of: torch.Tensor | N
     total, grad = 0.0, None
     for b in batches(data, batch_size):
         with torch.set_grad_enabled(grad_of is not None):
-            logits = model(**model_inputs(b)).logits
-            loss = torch.nn.functional.cross_entropy(logits, b["labels"], reduction="sum") / n
+            loss = batch_loss(model, b, reduction="sum") / n
         if grad_of is not None:
             (g,) = torch.autograd.grad(loss, grad_of)
             grad = g if grad is None else grad + g

@@ -18,6 +18,7 @@ from dp_audit.config import RunConfig
 from dp_audit.records import PrivacyClaim
 from dp_audit.trainers.base import (TRAINERS, Prepared, TrainResult, noise_generator, noise_record, poisson_steps,
                                    sampling_generator)
+from dp_audit.trainers.causal_lm import batch_loss_fn
 from dp_audit.trainers.modeling import INPUT_KEYS, input_keys, make_optimizer, model_inputs, trainable_parameters
 
 _HUGE_CLIP = 1e6
@@ -293,7 +294,7 @@ class DPSGDTrainer:
                                                            loader.batch_sampler.generator,
                                                            optimizer=_dp_optimizer(optimizer))
         losses = run_steps(gsm, optimizer, loader, setup, cfg=cfg, desc=f"DP-SGD (σ={setup.noise_multiplier:.2f})",
-                           after_backward=hook)
+                           after_backward=hook, loss_fn=batch_loss_fn(prep))
         # an injected bug is not listed as unaccounted: the ledger says what the buggy pipeline believes
         ledger = ledger_for(setup, observed=observed_mechanism(optimizer, loader, steps=setup.steps, module=gsm))
         extra = {"dp": {**setup.__dict__, "inject_bug": cfg.privacy.inject_bug}}

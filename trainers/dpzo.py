@@ -27,6 +27,7 @@ from dp_audit.records import PrivacyClaim
 from dp_audit.trainers.base import (TRAINERS, Prepared, TrainResult, noise_generator, noise_record, poisson_steps,
                                    sampling_generator)
 from dp_audit.trainers.dpsgd import gaussian_epsilon
+from dp_audit.trainers.causal_lm import per_example_loss_fn
 from dp_audit.trainers.modeling import trainable_parameters
 from dp_audit.trainers.zo import PerExampleLoss, ZOStep, cross_entropy_each, run_zo
 
@@ -173,7 +174,7 @@ class DPZOTrainer:
     def fit(self, prep: Prepared, model, *, generator: torch.Generator) -> TrainResult:
         cfg = prep.cfg
         plan = plan_zo(cfg, prep.n_train)
-        steps = train_dpzo(model, prep, plan, generator=generator,
+        steps = train_dpzo(model, prep, plan, generator=generator, loss_fn=per_example_loss_fn(prep),
                            desc=f"DP-ZO ({plan.noise}, noise scale {plan.noise_scale:.3g})")
         stats = zo_metrics(steps)
         return TrainResult(model=model, ledger=ledger_zo(plan, observed=observed_zo(steps, plan)),

@@ -140,7 +140,9 @@ def freeze_all_but_head(model) -> list[str]:
     return heads
 
 
-def apply_tuning(model, model_cfg: ModelConfig, *, generator: torch.Generator):
+def apply_tuning(model, model_cfg: ModelConfig, *, generator: torch.Generator, task_type: str = "SEQ_CLS"):
+    """Wrap ``model`` for ``model_cfg.tuning`` (PEFT ``task_type``: SEQ_CLS, or CAUSAL_LM for
+    causal LMs), PEFT's own random init redone with ``generator``."""
     if model_cfg.tuning in ("full", "head"):
         if model_cfg.tuning == "head":
             freeze_all_but_head(model)
@@ -153,11 +155,12 @@ def apply_tuning(model, model_cfg: ModelConfig, *, generator: torch.Generator):
             raise UsageError(f"model.tuning = 'prefix' needs a model that takes a key/value cache; "
                              f"{type(model.base_model).__name__} does not: use tuning = 'lora', 'head' or 'full'")
         enable_prefix_tuning(model, positions=model_cfg.prefix_positions)
-        cfg = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=model_cfg.num_virtual_tokens,
+        cfg = PrefixTuningConfig(task_type=TaskType[task_type], num_virtual_tokens=model_cfg.num_virtual_tokens,
                                  prefix_projection=False)
     else:
-        cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=model_cfg.lora_r, lora_alpha=2 * model_cfg.lora_r,
-                         target_modules=_lora_targets(model), lora_dropout=0.0)
+        cfg = LoraConfig(task_type=TaskType[task_type], r=model_cfg.lora_r, lora_alpha=2 * model_cfg.lora_r,
+                         target_modules=_lora_targets(model), lora_dropout=0.0,
+                         fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2")  # GPT-2's Conv1D
     peft_model = get_peft_model(model, cfg)
     with torch.no_grad():  # PEFT initialises with the global RNG: redo it with ours
         for name, p in peft_model.named_parameters():
@@ -224,6 +227,18 @@ def batches(data: Batch, batch_size: int) -> Iterator[Batch]:
     n = data["input_ids"].shape[0]
     for s in range(0, n, batch_size):
         yield subset(data, slice(s, s + batch_size))
+
+
+def batch_loss(model, batch: Batch, *, reduction: str = "mean") -> torch.Tensor:
+    """The loss of a batch, mean or sum over its examples: cross-entropy of the class logits, or
+    for causal-LM batches (``labels`` of shape (B, L)) each example's mean next-token NLL
+    (dp_audit.trainers.causal_lm). DP-Flat's components call it, so they work on both."""
+    if batch["labels"].dim() == 2:
+        from dp_audit.trainers.causal_lm import lm_nll_each
+
+        each = lm_nll_each(model, batch)
+        return each.mean() if reduction == "mean" else each.sum()
+    return torch.nn.functional.cross_entropy(model(**model_inputs(batch)).logits, batch["labels"], reduction=reduction)
 
 
 def logits_of(model, batch: Batch) -> torch.Tensor:
