@@ -120,8 +120,10 @@ def target_from_checkpoint(
         raise UsageError(f"base model directory not found: {base}")
     if not (math.isfinite(epsilon) and epsilon > 0) or not (0 < delta < 1):
         raise UsageError(f"need a finite epsilon > 0 and 0 < delta < 1, got epsilon={epsilon}, delta={delta}")
-    from dp_audit.attacks.loading import check_model_dir
+    from dp_audit.attacks.loading import check_model_dir, resolve_adapter_base
 
+    # a PEFT adapter's base is found (given, or named by adapter_config.json) before --out is made
+    base = resolve_adapter_base(model, base) or base
     for d in (model, base):
         if d is not None:
             check_model_dir(Path(d), allow_pickle=allow_pickle)

@@ -49,7 +49,9 @@ def add_parser(sub) -> None:
     src = p.add_argument_group("what to audit (either --run, or --model with --canaries/--epsilon/--delta/--out)")
     src.add_argument("--run", type=Path, help="run directory written by dp-audit train")
     src.add_argument("--model", type=Path, help="save_pretrained directory (or PEFT adapter directory)")
-    src.add_argument("--base", type=Path, help="base model directory for a PEFT adapter")
+    src.add_argument("--base", "--base-model", dest="base", type=Path,
+                     help="base model directory for a PEFT adapter (default: the adapter config's "
+                          "base_model_name_or_path, if it is a local directory)")
     src.add_argument("--kind", choices=("classifier", "causal-lm"), help="model kind (default: from config.json)")
     src.add_argument("--canaries", type=Path, help="canaries.jsonl (docs/formats.md)")
     src.add_argument("--epsilon", type=float, help="claimed ε")
