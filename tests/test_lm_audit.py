@@ -135,9 +135,17 @@ def test_lora_adapter_audit_runs_every_lm_attack_exposure_and_extraction(lora_lm
     assert ext["counts"]["p_out"] == pytest.approx(9 / 10**6) and ext["epsilon_lb"] > 1.0
     assert main(["gate", "--run", str(out)]) == 1  # ε = 1 is refuted
     html = (out / "report.html").read_text()
-    md = (out / "summary.md").read_text()
+    md = (out / "report.md").read_text()
     for text in (html, md):
         assert "Secret canaries" in text and "extrapolated" in text and "extraction" in text.lower()
+    from dp_audit.reports.pdf import _detail_lines
+    from dp_audit.reports.viewmodel import build_view
+
+    view = build_view(out)
+    assert view.secrets is not None and len(view.secrets.rows) == M
+    assert [e.method for e in view.secrets.bounds] == ["fdp", "exposure", "fdp", "extraction"]
+    pdf_text = " ".join(str(t) for _, t in _detail_lines(view))
+    assert "Secret canaries" in pdf_text and "extrapolated" in pdf_text
 
 
 def test_adapter_base_resolved_from_the_adapter_config(lora_lm):
