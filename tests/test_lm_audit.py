@@ -87,6 +87,11 @@ def lora_lm(tmp_path_factory):
     base = AutoModelForCausalLM.from_pretrained(str(root / "base"))  # name_or_path = the base directory
     lora = get_peft_model(base, LoraConfig(task_type=TaskType.CAUSAL_LM, r=8, lora_alpha=16, lora_dropout=0.0,
                                            target_modules=["c_attn", "c_proj", "c_fc"]))
+    g = torch.Generator().manual_seed(5)  # PEFT draws lora_A from the global RNG: redraw it, seeded
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_A" in name:
+                p.normal_(0.0, 0.05, generator=g)
     members = [s["text"] for s in secrets if s["member"]]
     train_lm(lora, tok, members * 2, steps=150, lr=2e-2).save_pretrained(root / "adapter")
     return root
