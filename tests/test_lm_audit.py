@@ -45,7 +45,8 @@ def test_exposure_of_unseen_secrets_on_a_real_tiny_lm_averages_one_over_ln2():
     """Must-show (issue 16) on a real model: a tiny GPT-2 fine-tuned on 8 secrets; 800 other
     secrets it never saw, ranked among 1023 candidates through ``compute_signals``: mean sampled
     exposure = log2 N − log2(N!)/N ≈ 1/ln 2 (measured 1.40 ± 0.05 vs 1.437) and mean extrapolated
-    exposure ≈ 1/ln 2 (1.41 ± 0.05). Bugs caught: an off-by-one rank (rank 0: infinite exposure),
+    exposure ≈ 1/ln 2 (1.41 ± 0.05). The tie rule is tested on synthetic losses
+    (tests/test_exposure_extrapolation.py): 6-digit secrets have no ties here. Bugs caught: an off-by-one rank (rank 0: infinite exposure),
     natural log instead of log2 (mean 1.0), candidates scored under another model or template."""
     from dp_audit.attacks.exposure import exposure_from_losses
     from dp_audit.attacks.exposure_extrapolation import extrapolated_exposure
@@ -61,7 +62,9 @@ def test_exposure_of_unseen_secrets_on_a_real_tiny_lm_averages_one_over_ln2():
     e = exposure_from_losses(sig.loss, sig.candidate_loss)
     x, _ = extrapolated_exposure(sig.loss, sig.candidate_loss, space_size=10**6)
     for v, target in ((e, expected_unseen_exposure(1023)), (x, 1 / math.log(2))):
-        se = v.std(ddof=1) / math.sqrt(v.size)
+        # the canaries share one candidate set (and one fit): their exposures are dependent through
+        # it, which adds about var/(K + 1) to the variance of the mean
+        se = v.std(ddof=1) * math.sqrt(1 / v.size + 1 / 1024)
         assert abs(v.mean() - target) < 4 * se, (v.mean(), target, se)
     assert abs(expected_unseen_exposure(1023) - 1 / math.log(2)) < 0.01
 
