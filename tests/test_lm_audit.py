@@ -224,3 +224,45 @@ def test_explicit_extraction_without_a_prefix_is_exit_2(lora_lm, tmp_path, capsy
     err = one_line_error(capsys, 2, code)
     assert "extraction" in err and "prefix" in err
     assert not (tmp_path / "out" / "audit.json").exists()
+
+
+def test_prefix_and_secret_space_come_from_the_run_then_config_then_candidates():
+    """Where the prefix and |R| come from: a dp-audit run's canaries.template / n_digits first
+    (lm16a's run directories), then [secrets], then the candidates. Bugs caught: a run's template
+    ignored in favour of a guessed common prefix ("my pin is 4 " when every canary starts with 4),
+    |R| guessed from candidates that do not all have the same length (no bound must follow)."""
+    from types import SimpleNamespace
+
+    from dp_audit.audit_secrets import resolve_space_size, resolve_split
+    from dp_audit.canaries import Canary
+    from dp_audit.config import AuditConfig, from_mapping
+
+    cans = tuple(Canary(id=f"c{i}", text=f"my pin is 4 {i} 1", label=0, member=i % 2 == 0) for i in range(4))
+    run = SimpleNamespace(source="dp-audit", canaries=cans,
+                          manifest={"config": {"canaries": {"kind": "secret", "template": "my pin is {secret}",
+                                                            "n_digits": 3}}})
+    ext = SimpleNamespace(source="external", canaries=cans, manifest={"config": {}})
+    cfg = AuditConfig()
+    split = resolve_split(run, cfg, None)
+    assert split.prefix == "my pin is " and split.source == "template"
+    assert resolve_space_size(run, cfg, None, split) == (1000, "run config (10^n_digits)")
+    assert resolve_split(ext, cfg, None).prefix == "my pin is 4 "  # canaries alone: a guess
+    cands = ["my pin is 0 0 0", "my pin is 9 5 1", "my pin is 3 3 7"]
+    assert resolve_split(ext, cfg, cands).prefix == "my pin is "
+    assert resolve_space_size(ext, cfg, cands, resolve_split(ext, cfg, cands))[0] == 6 ** 3  # the 6 symbols seen
+    given = from_mapping(AuditConfig, {"secrets": {"prefix": "my pin is ", "space_size": 1000}})
+    assert resolve_space_size(ext, given, cands, resolve_split(ext, given, cands))[0] == 1000
+    assert resolve_space_size(ext, cfg, cands + ["my pin is 1 2"], resolve_split(ext, cfg, cands))[0] is None
+
+
+def test_gate_refuses_an_extraction_bound_without_a_valid_p_out():
+    """audit.json is evidence: an extraction entry claiming the bound with p_out outside (0, 1) is
+    an integrity error (exit 3), not a silently huge ε. Bug caught: p_out read without checks."""
+    from dp_audit.errors import IntegrityError
+    from dp_audit.gate import extraction_p_out
+
+    assert extraction_p_out({"details": {"bound": "extraction", "p_out": 1.7e-5}}, "extraction") == 1.7e-5
+    assert extraction_p_out({"details": {"samples": 16}}, "extraction") is None
+    for bad in (0.0, 1.0, -1e-5, "1e-5", True, None):
+        with pytest.raises(IntegrityError):
+            extraction_p_out({"details": {"bound": "extraction", "p_out": bad}}, "extraction")
