@@ -129,6 +129,8 @@ def decode_tokens(model: Any, prompt: Any, *, steps: int, greedy: bool, generato
     returns the (B, steps) new tokens. Sampling draws from ``generator`` only."""
     import torch
 
+    if not greedy and generator is None:
+        raise UsageError("sampling needs an explicit torch.Generator (no global RNG)")
     ids = prompt
     out = []
     for _ in range(steps):
