@@ -123,6 +123,25 @@ def _token_plan(tokenizer: Any, texts: Sequence[str], split: SecretSplit) -> tup
     return prompts, n_new, secrets
 
 
+def plan_extraction(model: Any, tokenizer: Any, texts: Sequence[str], *, split: SecretSplit,
+                    ) -> tuple[list[list[int]], list[int], list[str]]:
+    """Per canary: prompt token ids, tokens to generate, secret. A one-line UsageError when a canary
+    does not split, its prefix does not end at a token boundary, or it does not fit the model
+    (checked before an audit writes anything)."""
+    from dp_audit.attacks._forward import max_input_length
+
+    texts = [str(t) for t in texts]
+    if not texts:
+        raise UsageError("extraction: no canaries")
+    prompts, n_new, secrets = _token_plan(tokenizer, texts, split)
+    limit = max_input_length(model, tokenizer)
+    too_long = [i for i, (p, k) in enumerate(zip(prompts, n_new)) if len(p) + k > limit]
+    if too_long:
+        raise UsageError(f"extraction: canary {too_long[0]} needs {len(prompts[too_long[0]]) + n_new[too_long[0]]} "
+                         f"positions; the model accepts {limit}")
+    return prompts, n_new, secrets
+
+
 def decode_tokens(model: Any, prompt: Any, *, steps: int, greedy: bool, generator: Any = None,
                   temperature: float = 1.0, top_k: int = 0) -> Any:
     """Continue each row of ``prompt`` (a (B, L) LongTensor, no padding) by ``steps`` tokens;
@@ -166,20 +185,12 @@ def extraction_check(
     import torch
     from tqdm.auto import tqdm
 
-    from dp_audit.attacks._forward import _device, max_input_length
+    from dp_audit.attacks._forward import _device
 
     if samples < 0 or batch_size < 1 or not temperature > 0 or top_k < 0:
         raise UsageError(f"extraction: need samples >= 0, batch_size >= 1, temperature > 0, top_k >= 0 "
                          f"(got {samples}, {batch_size}, {temperature}, {top_k})")
-    texts = [str(t) for t in texts]
-    if not texts:
-        raise UsageError("extraction: no canaries")
-    prompts, n_new, secrets = _token_plan(tokenizer, texts, split)
-    limit = max_input_length(model, tokenizer)
-    too_long = [i for i, (p, k) in enumerate(zip(prompts, n_new)) if len(p) + k > limit]
-    if too_long:
-        raise UsageError(f"extraction: canary {too_long[0]} needs {len(prompts[too_long[0]]) + n_new[too_long[0]]} "
-                         f"positions; the model accepts {limit}")
+    prompts, n_new, secrets = plan_extraction(model, tokenizer, texts, split=split)
     target = [normalise(s) for s in secrets]
     n = len(texts)
     greedy_hit = np.zeros(n, dtype=bool)

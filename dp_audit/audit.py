@@ -183,7 +183,8 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
                                    has_candidates=candidates is not None, source=target.source)
     from dp_audit.audit_secrets import SecretsStage, check_before_writing, run_secrets
 
-    split, skipped = check_before_writing(target, cfg, kind=kind, candidates=candidates)
+    split, skipped = check_before_writing(target, cfg, kind=kind, candidates=candidates, model=model,
+                                          tokenizer=tokenizer)
     from dp_audit.dirac import has_dirac
 
     # a run trained with Dirac gradient canaries is always audited white-box with them too (docs/whitebox.md)

@@ -87,7 +87,8 @@ def extraction_requested(cfg: Any, *, kind: str) -> str | None:
     return "all" if "all" in cfg.attacks and kind == "causal-lm" else None
 
 
-def check_before_writing(target: Any, cfg: Any, *, kind: str, candidates: Sequence[str] | None):
+def check_before_writing(target: Any, cfg: Any, *, kind: str, candidates: Sequence[str] | None,
+                         model: Any = None, tokenizer: Any = None):
     """The split of canaries into prefix and secret, checked before any file is written; None when
     extraction does not run. An explicitly listed ``extraction`` that cannot run is a UsageError;
     with ``all`` it is skipped (and audit.json says why)."""
@@ -100,8 +101,13 @@ def check_before_writing(target: Any, cfg: Any, *, kind: str, candidates: Sequen
         why = "the canaries share no prefix to prompt with (set [secrets] prefix)"
     else:
         try:
-            for c in target.canaries:
-                split.secret_of(c.text)
+            if tokenizer is not None:
+                from dp_audit.attacks.extraction import plan_extraction
+
+                plan_extraction(model, tokenizer, [c.text for c in target.canaries], split=split)
+            else:
+                for c in target.canaries:
+                    split.secret_of(c.text)
         except UsageError as exc:
             why = str(exc)
     if why is not None:
@@ -143,10 +149,15 @@ def run_secrets(target: Any, cfg: Any, *, model: Any, tokenizer: Any, signals: A
                              "expected_unseen": expected_unseen_exposure(k),
                              "mean_sampled": {"members": _mean(exposure, member), "nonmembers": _mean(exposure, ~member)}}
         if space is not None and k >= MIN_CANDIDATES:
-            extrapolated, fits = extrapolated_exposure(signals.loss, signals.candidate_loss, space_size=space)
-            block["exposure"].update({
-                "max_extrapolated": math.log2(space), "fits": [f.to_dict() for f in fits[:5]], "n_fits": len(fits),
-                "mean_extrapolated": {"members": _mean(extrapolated, member), "nonmembers": _mean(extrapolated, ~member)}})
+            try:
+                extrapolated, fits = extrapolated_exposure(signals.loss, signals.candidate_loss, space_size=space)
+            except UsageError as exc:  # e.g. every candidate has the same loss: no fit, no estimate
+                block["exposure"]["extrapolation"] = f"not done: {exc}"
+            else:
+                block["exposure"].update({
+                    "max_extrapolated": math.log2(space), "fits": [f.to_dict() for f in fits[:5]], "n_fits": len(fits),
+                    "mean_extrapolated": {"members": _mean(extrapolated, member),
+                                          "nonmembers": _mean(extrapolated, ~member)}})
         elif space is not None:
             block["exposure"]["extrapolation"] = f"not done: needs at least {MIN_CANDIDATES} candidates"
     attacks, files, extraction = [], [], None

@@ -266,3 +266,15 @@ def test_gate_refuses_an_extraction_bound_without_a_valid_p_out():
     for bad in (0.0, 1.0, -1e-5, "1e-5", True, None):
         with pytest.raises(IntegrityError):
             extraction_p_out({"details": {"bound": "extraction", "p_out": bad}}, "extraction")
+
+
+def test_prefix_off_a_token_boundary_is_exit_2_before_the_audit_starts(lora_lm, tmp_path, capsys):
+    """[secrets] prefix = "my pin i" cuts a token: the extraction plan is checked right after the
+    model loads, before any audit output. Bug caught: the error raised half-way through the audit,
+    leaving a run marked pending."""
+    code = run_lm(lora_lm, "audit-cut", "--set", 'secrets.prefix="my pin i"', "--set",
+                  'attacks=["loss", "extraction"]')
+    err = one_line_error(capsys, 2, code)
+    assert "token boundary" in err
+    out = lora_lm / "audit-cut"
+    assert not (out / "audit.json").exists() and not (out / "scores").exists()
