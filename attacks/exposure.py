@@ -32,6 +32,10 @@ Validity: if the mechanism is ε*-DP, ε_j > ε* means k_j > k*, where m·p(ε*,
 at least j members have exposure > k*; that has probability ≤ m·p(ε*, k*)/j = α/|J|. A union
 over J (Bonferroni) gives P[ε_LB > ε*] ≤ α. The bound can never exceed ln(K + 1) + ln(α/|J|):
 strong bounds need many candidates.
+
+The skew-normal extrapolation of exposure to the whole secret space (the paper's §4.3) is in
+``dp_audit.attacks.exposure_extrapolation``: an estimate reported next to this one, never used in
+the bound (the sampled rank's null distribution is exact; a fitted tail is not).
 """
 
 from __future__ import annotations

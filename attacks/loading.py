@@ -43,6 +43,47 @@ def detect_kind(architectures: list[str] | None, *, task_type: str | None = None
                      "pass kind='classifier' or kind='causal-lm'")
 
 
+def _kind_of_architectures(archs: list[str]) -> str | None:
+    try:
+        return detect_kind(archs)
+    except UsageError:
+        return None
+
+
+def check_kind(path: Path, kind: str | None, *, archs: list[str], adapter_cfg: dict[str, Any] | None) -> str:
+    """The model kind, checked in one line against what the checkpoint says: a PEFT adapter's
+    ``task_type`` must be CAUSAL_LM or SEQ_CLS and agree with its base model's architecture, and
+    an explicit ``kind`` must agree with both (a causal LM read as a classifier would load with a
+    random head and be audited as garbage)."""
+    from_archs = _kind_of_architectures(archs)
+    from_task = None
+    if adapter_cfg is not None:
+        task = adapter_cfg.get("task_type")
+        if task is not None and task not in _CAUSAL_TASKS | _CLASSIFIER_TASKS:
+            raise UsageError(f"{path}: PEFT adapter task_type {task!r} is not supported (CAUSAL_LM or SEQ_CLS)")
+        from_task = detect_kind(None, task_type=task) if task is not None else None
+        if from_task and from_archs and from_task != from_archs:
+            raise UsageError(f"{path}: the adapter is for a {from_task} (task_type {task}) but its base model is a "
+                             f"{from_archs} ({archs[0]})")
+    found = from_task or from_archs
+    if kind is not None and found is not None and kind != found:
+        raise UsageError(f"{path} is a {found} model, not a {kind}: drop --kind or pass --kind {found}")
+    if kind is None and found is None:
+        raise UsageError(f"cannot tell the model kind from architectures {archs!r}; "
+                         "pass kind='classifier' or kind='causal-lm'")
+    return kind or found
+
+
+def resolve_adapter_base(path: str | Path, base: str | Path | None = None) -> Path | None:
+    """The base model directory of a PEFT adapter directory (None if ``path`` is no adapter); a
+    one-line UsageError when it cannot be found offline."""
+    path = Path(path)
+    adapter_file = path / "adapter_config.json"
+    if not adapter_file.is_file():
+        return None
+    return _resolve_base(path, _read_json(adapter_file, "adapter config"), base)
+
+
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
@@ -90,7 +131,8 @@ def _resolve_base(path: Path, adapter_cfg: dict[str, Any], base: str | Path | No
     for cand in ([Path(named)] if named else []) + [path.parent / "base_model"]:
         if cand.is_dir() and (cand / "config.json").is_file():
             return cand
-    raise UsageError(f"{path} is a PEFT adapter; its base model {named!r} is not a local directory: pass base=...")
+    raise UsageError(f"{path} is a PEFT adapter; its base model {named!r} is not a local directory with a "
+                     f"config.json: pass --base-model DIR")
 
 
 def _find_tokenizer(candidates: list[Path | None]) -> Path:
@@ -134,7 +176,7 @@ def load_hf_model(
         raise UsageError(f"no config.json in {cfg_dir} (need a save_pretrained directory or a PEFT adapter)")
     config = _read_json(config_file, "model config")
     archs = config.get("architectures") or []
-    kind = kind or detect_kind(archs, task_type=adapter_cfg.get("task_type"))
+    kind = check_kind(path, kind, archs=archs, adapter_cfg=adapter_cfg if is_adapter else None)
     cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
     try:
         with warnings.catch_warnings():

@@ -121,8 +121,10 @@ def target_from_checkpoint(
         raise UsageError(f"base model directory not found: {base}")
     if not (math.isfinite(epsilon) and epsilon > 0) or not (0 < delta < 1):
         raise UsageError(f"need a finite epsilon > 0 and 0 < delta < 1, got epsilon={epsilon}, delta={delta}")
-    from dp_audit.attacks.loading import check_model_dir
+    from dp_audit.attacks.loading import check_model_dir, resolve_adapter_base
 
+    # a PEFT adapter's base is found (given, or named by adapter_config.json) before --out is made
+    base = resolve_adapter_base(model, base) or base
     for d in (model, base):
         if d is not None:
             check_model_dir(Path(d), allow_pickle=allow_pickle)
@@ -180,6 +182,10 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     candidates = run_candidates(run_dir) if kind == "causal-lm" else None
     attack_names = resolve_attacks(cfg.attacks, kind=kind, n_references=cfg.reference_models,
                                    has_candidates=candidates is not None, source=target.source)
+    from dp_audit.audit_secrets import SecretsStage, check_before_writing, run_secrets
+
+    split, skipped = check_before_writing(target, cfg, kind=kind, candidates=candidates, model=model,
+                                          tokenizer=tokenizer)
     from dp_audit.dirac import has_dirac
 
     # a run trained with Dirac gradient canaries is always audited white-box with them too (docs/whitebox.md)
@@ -202,6 +208,14 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     rng = np.random.default_rng(cfg.seed)
     attacks, score_files = run_attacks(attack_names, signals, reference, member, run_dir=run_dir, rng=rng)
     written += score_files
+    # causal LMs: exposure per canary (sampled + extrapolated) and the extraction check (docs/language-models.md)
+    secrets = SecretsStage()
+    if kind == "causal-lm":
+        secrets = run_secrets(target, cfg, model=model, tokenizer=tokenizer, signals=signals, member=member,
+                              split=split, skipped=skipped, candidates=candidates, run_dir=run_dir, rng=rng,
+                              progress=progress)
+    attacks = [*attacks, *secrets.attacks]
+    written += secrets.files
     from dp_audit.audit_landscapes import run_landscapes  # probes and the "landscape" attack (docs/landscapes.md)
 
     land = run_landscapes(target, cfg, model=model, tokenizer=tokenizer, kind=kind, rng=rng, progress=progress)
@@ -234,6 +248,7 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
         "ceiling": _ceilings(len(target.canaries), cfg, target.claim, attacks),
         "accounting": _accounting(target),
         "landscapes": land.landscapes,
+        "secrets": secrets.block,
         "verdict": None,
         "reproduce": _reproduce(target),
     }
@@ -279,7 +294,8 @@ def _model_info(target: Target, info: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "trainer": cfg.get("trainer"),
             "mode": _mode(cfg), "path": str(target.model_path), "tuning": cfg.get("model", {}).get("tuning"),
             "kind": info.get("kind"), "max_input_tokens": info.get("max_input_tokens"),
-            "truncated_canaries": info.get("truncated_canaries")}
+            "truncated_canaries": info.get("truncated_canaries"), "adapter": info.get("peft_type") if info.get("adapter") else None,
+            "base": info.get("base")}
 
 
 def _mode(cfg: dict[str, Any]) -> str | None:
@@ -295,9 +311,10 @@ def _mode(cfg: dict[str, Any]) -> str | None:
 
 def _ceilings(m: int, cfg: AuditConfig, claim: dict[str, Any], attacks: list[Any]) -> dict[str, float]:
     from dp_audit.estimate import epsilon_ceiling
-    from dp_audit.gate import has_exposure_bound, n_tests
+    from dp_audit.gate import extraction_p_out, has_exposure_bound, n_tests
 
-    n_exposure = sum(has_exposure_bound(a.to_dict()) for a in attacks)
+    n_exposure = sum(has_exposure_bound(a.to_dict()) + (extraction_p_out(a.to_dict(), a.name) is not None)
+                     for a in attacks)
     k = n_tests(len(attacks), len([e for e in cfg.estimators if e != "raw"]), n_exposure)
     out = {}
     for method in cfg.estimators:
@@ -311,6 +328,13 @@ def _ceilings(m: int, cfg: AuditConfig, claim: dict[str, Any], attacks: list[Any
             top = np.full(a.n_members, float(a.details["max_exposure"]))
             out["exposure"] = float(exposure_epsilon_bound(top, delta=float(claim["delta"]), alpha=cfg.alpha / k,
                                                            attack=a.name).epsilon_lb)
+        p_out = extraction_p_out(a.to_dict(), a.name)
+        if p_out is not None:  # every member extracted
+            from dp_audit.attacks.extraction import extraction_epsilon_bound
+
+            mem = np.arange(a.n_members + a.n_nonmembers) < a.n_members
+            out["extraction"] = float(extraction_epsilon_bound(mem, member=mem, p_out=p_out, delta=float(claim["delta"]),
+                                                               alpha=cfg.alpha / k, attack=a.name).epsilon_lb)
     return out
 
 

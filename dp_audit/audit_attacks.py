@@ -28,7 +28,7 @@ from dp_audit.errors import UsageError
 ALL = "all"
 CANDIDATES = "candidates.txt"
 # attack names handled by other stages of run_audit (not in the ATTACKS registry): passed through
-EXTERNAL_ATTACKS = ("landscape", "whitebox-dirac")
+EXTERNAL_ATTACKS = ("landscape", "whitebox-dirac", "extraction")  # extraction: dp_audit.audit_secrets
 
 
 def _registry():

@@ -287,6 +287,28 @@ class LandscapeConfig:
 
 
 @dataclass(frozen=True)
+class SecretsConfig:
+    """The ``[secrets]`` table of the audit config: exposure and extraction of secret canaries in
+    causal LMs (docs/language-models.md "Auditing a language model")."""
+
+    prefix: str = ""  # "": the run's canaries.template, else the common prefix of canaries + candidates
+    space_size: int = 0  # |R| for the extrapolated exposure; 0: 10**n_digits of the run, else from the candidates
+    extraction: bool = True  # run the extraction check (attack "extraction") when the canaries are secrets
+    samples: int = 16  # sampled generations per canary (besides greedy decoding)
+    temperature: float = 1.0
+    top_k: int = 0  # 0: sample from the full next-token distribution
+
+    def __post_init__(self) -> None:
+        if self.space_size < 0 or self.samples < 0 or self.top_k < 0:
+            raise UsageError(f"secrets: need space_size >= 0, samples >= 0 and top_k >= 0 (got {self.space_size}, "
+                             f"{self.samples}, {self.top_k})")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise UsageError(f"secrets.temperature must be a finite number > 0, got {self.temperature}")
+        if self.space_size == 1:
+            raise UsageError("secrets.space_size must be >= 2 (or 0: inferred)")
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """The config of ``dp-audit run`` (TOML)."""
 
@@ -304,6 +326,8 @@ class AuditConfig:
     # landscape probes: options of each entry of ``probes`` ([probe.<name>] tables) and their data
     probe: dict[str, Any] = field(default_factory=dict)
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
+    # causal LMs with secret canaries: [secrets] prefix/space_size/extraction/samples/temperature/top_k
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
     # where independent work (reference models) runs: [scale] backend/workers/retries/threads/ray_address
     scale: ScaleConfig = field(default_factory=ScaleConfig)
 

@@ -176,6 +176,8 @@ class ScoreSet:
     threat_model: str = "black-box"
     design: str = "one-run"  # "multi-run": one score per independent run or trial
     exposure: bool = False  # Secret Sharer exposures: also gets the exposure bound
+    # extraction scores (> 0 = extracted) with P_out[extracted] <= extraction_p_out: gets the extraction bound
+    extraction_p_out: float | None = None
 
 
 def _claim_epsilon(value: Any, where: str) -> float:
@@ -248,7 +250,8 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
         attack_tm = entry.get("threat_model") or threat_model  # each attack's own adversary (docs/formats.md)
         design = (entry.get("details") or {}).get("design") or ("multi-run" if attack_tm == "step-level" else "one-run")
         sets.append(ScoreSet(attack=name, scores=scores, member=member, threat_model=attack_tm, design=design,
-                             exposure=policy.exposure_bound and has_exposure_bound(entry)))
+                             exposure=policy.exposure_bound and has_exposure_bound(entry),
+                             extraction_p_out=extraction_p_out(entry, name) if policy.exposure_bound else None))
     ledger = _hashed_ledger(run_dir, manifest)
     observed = _observed_estimate(run_dir, ledger, delta) if policy.observed_mechanism else None
     from dp_audit.accounting import replayable_noise_parts
@@ -273,7 +276,7 @@ def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, p
     if not sets:
         raise UsageError("no attacks to gate")
     counted_methods = policy.counted_estimators()
-    k = n_tests(len(sets), len(counted_methods), sum(s.exposure for s in sets))
+    k = n_tests(len(sets), len(counted_methods), sum(s.exposure + (s.extraction_p_out is not None) for s in sets))
     level = policy.alpha / k
     warnings: list[str] = []
     for method in policy.estimators:
@@ -305,6 +308,12 @@ def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, p
 
             estimates.append(exposure_epsilon_bound(st.scores, member=st.member, delta=delta, alpha=level,
                                                     attack=st.attack, threat_model=st.threat_model))
+        if st.extraction_p_out is not None:
+            from dp_audit.attacks.extraction import extraction_epsilon_bound
+
+            estimates.append(extraction_epsilon_bound(st.scores > 0, member=st.member, p_out=st.extraction_p_out,
+                                                      delta=delta, alpha=level, attack=st.attack,
+                                                      threat_model=st.threat_model))
     if observed is not None:
         estimates.append(observed)
 
@@ -384,9 +393,22 @@ def has_exposure_bound(entry: dict[str, Any]) -> bool:
     return isinstance(entry.get("details"), dict) and entry["details"].get("bound") == "exposure"
 
 
+def extraction_p_out(entry: dict[str, Any], name: str) -> float | None:
+    """The null extraction probability of an audit.json ``extraction`` entry that carries the
+    extraction bound (``details.bound == "extraction"``, ``details.p_out``), else None."""
+    d = entry.get("details")
+    if not isinstance(d, dict) or d.get("bound") != "extraction":
+        return None
+    p = d.get("p_out")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < float(p) < 1.0:
+        raise IntegrityError(f"audit.json: attack {name!r} has an extraction bound without a p_out in (0, 1)")
+    return float(p)
+
+
 def n_tests(n_attacks: int, n_bounds: int, n_exposure: int = 0) -> int:
     """K, the number of tests the gate takes its maximum over: every (attack, bound estimator)
-    pair plus one exposure bound per exposure attack. α is divided by K."""
+    pair plus one exposure bound per exposure attack (and one extraction bound per extraction
+    attack that carries one). α is divided by K."""
     return max(1, n_attacks * n_bounds + n_exposure)
 
 
@@ -470,5 +492,5 @@ def write_outputs(result: GateResult, *, summary: str | Path, junit: str | Path)
 
 
 __all__ = ["GatePolicy", "GateResult", "ScoreSet", "evaluate_gate", "gate_scores", "load_policy", "write_outputs",
-           "summary_markdown", "junit_xml", "verdict_line", "n_tests", "has_exposure_bound", "unaccounted_parts",
+           "summary_markdown", "junit_xml", "verdict_line", "n_tests", "has_exposure_bound", "extraction_p_out", "unaccounted_parts",
            "MU_GDP_ONLY"]

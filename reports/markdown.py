@@ -45,6 +45,8 @@ def render_markdown(view: ReportView) -> str:
         lines.append("")
     else:
         lines += ["Attacks: not run.", ""]
+    if view.secrets is not None:
+        lines += _secrets_lines(view)
     if view.accounting is not None:
         acc = view.accounting
         methods = ", ".join(f"{k} {fmt_eps(x)}" for k, x in acc.methods if x is not None)
@@ -53,6 +55,42 @@ def render_markdown(view: ReportView) -> str:
         lines.append("")
     lines += ["A lower bound can refute a claim, never prove it. Full report: `report.html`."]
     return "\n".join(lines) + "\n"
+
+
+TOP_SECRETS = 10
+
+
+def _secrets_lines(view: ReportView) -> list[str]:
+    sec = view.secrets
+    lines = [f"**Secret canaries** (prefix {md_code(sec.prefix or '?')}, |R| = "
+             f"{sec.space_size if sec.space_size is not None else 'unknown'}"
+             + (f", {sec.n_candidates} candidates" if sec.n_candidates else "")
+             + (f", greedy + {sec.samples} samples" if sec.samples is not None else "") + "):", ""]
+    if sec.means or sec.extraction_totals:
+        lines += ["| statistic | members | non-members |", "|---|---:|---:|"]
+        lines += [f"| {_cell(k)} | {fmt_num(a, '.3f')} | {fmt_num(b, '.3f')} |" for k, a, b in sec.means]
+        lines += [f"| extraction: {_cell(k)} | {a} | {b} |" for k, a, b in sec.extraction_totals]
+        lines.append("")
+    if sec.expected_unseen is not None:
+        lines += [f"A secret never seen averages {sec.expected_unseen:.3f} bits of sampled exposure (≈ 1/ln 2); "
+                  "the extrapolated exposure is an estimate, the ε bound uses the sampled ranks.", ""]
+    if sec.extraction_note:
+        lines += [_cell(sec.extraction_note), ""]
+    if sec.bounds:
+        lines += [f"Exposure / extraction bounds vs claimed ε {fmt_eps(view.claimed_epsilon)}: "
+                  + "; ".join(f"{_cell(e.display)} on {_cell(e.attack or '-')} {fmt_eps(e.epsilon_lb)} "
+                              f"({'exceeds' if e.exceeds_claim else 'below' if e.is_bound else 'not counted'})"
+                              for e in sec.bounds), ""]
+    if sec.rows:
+        lines += ["| canary | member | exposure (sampled) | exposure (extrapolated) | greedy | sampled hits |",
+                  "|---|---|---:|---:|---|---:|"]
+        for r in sec.top_rows(TOP_SECRETS):
+            greedy = "-" if r.greedy_hit is None else ("extracted" if r.greedy_hit else "no")
+            lines.append(f"| {_cell(r.id)} | {'yes' if r.member else 'no'} | {fmt_num(r.exposure, '.2f')} | "
+                         f"{fmt_num(r.exposure_extrapolated, '.2f')} | {greedy} | "
+                         f"{'-' if r.sampled_hits is None else r.sampled_hits} |")
+        lines.append("")
+    return lines
 
 
 def render_comparison_markdown(cmp: ComparisonView) -> str:

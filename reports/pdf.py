@@ -136,8 +136,42 @@ def _report_lines(view: ReportView) -> list[Line]:
     return lines
 
 
+def _secrets_lines(view: ReportView) -> list[Line]:
+    sec = view.secrets
+    if sec is None:
+        return []
+    lines: list[Line] = [("h2", "Secret canaries: exposure and extraction")]
+    lines += _wrap("text", f"prefix {sec.prefix!r}, |R| = {sec.space_size if sec.space_size is not None else 'unknown'}"
+                           + (f", {sec.n_candidates} candidates (sampled exposure at most {fmt_num(sec.max_sampled)} "
+                              f"bits; unseen secrets average {fmt_num(sec.expected_unseen, '.3f')})" if sec.n_candidates else "")
+                           + (f", extraction: greedy + {sec.samples} samples" if sec.samples is not None else "")
+                           + ". Extrapolated exposure: skew-normal fit, an estimate, not a bound.")
+    if sec.means or sec.extraction_totals:
+        rows = [("statistic", "members", "non-members")]
+        rows += [(k, fmt_num(a, ".3f"), fmt_num(b, ".3f")) for k, a, b in sec.means]
+        rows += [(f"extraction: {k}", str(a), str(b)) for k, a, b in sec.extraction_totals]
+        lines += _table(rows)
+    if sec.extraction_note:
+        lines += _wrap("text", sec.extraction_note)
+    if sec.bounds:
+        rows = [("estimator", "attack", "ε_LB", "vs claim")]
+        rows += [(e.method, e.attack or "-", fmt_eps(e.epsilon_lb),
+                  "not counted" if not e.is_bound else ("EXCEEDS" if e.exceeds_claim else "below")) for e in sec.bounds]
+        lines += _table(rows)
+    if sec.rows:
+        rows = [("canary", "member", "exposure", "extrapolated", "greedy", "sampled hits")]
+        for r in sec.top_rows(20):
+            rows.append((r.id, "yes" if r.member else "no", fmt_num(r.exposure, ".2f"),
+                         fmt_num(r.exposure_extrapolated, ".2f"),
+                         "-" if r.greedy_hit is None else ("extracted" if r.greedy_hit else "no"),
+                         "-" if r.sampled_hits is None else str(r.sampled_hits)))
+        lines += _table(rows)
+    lines.append(("text", ""))
+    return lines
+
+
 def _detail_lines(view: ReportView) -> list[Line]:
-    lines: list[Line] = [("h2", "Accounting cross-check")]
+    lines: list[Line] = _secrets_lines(view) + [("h2", "Accounting cross-check")]
     acc = view.accounting
     if acc is not None:
         rows = [("accountant", "ε")] + [(k, "n/a" if x is None else fmt_eps(x)) for k, x in acc.methods]

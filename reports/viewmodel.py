@@ -202,6 +202,42 @@ class ManifestView:
 
 
 @dataclass(frozen=True)
+class SecretRow:
+    id: str
+    member: bool
+    exposure: float | None  # sampled-rank exposure (bits)
+    exposure_extrapolated: float | None  # skew-normal extrapolation to |R| (bits; an estimate)
+    greedy_hit: bool | None
+    sampled_hits: int | None
+
+
+@dataclass(frozen=True)
+class SecretsView:
+    """Secret canaries of a causal LM (audit.json ``secrets``): exposure and extraction."""
+
+    prefix: str | None
+    space_size: int | None
+    space_size_source: str | None
+    n_candidates: int | None
+    max_sampled: float | None
+    max_extrapolated: float | None
+    expected_unseen: float | None
+    # (statistic, members, non-members)
+    means: tuple[tuple[str, float | None, float | None], ...]
+    samples: int | None
+    extraction_totals: tuple[tuple[str, int, int], ...]  # (count, members, non-members)
+    extraction_note: str | None
+    rows: tuple[SecretRow, ...]
+    bounds: tuple["EstimateView", ...]  # exposure / extraction estimates, against the claim
+
+    def top_rows(self, n: int) -> tuple[SecretRow, ...]:
+        """The n canaries with the largest sampled (then extrapolated) exposure, members first on ties."""
+        def key(r: SecretRow):
+            return (-(r.exposure or 0.0), -(r.exposure_extrapolated or 0.0), -int(r.sampled_hits or 0), not r.member)
+        return tuple(sorted(self.rows, key=key)[:n])
+
+
+@dataclass(frozen=True)
 class ReportView:
     """Everything a renderer needs, in display order (DESIGN.md §9)."""
 
@@ -226,6 +262,7 @@ class ReportView:
     landscapes: LandscapeView | None
     manifest: ManifestView | None
     reproduce: str | None
+    secrets: SecretsView | None = None
     audit_json: str = field(repr=False, default="{}")  # the validated audit.json, for the JSON copy
 
     @property
@@ -506,6 +543,60 @@ def _landscapes(audit: dict[str, Any]) -> LandscapeView | None:
     return LandscapeView(curves=tuple(curves), summary=tuple(summary))
 
 
+SECRET_BOUND_METHODS = ("exposure", "extraction")
+
+
+def _secrets(audit: dict[str, Any], estimates: tuple[EstimateView, ...]) -> SecretsView | None:
+    sec = _obj(audit.get("secrets"), "secrets")
+    if sec is None:
+        return None
+    exp = _obj(sec.get("exposure"), "secrets.exposure") or {}
+    ext = _obj(sec.get("extraction"), "secrets.extraction") or {}
+    means = []
+    for key, label in (("mean_sampled", "mean exposure, sampled (bits)"),
+                       ("mean_extrapolated", "mean exposure, extrapolated (bits, estimate)")):
+        m = _obj(exp.get(key), f"secrets.exposure.{key}")
+        if m is not None:
+            means.append((label, _num(m.get("members"), f"secrets.exposure.{key}.members", optional=True),
+                          _num(m.get("nonmembers"), f"secrets.exposure.{key}.nonmembers", optional=True)))
+    totals = []
+    tot = _obj(ext.get("totals"), "secrets.extraction.totals")
+    if tot is not None:
+        mem = _obj(tot.get("members"), "secrets.extraction.totals.members", optional=False)
+        non = _obj(tot.get("nonmembers"), "secrets.extraction.totals.nonmembers", optional=False)
+        for key, label in (("canaries", "canaries"), ("greedy_extracted", "extracted by greedy decoding"),
+                           ("sampled_extracted_any", "extracted by at least one sample"),
+                           ("extracted_any", "extracted (greedy or sampled)"), ("sampled_hits", "sampled hits")):
+            totals.append((label, _int(mem.get(key), f"secrets.extraction.totals.members.{key}"),
+                           _int(non.get(key), f"secrets.extraction.totals.nonmembers.{key}")))
+    rows = []
+    for i, r in enumerate(_list(sec.get("per_canary"), "secrets.per_canary")):
+        w = f"secrets.per_canary[{i}]"
+        r = _obj(r, w, optional=False)
+        member = r.get("member")
+        greedy = r.get("greedy_hit")
+        if not isinstance(member, bool) or not (greedy is None or isinstance(greedy, bool)):
+            raise IntegrityError(f"audit.json: {w}.member and {w}.greedy_hit must be true or false")
+        rows.append(SecretRow(id=str(r.get("id")), member=member,
+                              exposure=_num(r.get("exposure"), f"{w}.exposure", optional=True),
+                              exposure_extrapolated=_num(r.get("exposure_extrapolated"), f"{w}.exposure_extrapolated",
+                                                         optional=True),
+                              greedy_hit=greedy, sampled_hits=_int(r.get("sampled_hits"), f"{w}.sampled_hits",
+                                                                   optional=True)))
+    note = ext.get("skipped") or ext.get("bound_note")
+    return SecretsView(
+        prefix=_str(sec.get("prefix"), "secrets.prefix", optional=True),
+        space_size=_int(sec.get("space_size"), "secrets.space_size", optional=True),
+        space_size_source=_str(sec.get("space_size_source"), "secrets.space_size_source", optional=True),
+        n_candidates=_int(exp.get("n_candidates"), "secrets.exposure.n_candidates", optional=True),
+        max_sampled=_num(exp.get("max_sampled"), "secrets.exposure.max_sampled", optional=True),
+        max_extrapolated=_num(exp.get("max_extrapolated"), "secrets.exposure.max_extrapolated", optional=True),
+        expected_unseen=_num(exp.get("expected_unseen"), "secrets.exposure.expected_unseen", optional=True),
+        means=tuple(means), samples=_int(ext.get("samples"), "secrets.extraction.samples", optional=True),
+        extraction_totals=tuple(totals), extraction_note=str(note) if note else None, rows=tuple(rows),
+        bounds=tuple(e for e in estimates if e.method in SECRET_BOUND_METHODS or e.attack in SECRET_BOUND_METHODS))
+
+
 def _manifest_view(manifest: dict[str, Any] | None) -> ManifestView | None:
     if manifest is None:
         return None
@@ -590,7 +681,7 @@ def build_view(run_dir: str | Path, *, verify: bool = True) -> ReportView:
     return ReportView(
         run_dir=str(run_dir), run_id=str(audit.get("run_id") or run_dir.name), created=str(audit.get("created", "")),
         source=str(audit.get("source", "dp-audit")),
-        model=tuple((k, str(model[k])) for k in ("name", "trainer", "mode", "tuning", "kind", "path")
+        model=tuple((k, str(model[k])) for k in ("name", "trainer", "mode", "tuning", "kind", "path", "adapter", "base")
                     if model.get(k) is not None),
         model_name=name, trainer_mode=trainer_mode, claimed_epsilon=claimed, delta=delta,
         accountant=str(claim.get("accountant", "?")), threat_model=threat_model,
@@ -603,6 +694,7 @@ def build_view(run_dir: str | Path, *, verify: bool = True) -> ReportView:
         attacks=attacks, estimates=estimates, ceiling=tuple(ceiling.items()), accounting=_accounting(audit),
         landscapes=_landscapes(audit), manifest=_manifest_view(manifest),
         reproduce=_str(audit.get("reproduce"), "reproduce", optional=True),
+        secrets=_secrets(audit, estimates),
         audit_json=dumps_json(audit),
     )
 
@@ -658,6 +750,6 @@ def build_comparison(run_dirs, *, verify: bool = True, out_dir: str | Path | Non
     return ComparisonView(rows=tuple(rows), views=tuple(zip(_labels(dirs), views)))
 
 
-__all__ = ["ReportView", "ComparisonView", "ComparisonRow", "build_comparison", "VerdictView", "AttackView", "EstimateView", "AccountingView", "LandscapeView",
+__all__ = ["ReportView", "ComparisonView", "ComparisonRow", "build_comparison", "VerdictView", "AttackView", "EstimateView", "SecretsView", "SecretRow", "AccountingView", "LandscapeView",
            "CurveView", "ManifestView", "UnaccountedPart", "build_view", "load_audit", "fmt_eps", "fmt_num",
            "fmt_pct", "NOT_RUN", "NOT_GATED", "ESTIMATE_LABEL"]

@@ -137,14 +137,15 @@ def test_causal_lm_checkpoint_with_exposure(checkpoints):
                    "--set", 'attacks=["all"]', canaries_file="secrets.jsonl") == 0
     out = checkpoints / "audit-lm"
     audit = json.loads((out / "audit.json").read_text())
-    assert [a["name"] for a in audit["attacks"]] == ["loss", "zlib", "mink", "minkpp", "exposure"]
+    assert [a["name"] for a in audit["attacks"]] == ["loss", "zlib", "mink", "minkpp", "exposure", "extraction"]
     exp = next(a for a in audit["attacks"] if a["name"] == "exposure")
     assert exp["details"]["bound"] == "exposure" and exp["details"]["n_candidates"] == 4095
     assert exp["auc"] > 0.8
     bounds = [e for e in audit["estimates"] if e["method"] == "exposure"]
     assert len(bounds) == 1 and bounds[0]["attack"] == "exposure" and bounds[0]["is_bound"]
-    assert audit["verdict"]["n_tests"] == 5 * 1 + 1  # (attack, estimator) pairs (fdp, the default) + the exposure bound
-    assert bounds[0]["alpha"] == pytest.approx(0.05 / 6)
+    # (attack, estimator) pairs (fdp, the default) + the exposure bound + the extraction bound
+    assert audit["verdict"]["n_tests"] == 6 * 1 + 2
+    assert bounds[0]["alpha"] == pytest.approx(0.05 / 8)
     manifest = json.loads((out / "manifest.json").read_text())
     assert "candidates.txt" in manifest["artifacts"]
     # the memorised secrets refute ε = 1; the exposure bound alone does too

@@ -18,16 +18,21 @@ EPILOG = """examples:
   dp-audit run --run runs/dpsgd --config audit.toml --set alpha=0.01
   dp-audit run --run runs/nondp --set 'attacks=["all"]' --set reference_models=8
   dp-audit run --model my_ckpt/ --canaries canaries.jsonl --epsilon 3 --delta 1e-5 --out runs/mine
-  dp-audit run --model adapter/ --base base_model/ --canaries canaries.jsonl --epsilon 8 --delta 1e-5 --out runs/peft
+  dp-audit run --model adapter/ --base-model base_model/ --canaries canaries.jsonl --epsilon 8 --delta 1e-5 --out runs/peft
   dp-audit run --model my_lm/ --canaries secrets.jsonl --candidates candidates.txt --epsilon 8 --delta 1e-5 \\
       --out runs/lm --set 'attacks=["all"]'
 
 attacks (docs/attacks.md): loss, ref-loss, lira-online, lira-offline, rmia (classifiers and causal LMs),
-zlib, mink, minkpp, exposure (causal LMs); "all" = every attack that applies to the model kind and
-to what is available. ref-loss / lira-* / rmia need reference_models > 0, which are trained with the
+zlib, mink, minkpp, exposure, extraction (causal LMs); "all" = every attack that applies to the model
+kind and to what is available. ref-loss / lira-* / rmia need reference_models > 0, which are trained with the
 run's own trainer (dp-audit run directories only; cached in references/, resumable). exposure needs
 --candidates (one candidate secret a line, drawn like the canaries' secrets) and adds the Secret
-Sharer bound P[exposure >= k] <= e^eps 2^-k + delta to the estimates.
+Sharer bound P[exposure >= k] <= e^eps 2^-k + delta to the estimates; audit.json "secrets" also
+holds each canary's exposure extrapolated to the whole secret space (skew-normal fit: an estimate).
+extraction (secret canaries "prefix + secret") prompts with the prefix and counts greedy and sampled
+generations that reproduce the secret; with a known secret space |R| it adds the bound
+P[extracted] <= e^eps (S+1)/|R| + delta. Options in [secrets]: prefix, space_size, extraction,
+samples, temperature, top_k (docs/language-models.md).
 
 landscapes (docs/landscapes.md; classifiers): probes = ["curve-gaussian", "curve-filter",
 "sharpness-rho", "dpflat-probe", "hessian-top", "hessian-trace", "prefix-layer-sharpness"], options
@@ -39,7 +44,7 @@ gated like the others. Writes landscapes/*.npz and audit.json's "landscapes".
   dp-audit run --run runs/dpsgd --set 'probes=["curve-gaussian"]' --set 'attacks=["loss","landscape"]'
 
 audit.toml keys: attacks, estimators, alpha, threshold, probes, reference_models, reference_private
-(all | half), formats, seed, batch_size, [probe.<name>], [landscape] (docs/formats.md). Writes
+(all | half), formats, seed, batch_size, [probe.<name>], [landscape], [secrets] (docs/formats.md). Writes
 audit.json, scores/*.npz, signals/*.npz and the reports into the run directory."""
 
 
@@ -49,7 +54,9 @@ def add_parser(sub) -> None:
     src = p.add_argument_group("what to audit (either --run, or --model with --canaries/--epsilon/--delta/--out)")
     src.add_argument("--run", type=Path, help="run directory written by dp-audit train")
     src.add_argument("--model", type=Path, help="save_pretrained directory (or PEFT adapter directory)")
-    src.add_argument("--base", type=Path, help="base model directory for a PEFT adapter")
+    src.add_argument("--base", "--base-model", dest="base", type=Path,
+                     help="base model directory for a PEFT adapter (default: the adapter config's "
+                          "base_model_name_or_path, if it is a local directory)")
     src.add_argument("--kind", choices=("classifier", "causal-lm"), help="model kind (default: from config.json)")
     src.add_argument("--canaries", type=Path, help="canaries.jsonl (docs/formats.md)")
     src.add_argument("--epsilon", type=float, help="claimed ε")
