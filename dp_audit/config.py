@@ -101,8 +101,9 @@ class CanaryConfig:
     seed: int = 1
     n_words: int = 10
     repeat: int = 1  # how many times a member canary is inserted
-    # Dirac gradient canaries (white-box, DP-SGD with full fine-tuning; docs/whitebox.md): m canaries,
-    # each a member with probability 1/2, sampled at the Poisson rate q, per-sample gradient C·e_i
+    # Dirac gradient canaries (white-box; DP-SGD with full fine-tuning, or white-box DP-Flat on an
+    # audit parameter; docs/whitebox.md): m canaries, each a member with probability 1/2, sampled at
+    # the Poisson rate q, per-sample gradient C·e_i
     gradient: int = 0
 
 
@@ -370,16 +371,26 @@ def _validate_data(d: DataConfig) -> None:
 
 
 def _validate_gradient_canaries(cfg: RunConfig) -> None:
-    """``canaries.gradient`` (Dirac gradient canaries) needs the Opacus per-sample gradients of
-    DP-SGD with full fine-tuning: their coordinates are unused position-embedding rows."""
+    """``canaries.gradient`` (Dirac gradient canaries) needs Opacus per-sample gradients: DP-SGD with
+    full fine-tuning (the coordinates are unused position-embedding rows) or white-box DP-Flat (a
+    dedicated audit parameter no input reads, trainers/dpflat_dirac.py)."""
     m = cfg.canaries.gradient
-    if m < 0:
-        raise UsageError(f"canaries.gradient must be >= 0, got {m}")
+    if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+        raise UsageError(f"canaries.gradient must be an integer >= 0, got {m!r}")
     if not m:
         return
+    if cfg.trainer == "dpflat":
+        if cfg.dpflat.blackbox:
+            raise UsageError("canaries.gradient (Dirac gradient canaries) needs per-sample gradient vectors: black-box "
+                             "DP-Flat runs on DP-ZO (one clipped scalar per example), where they are not implemented; "
+                             "set dpflat.blackbox = false or canaries.gradient = 0")
+        if cfg.privacy.grad_sample_mode == "ghost":
+            raise UsageError("canaries.gradient needs per-sample gradients: privacy.grad_sample_mode = 'hooks' or "
+                             "'auto'")
+        return
     if cfg.trainer != "dpsgd":
-        raise UsageError(f"canaries.gradient (Dirac gradient canaries) is implemented for trainer 'dpsgd' only, "
-                         f"not {cfg.trainer!r}")
+        raise UsageError(f"canaries.gradient (Dirac gradient canaries) is implemented for trainers 'dpsgd' and "
+                         f"'dpflat' (white-box) only, not {cfg.trainer!r}")
     if cfg.model.tuning != "full":
         raise UsageError(f"canaries.gradient needs model.tuning = 'full' (got {cfg.model.tuning!r}): the canary "
                          "coordinates are unused position-embedding rows")
