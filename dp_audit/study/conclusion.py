@@ -44,6 +44,8 @@ def _not_refuted(row: ArmRow) -> str:
         parts.append(f"step ε_LB {row.step_eps_lb:.2f} ≤ {row.step_claim_epsilon:.2f}")
     if row.blackbox_eps_lb is not None:
         parts.append(f"black-box ε_LB {row.blackbox_eps_lb:.2f} ≤ {row.claimed_epsilon:.2f}")
+    if row.whitebox_eps_lb is not None and row.claimed_epsilon is not None:
+        parts.append(f"white-box ε_LB {row.whitebox_eps_lb:.2f} ≤ {row.claimed_epsilon:.2f}")
     return "; ".join(parts) or "no bound computed"
 
 

@@ -271,6 +271,7 @@ def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoi
                        if arm_fn is None else arm_fn(arm, d, settings=settings, run_ids=run_ids))
             log(f"[study]   {arm.name}: claimed ε {_fmt(row.claimed_epsilon)}, step ε_LB {_fmt(row.step_eps_lb)} "
                 f"(per-step claim {_fmt(row.step_claim_epsilon)}), black-box ε_LB {_fmt(row.blackbox_eps_lb)}, "
+                f"white-box ε_LB {_fmt(row.whitebox_eps_lb)}, "
                 f"MIA AUC {_fmt(row.mia_auc)}, test acc {_fmt(row.test_accuracy)} [{time.time() - t:.0f} s]")
             return row
 
