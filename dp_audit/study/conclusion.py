@@ -141,9 +141,21 @@ def component_lines(arms: Sequence[ArmRow]) -> list[str]:
     return lines
 
 
-def conclusion(arms: Sequence[ArmRow], sweeps: Sequence[SweepRow] = ()) -> list[str]:
+def per_arm_alpha_sentence(n_arms: int, alpha: float) -> str:
+    """The arms are separate tests, each at α: said plainly, with the family-wise risk it implies."""
+    fw = 1 - (1 - alpha) ** n_arms
+    return (f"Confidence: each arm is its own test at α = {alpha:g} (its k step constructions at α/k each; its "
+            f"end-to-end bounds at α split over the gate's attacks × estimators). The {n_arms} arms are not one "
+            f"family: if every arm kept its claim, some arm could still be refuted by chance with probability up to "
+            f"1 − (1 − α)^{n_arms} = {fw:.0%}; for a statement about all arms at once, read a refutation as "
+            f"family-wise only if its bound would also exceed the claim at α/{n_arms} = {alpha / n_arms:.3g} "
+            f"(Bonferroni; not computed here).")
+
+
+def conclusion(arms: Sequence[ArmRow], sweeps: Sequence[SweepRow] = (), *, alpha: float | None = None) -> list[str]:
     """Plain sentences: what each non-private component does to the claim, whether the private
-    variants fix it, whether the controls hold, and where the sweeps start refuting."""
+    variants fix it, whether the controls hold, and where the sweeps start refuting; with
+    ``alpha``, last, the per-arm confidence stated plainly (:func:`per_arm_alpha_sentence`)."""
     lines: list[str] = []
     controls = [r for r in arms if r.group == "control"]
     paper = [r for r in arms if r.group == "paper"]
@@ -187,4 +199,6 @@ def conclusion(arms: Sequence[ArmRow], sweeps: Sequence[SweepRow] = ()) -> list[
     for s in sweeps:
         by_sweep.setdefault(s.sweep, []).append(s)
     lines.extend(sweep_sentence(rows) for rows in by_sweep.values())
+    if alpha is not None and len(arms) > 1:
+        lines.append(per_arm_alpha_sentence(len(arms), float(alpha)))
     return lines

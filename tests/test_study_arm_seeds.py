@@ -1,0 +1,43 @@
+"""The study's arms: independent step-audit seed streams and the per-arm α stated in the
+conclusion (issue 17 leftover, item 4; docs/awp-leak.md "The study")."""
+
+from __future__ import annotations
+
+from dp_audit.study.arms import awp_leak_arms
+from dp_audit.study.family import arm_step_seeds, point_seed, sweep_plan
+from dp_audit.study.arms import awp_leak_sweeps
+
+
+def test_every_arm_construction_has_its_own_recorded_seed():
+    """Bug caught: arms sharing step-audit seeds (the old seed·1000 + j gave "AWP only" and "all
+    three" identical dpflat-awp-paper trials, so two rows of the table were one measurement), a
+    seed that changes on rerun (resume would not reproduce), one that depends on the arm's position
+    in the list, or arm seeds colliding with the sweep points' seeds."""
+    from dp_audit.study.runner import arm_definition
+
+    settings = {"quick": True, "seed": 0, "alpha": 0.05}
+    arms = awp_leak_arms()
+    seeds = [s for a in arms for s in arm_step_seeds(0, a.name, len(a.constructions))]
+    sweeps = [p.seed for p in sweep_plan(awp_leak_sweeps(), settings=settings)]
+    assert len(set(seeds + sweeps)) == len(seeds) + len(sweeps)
+    assert all(0 <= s < 2**63 for s in seeds)
+    awp_only, all_three = (next(a for a in arms if a.name == n) for n in ("dpflat-paper-awp", "dpflat-paper-all"))
+    assert arm_step_seeds(0, awp_only.name, 1)[0] != arm_step_seeds(0, all_three.name, 3)[0]
+    assert arm_step_seeds(0, "x", 3) == arm_step_seeds(0, "x", 3)  # stable on rerun
+    assert arm_step_seeds(0, "x", 3)[:2] == arm_step_seeds(0, "x", 2)  # adding a construction keeps the others
+    assert arm_step_seeds(1, "x", 1) != arm_step_seeds(0, "x", 1)  # the study seed matters
+    assert arm_definition(all_three, settings=settings)["step_seeds"] == list(arm_step_seeds(0, all_three.name, 3))
+    assert point_seed(0, awp_leak_sweeps()[0]) not in seeds
+
+
+def test_conclusion_states_the_per_arm_alpha_and_the_family_wise_risk():
+    """Bug caught: the rendered conclusion reading the arms' refutations as one family-wise
+    statement at 95% while each arm is tested at α on its own (10 arms: up to 40% chance of some
+    false refutation), or stating a wrong Bonferroni level."""
+    from dp_audit.study.conclusion import conclusion
+    from dp_audit.study.row import ArmRow
+
+    rows = [ArmRow(name=f"a{i}", label=f"A{i}", group="control", claimed_epsilon=1.0) for i in range(10)]
+    last = conclusion(rows, alpha=0.05)[-1]
+    assert "each arm is its own test at α = 0.05" in last and "40%" in last and "α/10 = 0.005" in last
+    assert not any("Confidence" in line for line in conclusion(rows))
