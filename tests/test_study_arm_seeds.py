@@ -41,3 +41,19 @@ def test_conclusion_states_the_per_arm_alpha_and_the_family_wise_risk():
     last = conclusion(rows, alpha=0.05)[-1]
     assert "each arm is its own test at α = 0.05" in last and "40%" in last and "α/10 = 0.005" in last
     assert not any("Confidence" in line for line in conclusion(rows))
+
+
+def test_conclusion_reads_the_whitebox_column():
+    """Bug caught: the white-box column filled but ignored by the conclusion (an arm refuted only
+    white-box would read as "no refutation"; none refuted should say what the column can see)."""
+    from dp_audit.study.conclusion import conclusion
+    from dp_audit.study.row import ArmRow
+
+    ok = [ArmRow(name="p", label="P", group="paper", claimed_epsilon=1.0, whitebox_eps_lb=0.1, component="AWP")]
+    lines = conclusion(ok)
+    assert any("white-box one-run audit (Dirac gradient canaries) refutes no arm" in x for x in lines)
+    assert any("white-box ε_LB 0.10 ≤ 1.00" in x for x in lines)
+    bad = [ArmRow(name="p", label="P", group="paper", claimed_epsilon=1.0, whitebox_eps_lb=1.5, component="AWP")]
+    lines = conclusion(bad)
+    assert any("end-to-end white-box (ε_LB 1.50 > claimed 1.00)" in x for x in lines)
+    assert not any("refutes no arm either" in x for x in lines)

@@ -195,6 +195,13 @@ def conclusion(arms: Sequence[ArmRow], sweeps: Sequence[SweepRow] = (), *, alpha
         lines.append(f"End to end, the black-box one-run audit refutes no arm (largest ε_LB {max(bb):.2f})"
                      + (f": the leak of {', '.join(seen)} is seen only in DP's own threat model (step level)."
                         if seen else "."))
+    wb = [r.whitebox_eps_lb for r in arms if r.whitebox_eps_lb is not None]
+    if wb and not any(_gt(r.whitebox_eps_lb, r.claimed_epsilon) for r in arms):
+        lines.append(f"End to end, the white-box one-run audit (Dirac gradient canaries) refutes no arm either "
+                     f"(largest ε_LB {max(wb):.2f}, {len(wb)} arms): its canaries own coordinates no real example "
+                     f"touches, so it audits the noised clipped sum on those coordinates only; a leak that acts "
+                     f"through the other examples' gradients (AWP's v, the layer selection, the teacher) is "
+                     f"invisible to it by construction (docs/whitebox.md).")
     by_sweep: dict[str, list[SweepRow]] = {}
     for s in sweeps:
         by_sweep.setdefault(s.sweep, []).append(s)
