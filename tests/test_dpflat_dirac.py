@@ -97,13 +97,15 @@ def test_canaries_without_noise_are_refuted_and_are_clipped(cache_dir, tmp_path,
 
 def test_record_ledger_and_files_of_a_dpflat_run(cache_dir, tmp_path):
     """Bugs caught: the audit parameter's final value not saved or not hashed (an edited file would
-    go unnoticed: exit 3 expected), the record pointing at the model file (which has no such
-    tensor), the canaries changing the claim or the accounted mechanism, the ledger not saying the
-    claim covers them, or ``dp-audit run`` not scoring them white-box."""
+    go unnoticed: loading the manifest must raise IntegrityError, exit 3), the record pointing at
+    the model file (which has no such tensor), the canaries changing the claim or the accounted
+    mechanism, the ledger not saying the claim covers them, or the scores read from anything but
+    w_0 − w_T of the saved audit parameter."""
     from safetensors.numpy import load_file, save_file
 
-    from dp_audit.cli import main
+    from dp_audit.attacks.dirac import scores_for_run
     from dp_audit.dirac import RECORD, W0, WT
+    from dp_audit.errors import IntegrityError
     from dp_audit.io import read_json
     from dp_audit.manifest import load_manifest
 
@@ -115,18 +117,24 @@ def test_record_ledger_and_files_of_a_dpflat_run(cache_dir, tmp_path):
     assert rec["final"] == {"file": WT, "tensor": "w"} and rec["shape"] == [1, M]
     w0, wt = load_file(str(run / W0))["w0"], load_file(str(run / WT))["w"]
     assert w0.shape == wt.shape == (1, M) and np.all(w0 == 0) and not np.array_equal(w0, wt)
+    res = scores_for_run(run)
+    np.testing.assert_array_equal(res.scores, (w0 - wt).reshape(-1).astype(np.float64))
+    assert res.details["final_weights"] == WT and res.member.sum() == la_members(run)
     assert man["claim"] == load_manifest(without)["claim"]
     la, lb = read_json(run / "ledger.json"), read_json(without / "ledger.json")
     strip = lambda ev: {k: v for k, v in ev.items() if k != "observed"}  # noqa: E731
     assert [strip(e) for e in la["events"]] == [strip(e) for e in lb["events"]]
     assert la["events"][0]["observed"]["steps"] == lb["events"][0]["observed"]["steps"]
     assert la["gradient_canaries"]["covered_by_claim"] is True and "gradient_canaries" not in lb
-    assert main(["run", "--run", str(run), "--set", "formats=[]", "--quiet"]) == 0
-    audit = read_json(run / "audit.json")
-    entry = {a["name"]: a for a in audit["attacks"]}["whitebox-dirac"]
-    assert entry["threat_model"] == "white-box" and entry["details"]["final_weights"] == WT
     save_file({"w": wt + 1e-3}, str(run / WT))
-    assert main(["gate", "--run", str(run), "--quiet"]) == 3
+    with pytest.raises(IntegrityError):
+        load_manifest(run)
+
+
+def la_members(run: Path) -> int:
+    from dp_audit.io import read_json
+
+    return int(read_json(run / "ledger.json")["gradient_canaries"]["members"])
 
 
 def test_paper_awp_micro_batch_draws_over_real_examples_and_canaries(monkeypatch):
