@@ -137,15 +137,23 @@ def la_members(run: Path) -> int:
     return int(read_json(run / "ledger.json")["gradient_canaries"]["members"])
 
 
-def test_paper_awp_micro_batch_draws_over_real_examples_and_canaries(monkeypatch):
-    """Bug caught: the AWP micro-batch drawn from the real examples only, as if the step's canaries
-    were not examples of the logical batch. With n = 4 real examples, k = 4 canaries and a
-    micro-batch of 2, each real position must enter v with frequency 2/8 (not 2/4), and v must be
-    0 (not applied) when the micro-batch holds canaries only: frequency C(4,2)/C(8,2) = 6/28."""
+def test_paper_awp_micro_batch_is_drawn_from_the_real_examples_only(monkeypatch):
+    """Bug caught: the step's Dirac canaries taking places in paper-mode AWP's micro-batch (the
+    wb17 version drew it from the n real examples *and* the k canaries). A canary's prefix gradient
+    is 0, so it can only displace a real example: the real micro-batch shrinks and v = 0 whenever
+    the micro-batch holds canaries only (in the quick study, micro-batch 1 and ~500 member
+    canaries on ~900 examples: about 1 AWP step in 3), which changes the paper mode the study's
+    other columns measure, and lets the canaries' secret inclusion move the prefix release.
+    Through the trainer's own ``attach_components`` with 12 canaries at q = 1 (every member drawn
+    at every step), n = 4 and a micro-batch of 2: v must be applied at every step and each real
+    position enter it with frequency 2/4 (the wb17 draw gives 2/(4 + k) and v = 0 in C(k,2)/C(4+k,2)
+    of the steps)."""
     import dp_audit.trainers.dpflat_awp as awp_mod
+    from dp_audit.trainers.dpflat import attach_components
     from dp_audit.trainers.dpflat_awp import AWP
+    from dp_audit.trainers.dpflat_dirac import AuditSlotCanaries
     from dp_audit.trainers.dpflat_prefix import PrefixHook, prefix_weight
-    from tests.test_dpflat_mechanisms import tiny_prefix_model
+    from tests.test_dpflat_mechanisms import _dp_optimizer, tiny_prefix_model
 
     seen: list[torch.Tensor] = []
 
@@ -155,21 +163,26 @@ def test_paper_awp_micro_batch_draws_over_real_examples_and_canaries(monkeypatch
 
     monkeypatch.setattr(awp_mod, "raw_prefix_gradient", fake_gradient)
     model = tiny_prefix_model()
+    gsm, opt = _dp_optimizer(model, C=1.0, E=4)
+    can = AuditSlotCanaries(m=12, norm=1.0, sample_rate=1.0, seed=7)
+    can.attach(opt, torch.Generator().manual_seed(1))
     hook = PrefixHook(model)
     awp = AWP(model=model, hook=hook, mode="paper", gamma=1e-2, active_steps=10**9, micro_batch=2,
               generator=torch.Generator().manual_seed(5))
-    pos, rounds = torch.arange(4), 4000
+    before_step, stepper = attach_components(opt, prefix_weight(model), awp=awp, distill=None, mask=None,
+                                             canaries=can)
+    pos, rounds = torch.arange(4), 400
     counts = torch.zeros(4)
     for _ in range(rounds):
         seen.clear()
-        awp.before_step(0, {"labels": pos, "idx": pos}, extra=4)
+        before_step(0, {"labels": pos, "idx": pos})
+        assert can._pending is not None and int(can._pending.numel()) == int(can.canaries.member.sum()) >= 2
         awp.after_step()
-        if seen:
-            counts[seen[0]] += 1
-    empty = rounds - awp.applied
-    assert stats.binomtest(empty, rounds, 6 / 28).pvalue > 1e-3
+        assert len(seen) == 1 and seen[0].numel() == 2, "v not applied, or from fewer than 2 real examples"
+        counts[seen[0]] += 1
+    assert awp.applied == rounds
     for c in counts.tolist():
-        assert stats.binomtest(int(c), rounds, 2 / 8).pvalue > 1e-3
+        assert stats.binomtest(int(c), rounds, 2 / 4).pvalue > 1e-3
     hook.remove()
 
 

@@ -264,8 +264,9 @@ def attach_components(optimizer, weight: torch.nn.Parameter, *, awp: AWP | None,
     """Wire DP-Flat's components into an Opacus DPOptimizer: the distillation term and the layer
     mask go into its step hook (after clip, noise and scaling, before the inner optimiser step),
     AWP around each step. Returns (before_step(step, batch), the optimizer to step).
-    ``canaries`` (Dirac gradient canaries, attached to ``optimizer``): drawn before AWP, whose
-    micro-batch they can enter; left out of the distillation coefficients (trainers/dpflat_dirac.py)."""
+    ``canaries`` (Dirac gradient canaries, attached to ``optimizer``): drawn each step; left out of
+    AWP's micro-batch and of the distillation coefficients, so the prefix release is distributed as
+    without them (trainers/dpflat_dirac.py)."""
 
     counter = {"released": 0}
 
@@ -284,9 +285,10 @@ def attach_components(optimizer, weight: torch.nn.Parameter, *, awp: AWP | None,
     _chain_step_hook(optimizer, after_noise)
 
     def before_step(step: int, batch: dict) -> None:
-        extra = canaries.draw() if canaries is not None else 0
+        if canaries is not None:  # this step's canaries (secret sampling generator); AWP never sees them
+            canaries.draw()
         if awp is not None:
-            awp.before_step(step, batch, extra=extra)
+            awp.before_step(step, batch)
 
     stepper = _StepHooks(optimizer, awp.after_step if awp is not None else (lambda: None))
 

@@ -126,14 +126,10 @@ class AWP:
         """min(micro_batch, n) positions of a batch of n, uniformly without replacement."""
         return torch.randperm(n, generator=self.generator)[: min(self.micro_batch, n)]
 
-    def before_step(self, step: int, batch: Batch, *, extra: int = 0) -> None:
+    def before_step(self, step: int, batch: Batch) -> None:
         """Apply v for this step. An empty (Poisson) batch gets no perturbation: v = 0 in paper and
         per-example modes (no private example to compute it from); DP-SAT still uses the previous
-        release (public). ``extra``: examples of the logical batch that are not in ``batch``
-        because their gradient is zero on the prefix (Dirac gradient canaries,
-        :mod:`~dp_audit.trainers.dpflat_dirac`): in paper mode the micro-batch is drawn from all
-        n + extra positions and the positions >= n add nothing to v's direction (a micro-batch of
-        those only gives v = 0)."""
+        release (public)."""
         self.restore()
         self.hook.offset = None
         n = int(batch["labels"].shape[0])
@@ -149,16 +145,11 @@ class AWP:
             self.rel_norms.append(float(self.gamma))
             self.applied += 1
             return
-        if self.mode == "paper":
-            if n + extra == 0:
-                return
-            pos = self.micro_batch_indices(n + extra)
-            real = pos[pos < n]  # the canaries' prefix gradient is 0: they only take micro-batch places
-            if real.numel() == 0:
-                return
+        if n == 0 and self.mode == "paper":
+            return
         norm = self.radius_norm()
         if self.mode == "paper":
-            direction = raw_prefix_gradient(self.model, subset(batch, real))
+            direction = raw_prefix_gradient(self.model, subset(batch, self.micro_batch_indices(n)))
         else:  # dpsat
             if self._prev_noisy is None:
                 return

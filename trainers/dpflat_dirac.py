@@ -21,12 +21,13 @@ Opacus' clipping with Opacus' own clip factor). Non-members never enter.
 
 **The non-private parts of DP-Flat** (a canary is an example whose per-sample gradient is C·e_i):
 
-- *AWP, paper mode*: the canaries of a step are drawn **before** AWP's perturbation, and the
-  micro-batch is drawn uniformly from the n real examples *and* the k included canaries. A
-  canary's raw gradient on the prefix is 0 and v is normalised, so a canary in the micro-batch
-  adds nothing to v's direction: its only effect is to take a micro-batch place from a real
-  example (as a real example with a zero prefix gradient would). A micro-batch of canaries only
-  gives v = 0.
+- *AWP, paper mode*: the micro-batch is drawn from the n real examples only, exactly as in a
+  run without canaries. A canary's raw gradient on the prefix is 0, so it could add nothing to
+  v's direction; letting it take a micro-batch place would only shrink the real micro-batch
+  (the study's micro-batch is one example, and with 1000 canaries on 800 examples about a third
+  of the logical batch would be canaries: a third of the AWP steps would get v = 0), which
+  changes the paper mode that the study's other columns measure and gives the canaries' secret
+  inclusion a channel into the prefix release. A's value never depends on v either way.
 - *AWP, per-example*: a canary's own v_i would be 0 (zero prefix gradient) and its clipped term
   is C·e_i: nothing to do. *DP-SAT*: v is the released prefix gradient: unchanged.
 - *Distillation, paper mode* (λ∇R weighted by the sum of the clipping coefficients): the
@@ -57,7 +58,7 @@ WHERE = ("a dedicated audit parameter of shape (1, m) appended to the DP optimiz
 class AuditSlotCanaries:
     """m Dirac gradient canaries of one DP-Flat run on their own audit parameter (module docstring).
 
-    Per step: :meth:`draw` (before AWP), then :meth:`after_backward` (the ``after_backward`` of
+    Per step: :meth:`draw` (in the step's ``before_step``), then :meth:`after_backward` (the ``after_backward`` of
     :func:`~dp_audit.trainers.dpsgd.run_steps`); :meth:`attach` once, on the DPOptimizer."""
 
     def __init__(self, *, m: int, norm: float, sample_rate: float, seed: int):
@@ -131,8 +132,9 @@ class AuditSlotCanaries:
         return {**self.canaries.ledger_entry(), "parameter": PARAMETER,
                 "note": "examples with per-sample gradient C·e_i on a dedicated audit parameter no input reads, "
                         "Poisson-sampled at q from the secret sampling generator, clipped and noised with the batch "
-                        "(the claim covers them as examples); they take AWP micro-batch places, and are left out of "
-                        "the distillation coefficients, the selection prefix and the teacher (zero prefix gradient)"}
+                        "(the claim covers them as examples); they are left out of the AWP micro-batch, the "
+                        "distillation coefficients, the selection prefix and the teacher (zero prefix gradient): the "
+                        "prefix release is distributed as in the run without them"}
 
 
 __all__ = ["AuditSlotCanaries", "PARAMETER", "TENSOR"]
