@@ -370,6 +370,11 @@ def _validate_data(d: DataConfig) -> None:
         raise UsageError("data.text_column and data.label_column must be two different non-empty names")
 
 
+# white-box DP-Flat's Dirac canaries: Opacus needs a per-sample row on the audit parameter for each
+# real example (zeros), batch × m floats per step (trainers/dpflat_dirac.py); above this, exit 2
+DPFLAT_AUDIT_SLOT_FLOATS = 1 << 28
+
+
 def _validate_gradient_canaries(cfg: RunConfig) -> None:
     """``canaries.gradient`` (Dirac gradient canaries) needs Opacus per-sample gradients: DP-SGD with
     full fine-tuning (the coordinates are unused position-embedding rows) or white-box DP-Flat (a
@@ -387,6 +392,11 @@ def _validate_gradient_canaries(cfg: RunConfig) -> None:
         if cfg.privacy.grad_sample_mode == "ghost":
             raise UsageError("canaries.gradient needs per-sample gradients: privacy.grad_sample_mode = 'hooks' or "
                              "'auto'")
+        if m * cfg.train.batch_size > DPFLAT_AUDIT_SLOT_FLOATS:
+            raise UsageError(f"canaries.gradient = {m} with train.batch_size = {cfg.train.batch_size}: white-box "
+                             f"DP-Flat holds batch × m zero per-sample rows on the audit parameter each step "
+                             f"({m * cfg.train.batch_size:.3g} floats, limit {DPFLAT_AUDIT_SLOT_FLOATS:.3g} = 1 GiB); "
+                             f"lower canaries.gradient or train.batch_size")
         return
     if cfg.trainer != "dpsgd":
         raise UsageError(f"canaries.gradient (Dirac gradient canaries) is implemented for trainers 'dpsgd' and "

@@ -191,12 +191,17 @@ def test_paper_awp_micro_batch_is_drawn_from_the_real_examples_only(monkeypatch)
     ({"trainer": "dpzo"}, "trainers 'dpsgd' and 'dpflat'"),
     ({"trainer": "nondp"}, "trainers 'dpsgd' and 'dpflat'"),
     ({"canaries": {"gradient": 2.5}}, "integer"),
+    ({"canaries": {"gradient": 10**8}}, "lower canaries.gradient or train.batch_size"),
+    ({"canaries": {"gradient": 10**7}, "train": {"batch_size": 32}}, "1 GiB"),
 ])
 def test_unsupported_dpflat_and_zo_configurations_are_usage_errors(cache_dir, sections, needle):
     """Bug caught: Dirac canaries accepted by a trainer that never calls the canary path (black-box
     DP-Flat and DP-ZO release one clipped scalar per example, not a gradient vector; non-private
     training has no clipping): the record would list members that never entered a batch, and the
-    white-box audit would read nothing. Must be exit 2 (UsageError) before any work."""
+    white-box audit would read nothing; and (review rvwb17) an m whose per-step zero rows on the
+    audit parameter (batch × m floats) cannot fit, which crashed in training (m = 10⁸ at batch 32:
+    12.8 GB per step; exit 4 or killed) instead of a one-line error. Must be exit 2 (UsageError)
+    before any work."""
     from dp_audit.errors import UsageError
 
     with pytest.raises(UsageError, match=needle):
