@@ -57,3 +57,32 @@ def test_conclusion_reads_the_whitebox_column():
     lines = conclusion(bad)
     assert any("end-to-end white-box (ε_LB 1.50 > claimed 1.00)" in x for x in lines)
     assert not any("refutes no arm either" in x for x in lines)
+
+
+def test_results_computed_before_the_arm_seed_streams_are_recomputed_on_resume(tmp_path, monkeypatch):
+    """Bug caught (review rvwb17): resuming a study directory written before each arm had its own
+    step-audit seeds (definition without ``step_seeds``; trials seeded seed·1000 + j, shared by
+    "AWP only" and "all three") reuses those rows next to rows computed with the new streams, so
+    the table mixes two seeding schemes. Every such arm must be recomputed, and then reused."""
+    import dp_audit.study.runner as runner
+    from tests.test_study_resume import ARMS, SETTINGS, SWEEPS, Fake
+
+    current = runner.arm_definition
+
+    def old_definition(arm, *, settings):
+        d = current(arm, settings=settings)
+        d.pop("step_seeds", None)
+        return d
+
+    monkeypatch.setattr(runner, "arm_definition", old_definition)
+    runner.run_study(tmp_path, arms=ARMS, sweeps=SWEEPS, settings=SETTINGS, arm_fn=Fake().arm,
+                     sweep_fn=Fake().sweep, log=lambda s: None)
+    monkeypatch.setattr(runner, "arm_definition", current)
+    again = Fake()
+    runner.run_study(tmp_path, arms=ARMS, sweeps=SWEEPS, settings=SETTINGS, arm_fn=again.arm, sweep_fn=again.sweep,
+                     log=lambda s: None)
+    assert again.calls == [a.name for a in ARMS]  # every arm redone; the sweeps' seeds did not change
+    third = Fake()
+    runner.run_study(tmp_path, arms=ARMS, sweeps=SWEEPS, settings=SETTINGS, arm_fn=third.arm, sweep_fn=third.sweep,
+                     log=lambda s: None)
+    assert third.calls == []
