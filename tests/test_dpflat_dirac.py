@@ -55,6 +55,33 @@ def test_dpsat_run_with_dirac_canaries_stays_below_its_claim(cache_dir, tmp_path
     eps_lb, claim = _bound(run)
     assert 0.4 < claim < 0.6
     assert eps_lb <= claim
+    _check_closed_form(run)
+
+
+def _check_closed_form(run: Path) -> None:
+    """Review rvwb17: the audit parameter's released trajectory against its closed form. With
+    plain SGD (lr 0.1, no weight decay) a canary's score is lr/E · (C·K_i + Σ_t σC z_t): a
+    non-member's is N(0, (lr·σC/E)²·T) exactly, and members exceed non-members on average by
+    lr·C·q·T/E. Bugs caught: A noised with another std than the run's σC (e.g. Opacus' noise
+    multiplier not applied to the appended group, or A missing from ``optimizer.params`` on some
+    steps), scaled by another batch size than the prefix (the variance: 1.3× the noise std on A
+    fails it, seen), or its canaries included at every step instead of at rate q (the shift; it is
+    too noisy to tell q from 0 here): the validity bound alone cannot see a *weaker* audit (too
+    much noise on A)."""
+    from dp_audit.attacks.dirac import scores_for_run
+    from dp_audit.io import read_json
+
+    res = scores_for_run(run)
+    dp = read_json(run / "manifest.json")["notes"]["dp"]
+    lr, E, T, q, sigma = 0.1, dp["expected_batch_size"], dp["steps"], dp["sample_rate"], dp["noise_multiplier"]
+    sd = lr * sigma * 1.0 / E * T ** 0.5
+    non = res.scores[~res.member]
+    chi2 = float((non ** 2).sum() / sd ** 2)
+    p = stats.chi2.cdf(chi2, df=non.size)
+    assert 1e-4 < p < 1 - 1e-4, f"non-member score variance {non.var():.3g} vs σ-closed form {sd ** 2:.3g}"
+    shift = float(res.scores[res.member].mean() - non.mean())
+    se = sd * (1 / non.size + 1 / int(res.member.sum())) ** 0.5
+    assert abs(shift - lr * q * T / E) < 4 * se, (shift, lr * q * T / E, se)
 
 
 def test_canaries_added_outside_poisson_sampling_are_refuted(cache_dir, tmp_path, monkeypatch):
