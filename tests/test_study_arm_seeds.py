@@ -39,8 +39,24 @@ def test_conclusion_states_the_per_arm_alpha_and_the_family_wise_risk():
 
     rows = [ArmRow(name=f"a{i}", label=f"A{i}", group="control", claimed_epsilon=1.0) for i in range(10)]
     last = conclusion(rows, alpha=0.05)[-1]
-    assert "each arm is its own test at α = 0.05" in last and "40%" in last and "α/10 = 0.005" in last
+    assert "its own test at α = 0.05" in last and "40%" in last and "α/10 = 0.005" in last
     assert not any("Confidence" in line for line in conclusion(rows))
+
+
+def test_the_family_wise_risk_counts_the_step_and_the_end_to_end_test_of_each_arm():
+    """Bug caught (review rvwb17): the conclusion's confidence sentence counted one test per arm
+    (10 arms: 40%, Bonferroni α/10) while each arm is refuted by either of two α-level tests, its
+    step-level bound and its end-to-end bounds (10 arms with both: 20 tests, up to 64%, α/20)."""
+    from dp_audit.study.conclusion import conclusion
+    from dp_audit.study.row import ArmRow
+
+    rows = [ArmRow(name=f"a{i}", label=f"A{i}", group="control", claimed_epsilon=1.0, step_claim_epsilon=2.0,
+                   step_eps_lb=0.5, blackbox_eps_lb=0.0, whitebox_eps_lb=0.1 if i < 8 else None) for i in range(10)]
+    last = conclusion(rows, alpha=0.05)[-1]
+    assert "20 tests over 10 arms" in last and "64%" in last and "α/20 = 0.0025" in last
+    rows[0] = ArmRow(name="a0", label="A0", group="control", claimed_epsilon=1.0, step_claim_epsilon=2.0,
+                     step_eps_lb=0.5)  # no end-to-end bound: one test
+    assert "19 tests" in conclusion(rows, alpha=0.05)[-1]
 
 
 def test_conclusion_reads_the_whitebox_column():

@@ -141,15 +141,25 @@ def component_lines(arms: Sequence[ArmRow]) -> list[str]:
     return lines
 
 
-def per_arm_alpha_sentence(n_arms: int, alpha: float) -> str:
-    """The arms are separate tests, each at α: said plainly, with the family-wise risk it implies."""
-    fw = 1 - (1 - alpha) ** n_arms
-    return (f"Confidence: each arm is its own test at α = {alpha:g} (its k step constructions at α/k each; its "
-            f"end-to-end bounds at α split over the gate's attacks × estimators). The {n_arms} arms are not one "
-            f"family: if every arm kept its claim, some arm could still be refuted by chance with probability up to "
-            f"1 − (1 − α)^{n_arms} = {fw:.0%}; for a statement about all arms at once, read a refutation as "
-            f"family-wise only if its bound would also exceed the claim at α/{n_arms} = {alpha / n_arms:.3g} "
-            f"(Bonferroni; not computed here).")
+def arm_tests(arms: Sequence[ArmRow]) -> int:
+    """How many α-level tests the arms' rows hold: an arm's step-level bound (its k constructions
+    at α/k) is one test, its end-to-end bounds (black-box and white-box, α split over the gate's
+    attacks × estimators) another; an arm with neither recorded counts as one."""
+    return sum(max(1, int(r.step_eps_lb is not None)
+                   + int(r.blackbox_eps_lb is not None or r.whitebox_eps_lb is not None)) for r in arms)
+
+
+def per_arm_alpha_sentence(n_arms: int, alpha: float, *, n_tests: int | None = None) -> str:
+    """Each statement of the table is its own test at α: said plainly, with the family-wise risk
+    of the ``n_tests`` tests (default ``n_arms``; :func:`arm_tests`) it implies."""
+    n = int(n_tests if n_tests is not None else n_arms)
+    fw = 1 - (1 - alpha) ** n
+    return (f"Confidence: each arm's step-level bound is its own test at α = {alpha:g} (its k step constructions "
+            f"at α/k each), and so are its end-to-end bounds (α split over the gate's attacks × estimators). "
+            f"These {n} tests over {n_arms} arms are not one family: if every arm kept its claim, some statement "
+            f"could still read as a refutation by chance with probability up to 1 − (1 − α)^{n} = {fw:.0%}; for a "
+            f"statement about all arms at once, read a refutation as family-wise only if its bound would also "
+            f"exceed the claim at α/{n} = {alpha / n:.3g} (Bonferroni; not computed here).")
 
 
 def conclusion(arms: Sequence[ArmRow], sweeps: Sequence[SweepRow] = (), *, alpha: float | None = None) -> list[str]:
@@ -207,5 +217,5 @@ def conclusion(arms: Sequence[ArmRow], sweeps: Sequence[SweepRow] = (), *, alpha
         by_sweep.setdefault(s.sweep, []).append(s)
     lines.extend(sweep_sentence(rows) for rows in by_sweep.values())
     if alpha is not None and len(arms) > 1:
-        lines.append(per_arm_alpha_sentence(len(arms), float(alpha)))
+        lines.append(per_arm_alpha_sentence(len(arms), float(alpha), n_tests=arm_tests(arms)))
     return lines
