@@ -79,11 +79,14 @@ def scores_for_run(run_dir: str | Path) -> DiracScores:
     w0 = _tensor(run_dir / dirac.W0, "w0")
     if tuple(w0.shape) != rec.shape:
         raise IntegrityError(f"{run_dir / dirac.W0}: w0 has shape {w0.shape}, the record says {rec.shape}")
-    w_final = _tensor(run_dir / "model" / "model.safetensors", rec.parameter)
+    if rec.final_file is None:  # DP-SGD: the canary rows are part of the saved model
+        w_final = _tensor(run_dir / "model" / "model.safetensors", rec.parameter)
+    else:  # DP-Flat: the dedicated audit parameter, saved next to the adapter (hashed)
+        w_final = _tensor(run_dir / rec.final_file, rec.final_tensor)
     scores = dirac_scores(w0, w_final, rec.index)
     if not np.isfinite(scores).all():
         raise IntegrityError(f"{run_dir}: non-finite Dirac scores (diverged training?)")
     details = {"design": DESIGN, "parameter": rec.parameter, "canary_norm": rec.norm, "sample_rate": rec.sample_rate,
                "statistic": "<w_T - w_0, -e_i>", "m": rec.m, "reference": REFERENCE,
-               "initial_weights": dirac.W0}
+               "initial_weights": dirac.W0, "final_weights": rec.final_file or "model/model.safetensors"}
     return DiracScores(scores=scores, member=rec.member, details=details)

@@ -16,6 +16,12 @@ and 1000 mislabelled text canaries, runs ``run_audit`` (LOSS black-box + whitebo
     .venv/bin/python benchmarks/whitebox_dirac.py [--batch-size 2000 --epochs 4 --seeds 1]
 
 ``--batch-size`` ≥ the private set size gives q = 1 (full-batch DP-GD: strongest audit per ε).
+
+``--trainer dpflat --dpflat-awp paper|dpsat|per-example`` runs white-box DP-Flat instead (prefix
+tuning, AWP only; the canaries on the audit parameter of trainers/dpflat_dirac.py; default there
+m = 10⁴, since each step holds B × m zero per-sample rows for that parameter):
+
+    .venv/bin/python benchmarks/whitebox_dirac.py --trainer dpflat --dpflat-awp paper --m-dirac 10000
 """
 
 from __future__ import annotations
@@ -48,15 +54,19 @@ def positions_for(m_dirac: int) -> int:
 
 
 def config(*, seed: int, batch_size: int, epochs: int, m: int, cache: Path, bug: str = "none",
-           m_dirac: int | None = None):
+           m_dirac: int | None = None, trainer: str = "dpsgd", dpflat_awp: str = "paper"):
     from dp_audit.config import run_config_from_dict
 
     m_dirac = m if m_dirac is None else m_dirac
+    flat = trainer == "dpflat"
+    extra = ({"dpflat": {"awp": True, "awp_mode": dpflat_awp, "sparse": False, "distill": False}} if flat else {})
     return run_config_from_dict({
-        "trainer": "dpsgd",
+        "trainer": trainer, **extra,
         "data": {"n_train": 500, "n_public": 2000, "max_length": MAX_LENGTH, "vocab_size": 600},
         "model": {"hidden_size": HIDDEN, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
-                  "pretrain_epochs": 3, "cache_dir": str(cache), "max_position_embeddings": positions_for(m_dirac)},
+                  "pretrain_epochs": 3, "cache_dir": str(cache),
+                  **({"tuning": "prefix", "num_virtual_tokens": 10} if flat
+                     else {"max_position_embeddings": positions_for(m_dirac)})},
         "canaries": {"m": m, "gradient": m_dirac, "seed": 100 + seed},
         "train": {"optimizer": "sgd", "lr": 0.5, "batch_size": batch_size, "epochs": epochs, "seed": seed,
                   "progress": False},
@@ -91,6 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--m-dirac", type=int, default=100_000,
                     help="Dirac canaries (white-box); ε_LB is also printed on the first 1000, 10000, ... of them")
     ap.add_argument("--bug", default="none")
+    ap.add_argument("--trainer", default="dpsgd", choices=("dpsgd", "dpflat"))
+    ap.add_argument("--dpflat-awp", default="paper", choices=("paper", "dpsat", "per-example"))
     ap.add_argument("--workdir", default="")
     args = ap.parse_args(argv)
     from dp_audit.audit import run_audit, target_from_run
@@ -102,7 +114,7 @@ def main(argv=None) -> int:
     for seed in range(args.seeds):
         t0 = time.perf_counter()
         cfg = config(seed=seed, batch_size=args.batch_size, epochs=args.epochs, m=args.m, cache=work / ".cache",
-                     bug=args.bug, m_dirac=args.m_dirac)
+                     bug=args.bug, m_dirac=args.m_dirac, trainer=args.trainer, dpflat_awp=args.dpflat_awp)
         run = train_run(cfg, work / f"run-{seed}", progress=False, overwrite=True)
         t_train = time.perf_counter() - t0
         audit = run_audit(target_from_run(run), AuditConfig(attacks=("loss",), formats=()), progress=False,
@@ -111,7 +123,8 @@ def main(argv=None) -> int:
         delta = float(audit["claim"]["delta"])
         print(f"seed {seed}: claimed ε = {float(audit['claim']['epsilon']):.3f} (δ = {delta:g}, PRV), "
               f"σ = {dp['noise_multiplier']:.3f}, q = {dp['sample_rate']:.3f}, T = {dp['steps']}, "
-              f"m = {args.m_dirac} Dirac + {args.m} text canaries, bug = {args.bug}; train {t_train:.0f} s")
+              f"m = {args.m_dirac} Dirac + {args.m} text canaries, bug = {args.bug}, trainer = {args.trainer}"
+              + (f" (AWP {args.dpflat_awp})" if args.trainer == "dpflat" else "") + f"; train {t_train:.0f} s")
         for a in audit["attacks"]:
             scores, member = load_scores(run / a["scores_file"])
             b = alone(scores, member, delta=delta)

@@ -113,8 +113,9 @@ class CanaryConfig:
     n_digits: int = 6
     candidates: int = 1000
     candidate_seed: int = 0
-    # Dirac gradient canaries (white-box, DP-SGD with full fine-tuning; docs/whitebox.md): m canaries,
-    # each a member with probability 1/2, sampled at the Poisson rate q, per-sample gradient C·e_i
+    # Dirac gradient canaries (white-box; DP-SGD with full fine-tuning, or white-box DP-Flat on an
+    # audit parameter; docs/whitebox.md): m canaries, each a member with probability 1/2, sampled at
+    # the Poisson rate q, per-sample gradient C·e_i
     gradient: int = 0
 
 
@@ -416,6 +417,11 @@ def _validate_data(d: DataConfig) -> None:
         raise UsageError("data.text_column and data.label_column must be two different non-empty names")
 
 
+# white-box DP-Flat's Dirac canaries: Opacus needs a per-sample row on the audit parameter for each
+# real example (zeros), batch × m floats per step (trainers/dpflat_dirac.py); above this, exit 2
+DPFLAT_AUDIT_SLOT_FLOATS = 1 << 28
+
+
 def _validate_causal_lm(cfg: RunConfig) -> None:
     """Causal LMs (``model.kind = "causal-lm"``) train on the generation task (or your own texts)
     with secret canaries; the generation task needs a causal LM (docs/language-models.md)."""
@@ -450,16 +456,34 @@ def _validate_causal_lm(cfg: RunConfig) -> None:
 
 
 def _validate_gradient_canaries(cfg: RunConfig) -> None:
-    """``canaries.gradient`` (Dirac gradient canaries) needs the Opacus per-sample gradients of
-    DP-SGD with full fine-tuning: their coordinates are unused position-embedding rows."""
+    """``canaries.gradient`` (Dirac gradient canaries) needs Opacus per-sample gradients: DP-SGD with
+    full fine-tuning (the coordinates are unused position-embedding rows) or white-box DP-Flat (a
+    dedicated audit parameter no input reads, trainers/dpflat_dirac.py)."""
     m = cfg.canaries.gradient
-    if m < 0:
-        raise UsageError(f"canaries.gradient must be >= 0, got {m}")
+    if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+        raise UsageError(f"canaries.gradient must be an integer >= 0, got {m!r}")
     if not m:
         return
+    if cfg.model.kind == "causal-lm":
+        raise UsageError("canaries.gradient (Dirac gradient canaries) is implemented for classifiers only; a causal "
+                         "LM is audited with secret canaries (canaries.kind = 'secret')")
+    if cfg.trainer == "dpflat":
+        if cfg.dpflat.blackbox:
+            raise UsageError("canaries.gradient (Dirac gradient canaries) needs per-sample gradient vectors: black-box "
+                             "DP-Flat runs on DP-ZO (one clipped scalar per example), where they are not implemented; "
+                             "set dpflat.blackbox = false or canaries.gradient = 0")
+        if cfg.privacy.grad_sample_mode == "ghost":
+            raise UsageError("canaries.gradient needs per-sample gradients: privacy.grad_sample_mode = 'hooks' or "
+                             "'auto'")
+        if m * cfg.train.batch_size > DPFLAT_AUDIT_SLOT_FLOATS:
+            raise UsageError(f"canaries.gradient = {m} with train.batch_size = {cfg.train.batch_size}: white-box "
+                             f"DP-Flat holds batch × m zero per-sample rows on the audit parameter each step "
+                             f"({m * cfg.train.batch_size:.3g} floats, limit {DPFLAT_AUDIT_SLOT_FLOATS:.3g} = 1 GiB); "
+                             f"lower canaries.gradient or train.batch_size")
+        return
     if cfg.trainer != "dpsgd":
-        raise UsageError(f"canaries.gradient (Dirac gradient canaries) is implemented for trainer 'dpsgd' only, "
-                         f"not {cfg.trainer!r}")
+        raise UsageError(f"canaries.gradient (Dirac gradient canaries) is implemented for trainers 'dpsgd' and "
+                         f"'dpflat' (white-box) only, not {cfg.trainer!r}")
     if cfg.model.tuning != "full":
         raise UsageError(f"canaries.gradient needs model.tuning = 'full' (got {cfg.model.tuning!r}): the canary "
                          "coordinates are unused position-embedding rows")

@@ -8,7 +8,11 @@ artifacts:
   ``{"id", "index", "member"}`` (``index`` = flat coordinate in that parameter; ``member`` drawn
   Bernoulli(1/2) from a seeded generator, like the text canaries);
 - ``dirac_w0.safetensors``: that parameter's initial value w_0 (tensor ``w0``), saved by the trainer
-  right before the first step.
+  right before the first step;
+- DP-Flat only (its canaries live in a dedicated audit parameter outside the PEFT adapter):
+  ``dirac_wT.safetensors``, that parameter's final value (tensor ``w``), named in the record as
+  ``"final": {"file", "tensor"}``. Without ``final`` the final value is the tensor ``parameter``
+  of ``model/model.safetensors`` (DP-SGD, full fine-tuning).
 
 This module is plain data (numpy, no torch): the trainer writes it with :func:`record`, the
 white-box attack (:mod:`dp_audit.attacks.dirac`) reads it with :func:`read_record`.
@@ -26,6 +30,7 @@ from dp_audit.errors import IntegrityError
 
 RECORD = "dirac_canaries.json"
 W0 = "dirac_w0.safetensors"
+WT = "dirac_wT.safetensors"  # the final audit parameter of a DP-Flat run (tensor "w")
 KIND = "dirac-gradient"
 # the membership stream of Dirac canaries: canaries.seed, spawned apart from the text canaries'
 MEMBERSHIP_STREAM = 0xD12AC
@@ -45,6 +50,8 @@ class DiracRecord:
     index: np.ndarray  # flat coordinate of each canary
     member: np.ndarray
     ids: tuple[str, ...]
+    final_file: str | None = None  # the file holding the final parameter (None: model/model.safetensors)
+    final_tensor: str | None = None  # its tensor name in that file (None: ``parameter``)
 
     @property
     def m(self) -> int:
@@ -52,9 +59,11 @@ class DiracRecord:
 
 
 def record(*, parameter: str, shape: tuple[int, ...], norm: float, sample_rate: float, index: np.ndarray,
-           member: np.ndarray, seed: int, where: str) -> dict[str, Any]:
-    """The JSON object of ``dirac_canaries.json``."""
-    return {"kind": KIND, "parameter": parameter, "shape": [int(s) for s in shape], "norm": float(norm),
+           member: np.ndarray, seed: int, where: str, final: dict[str, str] | None = None) -> dict[str, Any]:
+    """The JSON object of ``dirac_canaries.json`` (``final``: ``{"file", "tensor"}`` of the final
+    parameter when it is not in ``model/model.safetensors``)."""
+    return {"kind": KIND, **({"final": dict(final)} if final else {}), "parameter": parameter,
+            "shape": [int(s) for s in shape], "norm": float(norm),
             "sample_rate": float(sample_rate), "seed": int(seed), "coordinates": where,
             "gradient": "+norm · e_index on the parameter, zero elsewhere (per-sample, before clipping)",
             "canaries": [{"id": f"g{i:05d}", "index": int(j), "member": bool(b)}
@@ -79,8 +88,14 @@ def read_record(obj: Any, *, where: str) -> DiracRecord:
             raise ValueError("indices must be distinct coordinates of the parameter")
         if not (norm > 0 and 0 < rate <= 1):
             raise ValueError("need norm > 0 and 0 < sample_rate <= 1")
+        final = obj.get("final")
+        if final is not None:
+            if not (isinstance(final, dict) and final.get("file") == WT and isinstance(final.get("tensor"), str)):
+                raise ValueError(f"'final' must be {{\"file\": {WT!r}, \"tensor\": name}}")
         return DiracRecord(parameter=str(obj["parameter"]), shape=shape, norm=norm, sample_rate=rate,
-                           index=index, member=member, ids=ids)
+                           index=index, member=member, ids=ids,
+                           final_file=None if final is None else WT,
+                           final_tensor=None if final is None else str(final["tensor"]))
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"{where}: bad Dirac canary record ({exc})") from None
 

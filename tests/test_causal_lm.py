@@ -526,3 +526,20 @@ def test_reference_models_of_a_causal_lm_run(lm_config, tmp_path):
     names = {a["name"] for a in audit["attacks"]}
     assert {"ref-loss", "lira-offline"} <= names and audit["model"]["kind"] == "causal-lm"
     assert len(list((run / "references").glob("ref-*.npz"))) == 2
+
+
+def test_train_cli_on_a_causal_lm_prints_perplexity_and_exits_0(cache_dir, tmp_path, capsys):
+    """`dp-audit train` of a causal LM: its summary line printed the test accuracy, which an LM
+    run does not have (None), and a successful training exited 4 ("internal error") after writing
+    the run. Caught bug: that crash; also the perplexity missing from the summary."""
+    from dp_audit.cli import main
+    from tests.test_end_to_end import to_toml
+
+    cfg = {"trainer": "nondp", "data": GEN, "model": {**LM, "cache_dir": str(cache_dir)},
+           "canaries": {"kind": "secret", "m": 8, "repeat": 2, "candidates": 20},
+           "train": {"epochs": 1, "batch_size": 32, "lr": 2e-3}}
+    (tmp_path / "lm.toml").write_text(to_toml(cfg))
+    rc = main(["train", "--config", str(tmp_path / "lm.toml"), "--out", str(tmp_path / "run"), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "test perplexity:" in out and "test accuracy" not in out

@@ -198,7 +198,7 @@ def test_correct_dpsgd_never_refuted_by_dirac_canaries(cache_dir, tmp_path, seed
     ({"model": {"tuning": "prefix"}}, "model.tuning = 'full'"),
     ({"model": {"tuning": "lora"}}, "model.tuning = 'full'"),
     ({"privacy": {"grad_sample_mode": "ghost"}}, "per-sample gradients"),
-    ({"trainer": "dpzo"}, "trainer 'dpsgd' only"),
+    ({"trainer": "dpzo"}, "trainers 'dpsgd' and 'dpflat'"),
     ({"canaries": {"gradient": -1}}, ">= 0"),
 ])
 def test_configs_where_canary_coordinates_could_get_real_gradients_are_refused(cache_dir, sections, needle):

@@ -34,6 +34,7 @@ from dp_audit.errors import UsageError
 from dp_audit.trainers.causal_lm import batch_loss_fn, per_example_loss_fn
 from dp_audit.trainers.base import TRAINERS, Prepared, TrainResult, replace_cfg
 from dp_audit.trainers.dpflat_awp import AWP
+from dp_audit.trainers.dpflat_dirac import AuditSlotCanaries
 from dp_audit.trainers.dpflat_distill import Distill, OutputDistill, clip_coefficients, distill_value
 from dp_audit.trainers.dpflat_prefix import PrefixHook, layout_of, prefix_weight
 from dp_audit.trainers.dpflat_sparse import select_layers
@@ -262,10 +263,13 @@ class _References:
 
 
 def attach_components(optimizer, weight: torch.nn.Parameter, *, awp: AWP | None, distill: Distill | None,
-                      mask: torch.Tensor | None):
+                      mask: torch.Tensor | None, canaries: AuditSlotCanaries | None = None):
     """Wire DP-Flat's components into an Opacus DPOptimizer: the distillation term and the layer
     mask go into its step hook (after clip, noise and scaling, before the inner optimiser step),
-    AWP around each step. Returns (before_step(step, batch), the optimizer to step)."""
+    AWP around each step. Returns (before_step(step, batch), the optimizer to step).
+    ``canaries`` (Dirac gradient canaries, attached to ``optimizer``): drawn each step; left out of
+    AWP's micro-batch and of the distillation coefficients, so the prefix release is distributed as
+    without them (trainers/dpflat_dirac.py)."""
 
     counter = {"released": 0}
 
@@ -274,14 +278,18 @@ def attach_components(optimizer, weight: torch.nn.Parameter, *, awp: AWP | None,
         if weight.grad is None:
             return
         if distill is not None:
-            distill.add_to_grad_(weight, coefficients=clip_coefficients(opt),
-                                 expected_batch_size=opt.expected_batch_size)
+            coefficients = clip_coefficients(opt)
+            if canaries is not None:  # the real examples' rows come first; the canaries' are C·e_i only
+                coefficients = coefficients[:canaries.real_rows]
+            distill.add_to_grad_(weight, coefficients=coefficients, expected_batch_size=opt.expected_batch_size)
         if mask is not None:
             weight.grad.mul_(mask)  # no noise (and no data) on removed layers
 
     _chain_step_hook(optimizer, after_noise)
 
     def before_step(step: int, batch: dict) -> None:
+        if canaries is not None:  # this step's canaries (secret sampling generator); AWP never sees them
+            canaries.draw()
         if awp is not None:
             awp.before_step(step, batch)
 
@@ -361,18 +369,25 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
     hook = PrefixHook(model)
     hook.mask = mask
     setup = plan(cfg, prep.n_train)
+    canaries = None
+    if cfg.canaries.gradient:  # Dirac gradient canaries on their own audit parameter (trainers/dpflat_dirac.py)
+        canaries = AuditSlotCanaries(m=cfg.canaries.gradient, norm=setup.max_grad_norm, sample_rate=setup.sample_rate,
+                                     seed=cfg.canaries.seed)
     gsm, optimizer, loader = make_private(model, prep, cfg, setup, generator=generator)
+    if canaries is not None:  # appends the audit parameter to the DP optimizer (not to the model)
+        canaries.attach(optimizer, loader.batch_sampler.generator)
     awp = None
     if f.awp:
         awp = AWP(model=gsm, hook=hook, mode=f.awp_mode, gamma=f.awp_gamma,
                   active_steps=int(math.floor(f.awp_epoch_fraction * setup.steps)),
                   micro_batch=awp_micro_batch(cfg), generator=generator,
                   removed_norm_sq=removed_norm_sq if f.awp_radius == "full" else 0.0)
-    before_step, stepper = attach_components(optimizer, weight, awp=awp, distill=distill, mask=mask)
+    before_step, stepper = attach_components(optimizer, weight, awp=awp, distill=distill, mask=mask, canaries=canaries)
     desc = f"DP-Flat (σ={setup.noise_multiplier:.2f}, removed {removed})"
     try:
         losses = run_steps(gsm, stepper, loader, setup, cfg=cfg, desc=desc, before_step=before_step,
-                           loss_fn=batch_loss_fn(prep) if outputs is None else _output_distill_loss(outputs, prep))
+                           loss_fn=batch_loss_fn(prep) if outputs is None else _output_distill_loss(outputs, prep),
+                           after_backward=None if canaries is None else canaries.after_backward)
     finally:
         if awp is not None:
             awp.restore()
@@ -386,13 +401,16 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
     if distill is not None or outputs is not None:
         notes["distill"]["final_distance"] = distill_value(prefix_weight(model), (distill or outputs).anchor)
     unacc = unaccounted_whitebox(cfg, removed=removed)
+    ledger = ledger_for(setup, component="dpflat-dpsgd", unaccounted=unacc,
+                        observed=observed_mechanism(optimizer, loader, steps=stepper.released))
+    extra = {"dp": dict(setup.__dict__), "dpflat": notes}
+    if canaries is not None:
+        ledger["gradient_canaries"] = extra["gradient_canaries"] = canaries.ledger_entry()
     return TrainResult(
-        model=model, ledger=ledger_for(setup, component="dpflat-dpsgd", unaccounted=unacc,
-                                       observed=observed_mechanism(optimizer, loader, steps=stepper.released)),
-        claim=claim_for(setup, cfg, unaccounted=unacc),
+        model=model, ledger=ledger, claim=claim_for(setup, cfg, unaccounted=unacc),
         metrics={"steps": setup.steps},
         private_metrics={"final_train_loss": losses[-1] if losses else float("nan")},
-        extra={"dp": dict(setup.__dict__), "dpflat": notes},
+        extra=extra, files={} if canaries is None else canaries.files(),
     )
 
 

@@ -49,9 +49,12 @@ def run(args: argparse.Namespace) -> int:
     claim = manifest["claim"]
     eps = claim["epsilon"]
     eps_txt = "none (non-private)" if (isinstance(eps, str) or not math.isfinite(eps)) else f"{eps:.3g}"
-    acc = manifest.get("notes", {}).get("metrics", {}).get("test_accuracy")
+    metrics = manifest.get("notes", {}).get("metrics", {})
+    utility = [f"{label}: {metrics[key]:.3f}" for key, label in (("test_accuracy", "test accuracy"),
+                                                                   ("test_perplexity", "test perplexity"))
+               if isinstance(metrics.get(key), (int, float))]
     print(f"trained {cfg.trainer} ({cfg.model.tuning}) -> {out}")
-    print(f"  claimed epsilon: {eps_txt} at delta={claim['delta']:g}; test accuracy: {acc:.3f}")
+    print(f"  claimed epsilon: {eps_txt} at delta={claim['delta']:g}" + "".join(f"; {u}" for u in utility))
     if claim.get("unaccounted"):
         print("  not accounted: " + "; ".join(u["component"] for u in claim["unaccounted"]))
     return 0

@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-DIRAC_CANARIES = 200  # white-box Dirac gradient canaries of the DP-SGD arm
+# white-box Dirac gradient canaries of every arm with per-sample gradients (DP-SGD: unused
+# position rows; white-box DP-Flat: a dedicated audit parameter; docs/whitebox.md). The DP-ZO arms
+# have none (one clipped scalar per example): "-" in the white-box column.
+DIRAC_CANARIES = 1000
 GROUPS = ("control", "paper", "private")  # DP-correct references | DP-Flat paper mode | DP-Flat private variants
 
 _OFF = {"awp": False, "sparse": False, "distill": False}
@@ -30,13 +33,14 @@ class Arm:
 
 def _dpflat(label_name: str, label: str, group: str, dpflat: dict, constructions: tuple[str, ...],
             component: str = "") -> Arm:
-    return Arm(label_name, label, group, {"trainer": "dpflat", **_PREFIX, "dpflat": dpflat}, constructions, component)
+    return Arm(label_name, label, group, {"trainer": "dpflat", **_PREFIX, "dpflat": dpflat,
+                                         "canaries": {"gradient": DIRAC_CANARIES}}, constructions, component)
 
 
 def awp_leak_arms() -> tuple[Arm, ...]:
     return (
-        # DP-SGD also carries Dirac gradient canaries: its white-box one-run ε_LB (docs/whitebox.md);
-        # they are implemented for DP-SGD only, so the other arms show "-" in that column
+        # DP-SGD and every DP-Flat arm carry Dirac gradient canaries: their white-box one-run ε_LB
+        # (docs/whitebox.md); DP-ZO has none, so its arms show "-" in that column
         Arm("dpsgd", "DP-SGD", "control", {"trainer": "dpsgd", "canaries": {"gradient": DIRAC_CANARIES}},
             ("dpsgd-dirac",)),
         _dpflat("dpflat-paper-awp", "DP-Flat paper: AWP only", "paper",

@@ -52,6 +52,17 @@ def point_seed(study_seed: int, point: SweepPoint) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+def arm_step_seeds(study_seed: int, arm_name: str, n: int) -> tuple[int, ...]:
+    """The step-audit seeds of an arm's ``n`` constructions, each in [0, 2**63): the arm's own
+    stream ``SeedSequence(entropy=study seed, spawn_key=sha256 of "arm:<name>")``, spawned into
+    ``n`` children (one per construction, in order). Two arms never share trials (the old
+    ``seed·1000 + j`` gave the "AWP only" and "all three" arms the same AWP trials), a rerun gets
+    the same seeds, and adding an arm changes no other arm's seeds."""
+    words = np.frombuffer(hashlib.sha256(f"arm:{arm_name}".encode("utf-8")).digest(), dtype=np.uint32)
+    root = np.random.SeedSequence(entropy=int(study_seed), spawn_key=tuple(int(w) for w in words))
+    return tuple(int(c.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)) for c in root.spawn(int(n)))
+
+
 def point_alpha(alpha: float, family_size: int) -> float:
     """Bonferroni: the family's α split evenly over its points."""
     if family_size < 1:
@@ -68,4 +79,4 @@ def sweep_plan(points: Sequence[SweepPoint], *, settings: Mapping[str, Any]) -> 
                            seed=point_seed(settings["seed"], p), family_size=sizes[p.sweep]) for p in points)
 
 
-__all__ = ["CORRECTION", "PointPlan", "point_alpha", "point_identity", "point_seed", "sweep_plan"]
+__all__ = ["CORRECTION", "PointPlan", "arm_step_seeds", "point_alpha", "point_identity", "point_seed", "sweep_plan"]

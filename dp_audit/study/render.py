@@ -60,7 +60,8 @@ def render_markdown(result, *, settings: Mapping[str, Any]) -> str:
     for name, rows in sweeps_by.items():
         parts += [f"## Sweep: {SWEEP_NAMES.get(name, name)}\n", SWEEP_NOTE + "\n",
                   _md_table(SWEEP_COLUMNS, sweep_rows(rows)) + "\n"]
-    parts += ["## Conclusion\n", "\n".join(f"- {line}" for line in conclusion(result.arms, result.sweeps)) + "\n"]
+    lines = conclusion(result.arms, result.sweeps, alpha=settings.get("alpha"))
+    parts += ["## Conclusion\n", "\n".join(f"- {line}" for line in lines) + "\n"]
     return "\n".join(parts)
 
 
@@ -72,13 +73,14 @@ def render_html(result, *, settings: Mapping[str, Any]) -> str:
         settings=dict(settings), columns=COLUMNS, rows=table_rows(result.arms), sweep_columns=SWEEP_COLUMNS, sweep_note=SWEEP_NOTE,
         sweeps=[(SWEEP_NAMES.get(k, k), sweep_rows([s for s in result.sweeps if s.sweep == k]))
                 for k in dict.fromkeys(s.sweep for s in result.sweeps)],
-        conclusion=conclusion(result.arms, result.sweeps), tool_version=__version__)
+        conclusion=conclusion(result.arms, result.sweeps, alpha=settings.get("alpha")), tool_version=__version__)
 
 
 def study_json(result, *, settings: Mapping[str, Any], elapsed_s: float) -> dict[str, Any]:
     return {"kind": "dp-audit-study", "study": "awp-leak", "settings": dict(settings),
             "arms": [r.to_dict() for r in result.arms], "sweeps": [s.to_dict() for s in result.sweeps],
-            "conclusion": conclusion(result.arms, result.sweeps), "timings": {"this_invocation_s": round(elapsed_s, 1)}}
+            "conclusion": conclusion(result.arms, result.sweeps, alpha=settings.get("alpha")),
+            "timings": {"this_invocation_s": round(elapsed_s, 1)}}
 
 
 def write_outputs(result, *, settings: Mapping[str, Any], elapsed_s: float, log: Callable[[str], None] = print) -> None:
@@ -93,5 +95,5 @@ def write_outputs(result, *, settings: Mapping[str, Any], elapsed_s: float, log:
         render_comparison(runs, out_dir=out / "comparison", formats=("html",))
     log(f"[study] wrote {out / 'study.json'}, {out / 'study.md'}, {out / 'study.html'}"
         + (f", {out / 'comparison' / 'report.html'}" if runs else ""))
-    for line in conclusion(result.arms, result.sweeps):
+    for line in conclusion(result.arms, result.sweeps, alpha=settings.get("alpha")):
         log(f"[study] {line}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from dp_audit.study.arms import (FULL_BASE, FULL_TRIALS, QUICK_BASE, QUICK_TRIALS, Arm, SweepPoint, merge)
-from dp_audit.study.family import CORRECTION, PointPlan, sweep_plan
+from dp_audit.study.family import CORRECTION, PointPlan, arm_step_seeds, sweep_plan
 from dp_audit.study.row import RESULT, ArmRow, SweepRow, read_result, write_result
 from dp_audit.study.store import Owned, open_study_dir, study_id_of
 from dp_audit.errors import UsageError
@@ -51,7 +51,8 @@ def arm_definition(arm: Arm, *, settings: Mapping[str, Any]) -> dict[str, Any]:
 
     base = QUICK_BASE if settings["quick"] else FULL_BASE
     return {"config": merge(base, arm.spec), "constructions": list(arm.constructions), "group": arm.group,
-            "label": arm.label, "component": arm.component, "tool_version": __version__}
+            "label": arm.label, "component": arm.component, "tool_version": __version__,
+            "step_seeds": list(arm_step_seeds(settings["seed"], arm.name, len(arm.constructions)))}
 
 
 def sweep_definition(plan: PointPlan) -> dict[str, Any]:
@@ -195,8 +196,9 @@ def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_d
     auc, tpr = best_mia(audit)
     acc = load_manifest(run_dir).get("notes", {}).get("metrics", {}).get("test_accuracy")
     t2 = time.time()
+    seeds = arm_step_seeds(seed, arm.name, len(arm.constructions))  # the arm's own stream (family.py)
     steps = _step_audits(arm.constructions, arm_dir / "step", trials=settings["trials"], seed=seed,
-                         alpha=settings["alpha"], progress=progress,
+                         alpha=settings["alpha"], progress=progress, seeds=seeds,
                          options={**run_noise_options(read_json(run_dir / "ledger.json", integrity=True)),
                                   "delta": float(cfg.privacy.delta)},  # the run's own noise and δ
                          run_ids=run_ids)
@@ -206,8 +208,9 @@ def compute_arm(arm: Arm, arm_dir: Path, *, settings: Mapping[str, Any], cache_d
         step_constructions=tuple(arm.constructions),
         step_claim_epsilon=top.claim_epsilon if top else None, step_eps_lb=top.eps_lb if top else None,
         step_refuted=any(r.refuted for r in steps) if steps else None,
-        step_results={c: {"eps_lb": r.eps_lb, "claim_epsilon": r.claim_epsilon, "refuted": bool(r.refuted)}
-                      for c, r in zip(arm.constructions, steps)},
+        step_results={c: {"eps_lb": r.eps_lb, "claim_epsilon": r.claim_epsilon, "refuted": bool(r.refuted),
+                          "seed": int(sd), "alpha": settings["alpha"] / len(arm.constructions)}
+                      for c, r, sd in zip(arm.constructions, steps, seeds)},
         blackbox_eps_lb=bb, blackbox_refuted=(bb > claimed) if bb is not None else None, whitebox_eps_lb=wb,
         mia_auc=auc, mia_tpr_at_1pct_fpr=tpr,
         test_accuracy=acc,
@@ -271,6 +274,7 @@ def run_study(out: str | Path, *, arms: Sequence[Arm], sweeps: Sequence[SweepPoi
                        if arm_fn is None else arm_fn(arm, d, settings=settings, run_ids=run_ids))
             log(f"[study]   {arm.name}: claimed ε {_fmt(row.claimed_epsilon)}, step ε_LB {_fmt(row.step_eps_lb)} "
                 f"(per-step claim {_fmt(row.step_claim_epsilon)}), black-box ε_LB {_fmt(row.blackbox_eps_lb)}, "
+                f"white-box ε_LB {_fmt(row.whitebox_eps_lb)}, "
                 f"MIA AUC {_fmt(row.mia_auc)}, test acc {_fmt(row.test_accuracy)} [{time.time() - t:.0f} s]")
             return row
 
