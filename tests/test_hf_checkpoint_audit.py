@@ -134,7 +134,7 @@ def test_external_checkpoint_with_reference_attack_exits_2(checkpoints, capsys):
 
 def test_causal_lm_checkpoint_with_exposure(checkpoints):
     assert run_cli(checkpoints, "gpt2", "audit-lm", 1.0, "--candidates", str(checkpoints / "candidates.txt"),
-                   "--set", 'attacks=["all"]', canaries_file="secrets.jsonl") == 0
+                   "--set", 'attacks=["all"]', "--set", "secrets.space_size=1000000", canaries_file="secrets.jsonl") == 0
     out = checkpoints / "audit-lm"
     audit = json.loads((out / "audit.json").read_text())
     assert [a["name"] for a in audit["attacks"]] == ["loss", "zlib", "mink", "minkpp", "exposure", "extraction"]

@@ -113,7 +113,8 @@ def test_lora_adapter_audit_runs_every_lm_attack_exposure_and_extraction(lora_lm
     the exposure and extraction bounds in the gate, and the report shows them. Bugs caught: the
     adapter not applied (members not exposed: AUC ≈ 0.5), per-canary rows out of canary order,
     extraction bound missing from the gate's tests (n_tests), report without the secrets section."""
-    assert run_lm(lora_lm, "audit", "--base-model", str(lora_lm / "base"), render=True) == 0
+    assert run_lm(lora_lm, "audit", "--base-model", str(lora_lm / "base"), "--set", "secrets.space_size=1000000",
+                  render=True) == 0
     out = lora_lm / "audit"
     audit = json.loads((out / "audit.json").read_text())
     assert audit["model"]["kind"] == "causal-lm" and audit["model"]["adapter"] == "LORA"
@@ -245,7 +246,7 @@ def test_prefix_and_secret_space_come_from_the_run_then_config_then_candidates()
     cfg = AuditConfig()
     split = resolve_split(run, cfg, None)
     assert split.prefix == "my pin is " and split.source == "template"
-    assert resolve_space_size(run, cfg, None, split) == (1000, "run config (10^n_digits)")
+    assert resolve_space_size(run, cfg, None, split) == (1000, "run config (|alphabet|^n_digits)")
     assert resolve_split(ext, cfg, None).prefix == "my pin is 4 "  # canaries alone: a guess
     cands = ["my pin is 0 0 0", "my pin is 9 5 1", "my pin is 3 3 7"]
     assert resolve_split(ext, cfg, cands).prefix == "my pin is "
@@ -278,3 +279,40 @@ def test_prefix_off_a_token_boundary_is_exit_2_before_the_audit_starts(lora_lm, 
     assert "token boundary" in err
     out = lora_lm / "audit-cut"
     assert not (out / "audit.json").exists() and not (out / "scores").exists()
+
+
+def test_extraction_bound_needs_a_known_secret_space_not_one_guessed_from_candidates():
+    """Review fix: |R| guessed from the candidates as |alphabet|^length is not the support of the
+    secrets when positions have their own alphabets: names "ann lee" drawn from 3 first x 3 last
+    names have |R| = 9, but the guess is 6^2 = 36, so p_out = (S+1)/36 would be 4x too small and
+    the bound anti-conservative. The guess may feed the extrapolated estimate, never the bound;
+    [secrets] space_size (the auditor's assertion) or the run's own alphabet does. Bugs caught:
+    the candidate guess feeding p_out; a run whose canaries.alphabet is "01" read as 10^n_digits
+    (p_out 125x too small at n = 3)."""
+    from types import SimpleNamespace
+
+    from dp_audit.audit_secrets import _extraction_bound, resolve_space_size, resolve_split
+    from dp_audit.canaries import Canary
+    from dp_audit.config import AuditConfig, from_mapping
+
+    first, last = ("ann", "bob", "cy"), ("lee", "ng", "ho")
+    names = [f"{f} {g}" for f in first for g in last]
+    cans = tuple(Canary(id=f"c{i}", text=f"my name is {names[i]}", label=0, member=i % 2 == 0) for i in range(4))
+    cands = [f"my name is {n}" for n in names * 3]
+    ext = SimpleNamespace(source="external", canaries=cans, manifest={"config": {}})
+    cfg = AuditConfig()
+    split = resolve_split(ext, cfg, cands)
+    space, source = resolve_space_size(ext, cfg, cands, split)
+    assert split.prefix == "my name is " and space == 36 > len(names)  # the guess overshoots |R| = 9
+    tok = make_tokenizer(bert_style=False)
+    n_tok = len(tok("my name is ann lee")["input_ids"]) - len(tok("my name is")["input_ids"])
+    extraction = SimpleNamespace(samples=1, secret_tokens=np.full(len(cans), n_tok))
+    out = _extraction_bound(extraction, tok, split, cands, space, source)
+    assert "bound" not in out and "space_size" in out["bound_note"]
+    given = from_mapping(AuditConfig, {"secrets": {"space_size": 9}})
+    space, source = resolve_space_size(ext, given, cands, split)
+    out = _extraction_bound(extraction, tok, split, cands, space, source)
+    assert out["bound"] == "extraction" and out["p_out"] == pytest.approx(2 / 9)
+    run = SimpleNamespace(source="dp-audit", canaries=cans, manifest={"config": {"canaries": {
+        "kind": "secret", "template": "my pin is {secret}", "n_digits": 3, "alphabet": "01"}}})
+    assert resolve_space_size(run, cfg, None, None)[0] == 8
