@@ -316,3 +316,24 @@ def test_extraction_bound_needs_a_known_secret_space_not_one_guessed_from_candid
     run = SimpleNamespace(source="dp-audit", canaries=cans, manifest={"config": {"canaries": {
         "kind": "secret", "template": "my pin is {secret}", "n_digits": 3, "alphabet": "01"}}})
     assert resolve_space_size(run, cfg, None, None)[0] == 8
+
+
+def test_the_base_model_of_an_adapter_is_hashed_and_checked_on_re_audit(lora_lm, tmp_path):
+    """Review fix: ``run --model adapter --base-model base --out X`` recorded the sha256 of the
+    adapter's files only, so a re-audit (``run --run X``) of an adapter whose base weights were
+    swapped audited another model without a word. Now the base's files are in the manifest's
+    ``source.base_files`` and checked (exit 3 when they changed). Bug caught: base not hashed, or
+    hashed but not verified."""
+    from dp_audit.audit import target_from_checkpoint, target_from_run
+    from dp_audit.errors import IntegrityError
+
+    shutil.copytree(lora_lm / "base", tmp_path / "base")
+    out = tmp_path / "X"
+    target_from_checkpoint(model=lora_lm / "adapter", base=tmp_path / "base", canaries=lora_lm / "secrets.jsonl",
+                           epsilon=1.0, delta=1e-5, out=out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "model.safetensors" in manifest["source"]["base_files"]
+    assert target_from_run(out).base_path.resolve() == (tmp_path / "base").resolve()
+    (tmp_path / "base" / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(IntegrityError, match="base model"):
+        target_from_run(out)
