@@ -213,7 +213,7 @@ def run_secrets(target: Any, cfg: Any, *, model: Any, tokenizer: Any, signals: A
 
 def _extraction_bound(extraction: Any, tokenizer: Any, split: Any, candidates: Sequence[str] | None,
                       space: int | None, space_source: str) -> dict[str, Any]:
-    """``bound = "extraction"`` and ``p_out`` = (S + 1)/|R| when the extraction bound is valid:
+    """``bound = "extraction"`` and ``p_out`` = (S + 1)/(|R| − m + 1) when the extraction bound is valid:
     |R| known and every secret (canaries and candidates) of the same token count, so that the
     compared continuation does not depend on the secret (``dp_audit.attacks.extraction``)."""
     from dp_audit.attacks.extraction import extraction_null_probability
@@ -234,7 +234,9 @@ def _extraction_bound(extraction: Any, tokenizer: Any, split: Any, candidates: S
                 return {"bound_note": "no extraction bound: candidates do not match the canaries' prefix"}
     if len(counts) != 1:
         return {"bound_note": f"no extraction bound: secrets have different token counts {sorted(counts)}"}
-    if space <= decodings:
-        return {"bound_note": f"no extraction bound: |R| = {space} is not larger than the {decodings} decodings"}
+    others = len(extraction.secret_tokens) - 1
+    if space - others <= decodings:
+        return {"bound_note": f"no extraction bound: |R| = {space} is not larger than the {decodings} decodings "
+                              f"+ the {others} other canaries"}
     return {"bound": "extraction", "space_size": int(space),
-            "p_out": extraction_null_probability(decodings=decodings, space_size=space)}
+            "p_out": extraction_null_probability(decodings=decodings, space_size=space, other_canaries=others)}

@@ -141,7 +141,7 @@ def test_lora_adapter_audit_runs_every_lm_attack_exposure_and_extraction(lora_lm
     assert {("exposure", "exposure"), ("extraction", "extraction"), ("fdp", "extraction")} <= methods
     assert audit["verdict"]["n_tests"] == 6 + 2
     ext = next(e for e in audit["estimates"] if e["method"] == "extraction")
-    assert ext["counts"]["p_out"] == pytest.approx(9 / 10**6) and ext["epsilon_lb"] > 1.0
+    assert ext["counts"]["p_out"] == pytest.approx(9 / (10**6 - (M - 1))) and ext["epsilon_lb"] > 1.0
     assert main(["gate", "--run", str(out)]) == 1  # ε = 1 is refuted
     html = (out / "report.html").read_text()
     md = (out / "report.md").read_text()
@@ -312,7 +312,7 @@ def test_extraction_bound_needs_a_known_secret_space_not_one_guessed_from_candid
     given = from_mapping(AuditConfig, {"secrets": {"space_size": 9}})
     space, source = resolve_space_size(ext, given, cands, split)
     out = _extraction_bound(extraction, tok, split, cands, space, source)
-    assert out["bound"] == "extraction" and out["p_out"] == pytest.approx(2 / 9)
+    assert out["bound"] == "extraction" and out["p_out"] == pytest.approx(2 / (9 - 3))  # 3 other canaries
     run = SimpleNamespace(source="dp-audit", canaries=cans, manifest={"config": {"canaries": {
         "kind": "secret", "template": "my pin is {secret}", "n_digits": 3, "alphabet": "01"}}})
     assert resolve_space_size(run, cfg, None, None)[0] == 8
