@@ -370,8 +370,11 @@ def _accounting(target: Target) -> dict[str, Any] | None:
 def _reproduce(target: Target) -> str:
     if target.source == "external":
         src = target.manifest.get("source", {})
-        base = f" --base {src['base_path']}" if src.get("base_path") else ""
-        return (f"dp-audit run --model {src.get('model_path')}{base} --canaries canaries.jsonl "
+        base = f" --base-model {src['base_path']}" if src.get("base_path") else ""
+        from dp_audit.audit_attacks import CANDIDATES
+
+        cand = f" --candidates {CANDIDATES}" if CANDIDATES in target.manifest.get("artifacts", {}) else ""
+        return (f"dp-audit run --model {src.get('model_path')}{base} --canaries canaries.jsonl{cand} "
                 f"--epsilon {target.claim['epsilon']} --delta {target.claim['delta']} --out {target.run_dir}")
     cfg = target.manifest.get("config", {})
     return (f"dp-audit train --config <config.toml with manifest.json 'config'> --out {target.run_dir} "

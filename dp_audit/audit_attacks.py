@@ -99,15 +99,18 @@ def needs_references(names: Sequence[str]) -> bool:
 
 
 def read_candidates(path: str | Path) -> list[str]:
-    """A candidates file: one candidate text a line (blank lines ignored)."""
+    """A candidates file: one candidate text a line (blank lines ignored). Lines are kept as they
+    are, spaces included: candidates must be drawn exactly like the canaries' texts (a template
+    " my pin is {secret}" stripped to "my pin is ..." would shift every candidate's loss and break
+    the exchangeability the exposure bound rests on)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"candidates file not found: {path}")
     try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read candidates file {path}: {exc}") from None
-    cands = [ln for ln in lines if ln]
+    cands = [ln for ln in lines if ln.strip()]
     if not cands:
         raise UsageError(f"{path}: no candidate texts")
     return cands

@@ -119,6 +119,7 @@ def test_lora_adapter_audit_runs_every_lm_attack_exposure_and_extraction(lora_lm
     audit = json.loads((out / "audit.json").read_text())
     assert audit["model"]["kind"] == "causal-lm" and audit["model"]["adapter"] == "LORA"
     assert Path(audit["model"]["base"]).resolve() == (lora_lm / "base").resolve()
+    assert "--base-model" in audit["reproduce"] and "--candidates candidates.txt" in audit["reproduce"]
     names = [a["name"] for a in audit["attacks"]]
     assert names == ["loss", "zlib", "mink", "minkpp", "exposure", "extraction"]
     exp = next(a for a in audit["attacks"] if a["name"] == "exposure")
@@ -337,3 +338,16 @@ def test_the_base_model_of_an_adapter_is_hashed_and_checked_on_re_audit(lora_lm,
     (tmp_path / "base" / "model.safetensors").write_bytes(b"other weights")
     with pytest.raises(IntegrityError, match="base model"):
         target_from_run(out)
+
+
+def test_candidates_keep_their_spaces(tmp_path):
+    """Review fix: candidate lines were .strip()-ed, so a template with a leading space
+    (" my pin is {secret}", as a continuation of a sentence) gave candidates without it: every
+    candidate's loss shifts against the canaries', the rank is no longer uniform for unseen secrets
+    and the exposure bound's null breaks. Bug caught: whitespace stripped from candidate texts
+    (blank lines are still skipped)."""
+    from dp_audit.audit_attacks import read_candidates
+
+    f = tmp_path / "c.txt"
+    f.write_text(" my pin is 1 2 3\n\n my pin is 4 5 6 \r\n   \n")
+    assert read_candidates(f) == [" my pin is 1 2 3", " my pin is 4 5 6 "]
