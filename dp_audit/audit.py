@@ -223,7 +223,8 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
         written += ref_files
 
     rng = np.random.default_rng(cfg.seed)
-    attacks, score_files = run_attacks(attack_names, signals, reference, member, run_dir=run_dir, rng=rng)
+    attacks, score_files = run_attacks(attack_names, signals, reference, member, run_dir=run_dir, rng=rng,
+                                       n_bootstrap=cfg.bootstrap)
     written += score_files
     # causal LMs: exposure per canary (sampled + extrapolated) and the extraction check (docs/language-models.md)
     secrets = SecretsStage()
@@ -241,7 +242,7 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     if dirac:
         from dp_audit.audit_attacks import run_dirac_attack
 
-        dirac_result, dirac_file = run_dirac_attack(run_dir, rng=rng)
+        dirac_result, dirac_file = run_dirac_attack(run_dir, rng=rng, n_bootstrap=cfg.bootstrap)
         attacks.append(dirac_result)
         written.append(dirac_file)
 

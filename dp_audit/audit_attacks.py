@@ -145,7 +145,8 @@ def build_references(target: Any, cfg: Any, *, progress: bool) -> tuple[Any, dic
 
 
 def run_attacks(names: Sequence[str], signals: Any, reference: Any, member: np.ndarray, *, run_dir: Path,
-                rng: np.random.Generator, threat_model: str = "black-box") -> tuple[list[Any], list[str]]:
+                rng: np.random.Generator, threat_model: str = "black-box", n_bootstrap: int = 200,
+                ) -> tuple[list[Any], list[str]]:
     """Score every registered attack in ``names``; write ``scores/<attack>.npz``; return the
     :class:`~dp_audit.records.AttackResult` list and the written paths."""
     from dp_audit.attacks.base import make_attack
@@ -163,7 +164,8 @@ def run_attacks(names: Sequence[str], signals: Any, reference: Any, member: np.n
         rel = f"scores/{name}.npz"
         save_npz(Path(run_dir) / rel, scores=scores, member=member)
         written.append(rel)
-        res = attack_metrics(name, scores, member, scores_file=rel, rng=rng, threat_model=threat_model)
+        res = attack_metrics(name, scores, member, scores_file=rel, rng=rng, threat_model=threat_model,
+                             n_bootstrap=n_bootstrap)
         extra: dict[str, Any] = {"needs_reference": attack.needs_reference or None}
         if attack.needs_reference:
             extra["reference_models"] = reference.n_models
@@ -176,7 +178,7 @@ def run_attacks(names: Sequence[str], signals: Any, reference: Any, member: np.n
     return results, written
 
 
-def run_dirac_attack(run_dir: Path, *, rng: np.random.Generator) -> tuple[Any, str]:
+def run_dirac_attack(run_dir: Path, *, rng: np.random.Generator, n_bootstrap: int = 200) -> tuple[Any, str]:
     """The white-box Dirac gradient-canary attack of a run trained with ``canaries.gradient``
     (:mod:`dp_audit.attacks.dirac`): write ``scores/whitebox-dirac.npz`` and return its
     AttackResult (threat model white-box, design one-run) and the written path."""
@@ -186,5 +188,6 @@ def run_dirac_attack(run_dir: Path, *, rng: np.random.Generator) -> tuple[Any, s
 
     res = scores_for_run(run_dir)
     save_npz(Path(run_dir) / SCORES_FILE, scores=res.scores, member=res.member)
-    out = attack_metrics(NAME, res.scores, res.member, scores_file=SCORES_FILE, rng=rng, threat_model=THREAT_MODEL)
+    out = attack_metrics(NAME, res.scores, res.member, scores_file=SCORES_FILE, rng=rng, threat_model=THREAT_MODEL,
+                         n_bootstrap=n_bootstrap)
     return dataclasses.replace(out, details={**out.details, **res.details}), SCORES_FILE

@@ -185,7 +185,8 @@ def run_secrets(target: Any, cfg: Any, *, model: Any, tokenizer: Any, signals: A
                                       batch_size=cfg.batch_size, progress=progress)
         save_npz(Path(run_dir) / SCORES_FILE, scores=extraction.scores, member=member)
         files.append(SCORES_FILE)
-        res = attack_metrics(EXTRACTION, extraction.scores, member, scores_file=SCORES_FILE, rng=rng)
+        res = attack_metrics(EXTRACTION, extraction.scores, member, scores_file=SCORES_FILE, rng=rng,
+                             n_bootstrap=cfg.bootstrap)
         totals = extraction.totals(member)
         details = {"samples": extraction.samples, "temperature": extraction.temperature, "top_k": extraction.top_k,
                    "seed": int(cfg.seed), "score": "(greedy hit + sampled hits) / (samples + 1)", "totals": totals}

@@ -113,8 +113,9 @@ def test_lora_adapter_audit_runs_every_lm_attack_exposure_and_extraction(lora_lm
     the exposure and extraction bounds in the gate, and the report shows them. Bugs caught: the
     adapter not applied (members not exposed: AUC ≈ 0.5), per-canary rows out of canary order,
     extraction bound missing from the gate's tests (n_tests), report without the secrets section."""
+    # bootstrap=20: the CIs are reported only (no bound uses them); 200 cost half of this test
     assert run_lm(lora_lm, "audit", "--base-model", str(lora_lm / "base"), "--set", "secrets.space_size=1000000",
-                  render=True) == 0
+                  "--set", "bootstrap=20", render=True) == 0
     out = lora_lm / "audit"
     audit = json.loads((out / "audit.json").read_text())
     assert audit["model"]["kind"] == "causal-lm" and audit["model"]["adapter"] == "LORA"
@@ -123,7 +124,7 @@ def test_lora_adapter_audit_runs_every_lm_attack_exposure_and_extraction(lora_lm
     names = [a["name"] for a in audit["attacks"]]
     assert names == ["loss", "zlib", "mink", "minkpp", "exposure", "extraction"]
     exp = next(a for a in audit["attacks"] if a["name"] == "exposure")
-    assert exp["auc"] > 0.9
+    assert exp["auc"] > 0.9 and exp["details"]["n_bootstrap"] == 20 and audit["audit_config"]["bootstrap"] == 20
     sec = audit["secrets"]
     assert sec["prefix"] == "my pin is " and sec["space_size"] == 10**6
     rows = sec["per_canary"]
