@@ -124,7 +124,10 @@ def test_peft_adapter_with_base(checkpoints):
     audit = json.loads((checkpoints / "audit-lora" / "audit.json").read_text())
     assert audit["model"]["kind"] == "classifier" and 0.0 <= audit["attacks"][0]["auc"] <= 1.0
     assert "--base" in audit["reproduce"]
-    assert main(["gate", "--run", str(checkpoints / "audit-lora")]) in (0, 1)
+    # no test may accept both 0 and 1: with this few canaries no bound can reach the claim ε = 8
+    # (the ceiling), so the gate must pass (exit 1 would be a false refutation)
+    assert max(audit["ceiling"].values()) < 8.0
+    assert main(["gate", "--run", str(checkpoints / "audit-lora")]) == 0
 
 
 def test_external_checkpoint_with_reference_attack_exits_2(checkpoints, capsys):
