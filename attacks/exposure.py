@@ -60,6 +60,10 @@ def exposure_from_losses(loss: np.ndarray, candidate_loss: np.ndarray) -> np.nda
         cand = np.broadcast_to(cand, (loss.size, cand.size))
     if cand.shape[0] != loss.size or cand.shape[1] < 1:
         raise UsageError(f"exposure: candidate losses of shape {cand.shape} do not match {loss.size} examples")
+    # a NaN compares False with everything: it would rank below the canary and raise its exposure
+    if np.isnan(loss).any() or np.isnan(cand).any():
+        raise UsageError(f"exposure: {int(np.isnan(loss).sum())} canary and {int(np.isnan(cand).sum())} candidate "
+                         "loss value(s) are NaN")
     rank = 1 + (cand <= loss[:, None]).sum(axis=1)
     return np.log2(cand.shape[1] + 1) - np.log2(rank)
 

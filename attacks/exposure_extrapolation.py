@@ -80,6 +80,8 @@ def extrapolated_exposure(loss: np.ndarray, candidate_loss: np.ndarray, *, space
                          f"{loss.size} examples")
     if not (isinstance(space_size, (int, float)) and space_size >= 2 and math.isfinite(space_size)):
         raise UsageError(f"extrapolated exposure: the secret space size must be finite and >= 2, got {space_size}")
+    if not np.all(np.isfinite(loss)):  # NaN would give exposure 0 silently (max(0.0, nan) is 0.0)
+        raise UsageError("extrapolated exposure: canary losses must be finite")
     cap = math.log2(space_size)
     fits: dict[bytes, SkewNormalFit] = {}
     out = np.empty(loss.size, dtype=np.float64)

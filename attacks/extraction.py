@@ -234,12 +234,19 @@ def extraction_check(
                                      "seed": int(seed)})
 
 
-def extraction_null_probability(*, decodings: int, space_size: int | float) -> float:
-    """p_out = (S + 1)/|R|: the chance that one of S + 1 decodings reproduces a secret drawn
-    uniformly from R independently of the model (a canary that was not trained on)."""
-    if decodings < 1 or not space_size > decodings:
-        raise UsageError(f"extraction bound: need 1 <= decodings < |R| (got {decodings}, {space_size})")
-    return float(decodings) / float(space_size)
+def extraction_null_probability(*, decodings: int, space_size: int | float, other_canaries: int = 0) -> float:
+    """p_out = (S + 1)/(|R| − n_other): the chance that one of S + 1 decodings reproduces a secret
+    drawn uniformly from R independently of the model (a canary that was not trained on).
+
+    ``other_canaries`` = m − 1 keeps it valid when secrets were drawn *without* replacement (user
+    canaries with distinct secrets): then a non-member's secret is uniform on R minus the others'
+    secrets (≥ |R| − m + 1 values), which the model may reveal; with replacement (dp-audit's own
+    canaries) (S + 1)/|R| would do, and the difference is at most a factor |R|/(|R| − m + 1)."""
+    effective = float(space_size) - max(0, int(other_canaries))
+    if decodings < 1 or not effective > decodings:
+        raise UsageError(f"extraction bound: need 1 <= decodings < |R| - (m - 1) (got {decodings}, {space_size}, "
+                         f"{other_canaries} other canaries)")
+    return float(decodings) / effective
 
 
 def extraction_epsilon_bound(
@@ -256,7 +263,8 @@ def extraction_epsilon_bound(
 
     Relation. For a canary not trained on, its secret s is uniform on R and independent of the
     model, so each decoding (a string that does not depend on s) equals s with probability
-    <= 1/|R|: P_out[extracted] <= p_out = (S + 1)/|R| (secrets of a fixed token count, so that
+    <= 1/|R|: P_out[extracted] <= p_out = (S + 1)/|R| (or (S + 1)/(|R| − m + 1), see
+    :func:`extraction_null_probability`; secrets of a fixed token count, so that
     the compared string does not depend on s). Adding the canary is one neighbour:
     P_in[extracted] <= e^ε·p_out + δ. This is the exposure relation with exposure k =
     log2(1/p_out) for an extracted canary (0 otherwise), so the Markov-over-members procedure of

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy.stats import binomtest
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import auc as roc_area, roc_auc_score, roc_curve
 
 from dp_audit.errors import UsageError
 from dp_audit.io import validate_scores
@@ -85,7 +85,9 @@ def attack_metrics(
         idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
         m_b, s_b = member[idx], scores[idx]
         f_b, t_b, _ = roc_curve(m_b, s_b)
-        boot_auc.append(roc_auc_score(m_b, s_b))
+        # the area under this ROC is roc_auc_score(m_b, s_b) exactly, without a second roc_curve
+        # and sklearn's input validation (which took 2/3 of an LM audit's attack time)
+        boot_auc.append(roc_area(f_b, t_b))
         for x, key in zip(points, tprs):
             boot_tpr[key].append(tpr_at_fpr(f_b, t_b, x))
     auc_ci = (float(np.quantile(boot_auc, q[0])), float(np.quantile(boot_auc, q[1]))) if boot_auc else None

@@ -85,12 +85,16 @@ def _target_from_external_run(run_dir: Path, manifest: dict[str, Any]) -> Target
     model = Path(source["model_path"])
     if not model.is_dir():
         raise UsageError(f"the checkpoint this run audited is gone: {model}")
-    for rel, digest in source["model_files"].items():
-        path = model / rel
-        if not path.is_file() or sha256_file(path) != digest:
-            raise IntegrityError(f"the checkpoint at {model} changed since this run was created ({rel}); "
-                                 f"audit it as a new run with --model")
+    _check_files(model, source["model_files"], what="checkpoint")
     base = source.get("base_path")
+    if isinstance(base, str):
+        base_files = source.get("base_files")
+        if not isinstance(base_files, dict):
+            raise IntegrityError(f"{run_dir / 'manifest.json'}: an external run with a base model needs "
+                                 f"source.base_files")
+        if not Path(base).is_dir():
+            raise UsageError(f"the base model this run audited is gone: {base}")
+        _check_files(Path(base), base_files, what="base model")
     from dp_audit.attacks.loading import check_model_dir
 
     for d in (model, base if isinstance(base, str) else None):
@@ -104,6 +108,19 @@ def _target_from_external_run(run_dir: Path, manifest: dict[str, Any]) -> Target
                   tokenizer_path=None, kind=kind or "auto", claim=manifest["claim"],
                   canaries=tuple(read_canaries(canaries_path)), source="external", manifest=manifest,
                   ledger=None, allow_pickle=bool(source.get("allow_pickle")))
+
+
+def _hash_files(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative POSIX path -> digest)."""
+    return {f.relative_to(root).as_posix(): sha256_file(f) for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def _check_files(root: Path, files: dict[str, Any], *, what: str) -> None:
+    for rel, digest in files.items():
+        path = root / rel
+        if not path.is_file() or sha256_file(path) != digest:
+            raise IntegrityError(f"the {what} at {root} changed since this run was created ({rel}); "
+                                 f"audit it as a new run with --model")
 
 
 def target_from_checkpoint(
@@ -137,8 +154,9 @@ def target_from_checkpoint(
         write_canaries(tmp / "canaries.jsonl", cans)
         if cand_texts is not None:
             atomic_write_text(tmp / CANDIDATES, "\n".join(cand_texts) + "\n")
-        model_files = {f.relative_to(model).as_posix(): sha256_file(f)
-                       for f in sorted(model.rglob("*")) if f.is_file()}
+        model_files = _hash_files(model)
+        # a PEFT adapter's base model is half of what is audited: hashed too (re-audits check it)
+        base_files = _hash_files(Path(base)) if base else None
         claim = {"epsilon": float(epsilon), "delta": float(delta), "accountant": "declared", "unaccounted": []}
         manifest = write_manifest(
             tmp, kind="external", config={"model": {"path": str(model.resolve()), "base": str(base) if base else None,
@@ -146,7 +164,7 @@ def target_from_checkpoint(
             seeds={}, claim=claim, artifacts=["canaries.jsonl", *([CANDIDATES] if cand_texts is not None else [])],
             run_id=new_run_id(out.name),
             extra={"source": {"model_path": str(model.resolve()), "model_files": model_files,
-                              "base_path": str(Path(base).resolve()) if base else None,
+                              "base_path": str(Path(base).resolve()) if base else None, "base_files": base_files,
                               "allow_pickle": bool(allow_pickle)}},
         )
     return Target(run_dir=out, model_path=model, base_path=Path(base) if base else None, tokenizer_path=None,
@@ -206,7 +224,8 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
         written += ref_files
 
     rng = np.random.default_rng(cfg.seed)
-    attacks, score_files = run_attacks(attack_names, signals, reference, member, run_dir=run_dir, rng=rng)
+    attacks, score_files = run_attacks(attack_names, signals, reference, member, run_dir=run_dir, rng=rng,
+                                       n_bootstrap=cfg.bootstrap)
     written += score_files
     # causal LMs: exposure per canary (sampled + extrapolated) and the extraction check (docs/language-models.md)
     secrets = SecretsStage()
@@ -224,7 +243,7 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     if dirac:
         from dp_audit.audit_attacks import run_dirac_attack
 
-        dirac_result, dirac_file = run_dirac_attack(run_dir, rng=rng)
+        dirac_result, dirac_file = run_dirac_attack(run_dir, rng=rng, n_bootstrap=cfg.bootstrap)
         attacks.append(dirac_result)
         written.append(dirac_file)
 
@@ -353,8 +372,11 @@ def _accounting(target: Target) -> dict[str, Any] | None:
 def _reproduce(target: Target) -> str:
     if target.source == "external":
         src = target.manifest.get("source", {})
-        base = f" --base {src['base_path']}" if src.get("base_path") else ""
-        return (f"dp-audit run --model {src.get('model_path')}{base} --canaries canaries.jsonl "
+        base = f" --base-model {src['base_path']}" if src.get("base_path") else ""
+        from dp_audit.audit_attacks import CANDIDATES
+
+        cand = f" --candidates {CANDIDATES}" if CANDIDATES in target.manifest.get("artifacts", {}) else ""
+        return (f"dp-audit run --model {src.get('model_path')}{base} --canaries canaries.jsonl{cand} "
                 f"--epsilon {target.claim['epsilon']} --delta {target.claim['delta']} --out {target.run_dir}")
     cfg = target.manifest.get("config", {})
     return (f"dp-audit train --config <config.toml with manifest.json 'config'> --out {target.run_dir} "

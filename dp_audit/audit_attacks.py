@@ -99,15 +99,18 @@ def needs_references(names: Sequence[str]) -> bool:
 
 
 def read_candidates(path: str | Path) -> list[str]:
-    """A candidates file: one candidate text a line (blank lines ignored)."""
+    """A candidates file: one candidate text a line (blank lines ignored). Lines are kept as they
+    are, spaces included: candidates must be drawn exactly like the canaries' texts (a template
+    " my pin is {secret}" stripped to "my pin is ..." would shift every candidate's loss and break
+    the exchangeability the exposure bound rests on)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"candidates file not found: {path}")
     try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read candidates file {path}: {exc}") from None
-    cands = [ln for ln in lines if ln]
+    cands = [ln for ln in lines if ln.strip()]
     if not cands:
         raise UsageError(f"{path}: no candidate texts")
     return cands
@@ -142,7 +145,8 @@ def build_references(target: Any, cfg: Any, *, progress: bool) -> tuple[Any, dic
 
 
 def run_attacks(names: Sequence[str], signals: Any, reference: Any, member: np.ndarray, *, run_dir: Path,
-                rng: np.random.Generator, threat_model: str = "black-box") -> tuple[list[Any], list[str]]:
+                rng: np.random.Generator, threat_model: str = "black-box", n_bootstrap: int = 200,
+                ) -> tuple[list[Any], list[str]]:
     """Score every registered attack in ``names``; write ``scores/<attack>.npz``; return the
     :class:`~dp_audit.records.AttackResult` list and the written paths."""
     from dp_audit.attacks.base import make_attack
@@ -160,7 +164,8 @@ def run_attacks(names: Sequence[str], signals: Any, reference: Any, member: np.n
         rel = f"scores/{name}.npz"
         save_npz(Path(run_dir) / rel, scores=scores, member=member)
         written.append(rel)
-        res = attack_metrics(name, scores, member, scores_file=rel, rng=rng, threat_model=threat_model)
+        res = attack_metrics(name, scores, member, scores_file=rel, rng=rng, threat_model=threat_model,
+                             n_bootstrap=n_bootstrap)
         extra: dict[str, Any] = {"needs_reference": attack.needs_reference or None}
         if attack.needs_reference:
             extra["reference_models"] = reference.n_models
@@ -173,7 +178,7 @@ def run_attacks(names: Sequence[str], signals: Any, reference: Any, member: np.n
     return results, written
 
 
-def run_dirac_attack(run_dir: Path, *, rng: np.random.Generator) -> tuple[Any, str]:
+def run_dirac_attack(run_dir: Path, *, rng: np.random.Generator, n_bootstrap: int = 200) -> tuple[Any, str]:
     """The white-box Dirac gradient-canary attack of a run trained with ``canaries.gradient``
     (:mod:`dp_audit.attacks.dirac`): write ``scores/whitebox-dirac.npz`` and return its
     AttackResult (threat model white-box, design one-run) and the written path."""
@@ -183,5 +188,6 @@ def run_dirac_attack(run_dir: Path, *, rng: np.random.Generator) -> tuple[Any, s
 
     res = scores_for_run(run_dir)
     save_npz(Path(run_dir) / SCORES_FILE, scores=res.scores, member=res.member)
-    out = attack_metrics(NAME, res.scores, res.member, scores_file=SCORES_FILE, rng=rng, threat_model=THREAT_MODEL)
+    out = attack_metrics(NAME, res.scores, res.member, scores_file=SCORES_FILE, rng=rng, threat_model=THREAT_MODEL,
+                         n_bootstrap=n_bootstrap)
     return dataclasses.replace(out, details={**out.details, **res.details}), SCORES_FILE

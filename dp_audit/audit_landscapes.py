@@ -321,7 +321,7 @@ def _landscape_attack(target: Any, cfg: AuditConfig, model: Any, tokenizer: Any,
     score = SIGNS[sign] * delta
     arrays["canaries/score"] = score
     result = attack_metrics(LANDSCAPE_ATTACK, score, member, scores_file=SCORES_FILE, threat_model="white-box",
-                            rng=rng)
+                            rng=rng, n_bootstrap=cfg.bootstrap)
     summary: dict[str, Any] = {
         "eta": lc.attack_eta, "kind": lc.attack_kind, "n_directions": lc.attack_directions, "sign": sign,
         "sign_source": source, "seed": seed, "scores_file": SCORES_FILE,

@@ -26,6 +26,11 @@ from dp_audit.errors import UsageError
 
 EXTRACTION = "extraction"
 SCORES_FILE = "scores/extraction.npz"
+# |R| sources the extraction bound may use: the secret's distribution is known to be uniform on R
+# (the run drew the secrets) or asserted by the auditor ([secrets] space_size). A size guessed from
+# candidates is not: secrets drawn from a list ("Alice Smith": first names x last names) or with
+# per-position alphabets make |alphabet|^n far larger than the true support, and p_out too small.
+BOUND_SPACE_SOURCES = ("config", "run config (|alphabet|^n_digits)")
 
 
 @dataclass(frozen=True)
@@ -54,13 +59,21 @@ def resolve_split(target: Any, cfg: Any, candidates: Sequence[str] | None):
 
 
 def resolve_space_size(target: Any, cfg: Any, candidates: Sequence[str] | None, split: Any) -> tuple[int | None, str]:
-    """|R|: ``[secrets] space_size``, else 10**n_digits of the run's secret canaries, else
-    |alphabet|^n from the candidate secrets when they all have n whitespace-separated symbols."""
+    """|R|: ``[secrets] space_size``, else |alphabet|^n_digits of the run's secret canaries, else
+    |alphabet|^n from the candidate secrets when they all have n whitespace-separated symbols (a
+    guess: good enough for the extrapolated *estimate*, never for the extraction bound, see
+    :data:`BOUND_SPACE_SOURCES`)."""
     if cfg.secrets.space_size:
         return int(cfg.secrets.space_size), "config"
     run_cfg = _run_canary_config(target)
     if run_cfg.get("kind") == "secret" and isinstance(run_cfg.get("n_digits"), int):
-        return 10 ** int(run_cfg["n_digits"]), "run config (10^n_digits)"
+        from dp_audit.lm_canaries import DIGITS, secret_space_size
+
+        alphabet = run_cfg.get("alphabet", DIGITS)  # the run's own alphabet, not always ten digits
+        if not isinstance(alphabet, str) or len(set(alphabet)) != len(alphabet) or len(alphabet) < 2:
+            return None, "unknown: the run's canaries.alphabet is not a string of distinct symbols"
+        return secret_space_size(n_digits=int(run_cfg["n_digits"]), alphabet=alphabet), \
+            "run config (|alphabet|^n_digits)"
     if not candidates or split is None:
         return None, "unknown: set [secrets] space_size"
     try:
@@ -172,11 +185,12 @@ def run_secrets(target: Any, cfg: Any, *, model: Any, tokenizer: Any, signals: A
                                       batch_size=cfg.batch_size, progress=progress)
         save_npz(Path(run_dir) / SCORES_FILE, scores=extraction.scores, member=member)
         files.append(SCORES_FILE)
-        res = attack_metrics(EXTRACTION, extraction.scores, member, scores_file=SCORES_FILE, rng=rng)
+        res = attack_metrics(EXTRACTION, extraction.scores, member, scores_file=SCORES_FILE, rng=rng,
+                             n_bootstrap=cfg.bootstrap)
         totals = extraction.totals(member)
         details = {"samples": extraction.samples, "temperature": extraction.temperature, "top_k": extraction.top_k,
                    "seed": int(cfg.seed), "score": "(greedy hit + sampled hits) / (samples + 1)", "totals": totals}
-        details.update(_extraction_bound(extraction, tokenizer, split, candidates, space))
+        details.update(_extraction_bound(extraction, tokenizer, split, candidates, space, space_source))
         attacks.append(dataclasses.replace(res, details={**res.details, **details}))
         block["extraction"] = {**details, "prefix": split.prefix, "split": split.source}
     elif skipped:
@@ -199,8 +213,8 @@ def run_secrets(target: Any, cfg: Any, *, model: Any, tokenizer: Any, signals: A
 
 
 def _extraction_bound(extraction: Any, tokenizer: Any, split: Any, candidates: Sequence[str] | None,
-                      space: int | None) -> dict[str, Any]:
-    """``bound = "extraction"`` and ``p_out`` = (S + 1)/|R| when the extraction bound is valid:
+                      space: int | None, space_source: str) -> dict[str, Any]:
+    """``bound = "extraction"`` and ``p_out`` = (S + 1)/(|R| − m + 1) when the extraction bound is valid:
     |R| known and every secret (canaries and candidates) of the same token count, so that the
     compared continuation does not depend on the secret (``dp_audit.attacks.extraction``)."""
     from dp_audit.attacks.extraction import extraction_null_probability
@@ -208,6 +222,9 @@ def _extraction_bound(extraction: Any, tokenizer: Any, split: Any, candidates: S
     decodings = extraction.samples + 1
     if space is None:
         return {"bound_note": "no extraction bound: the secret space size |R| is unknown (set [secrets] space_size)"}
+    if space_source not in BOUND_SPACE_SOURCES:
+        return {"bound_note": f"no extraction bound: |R| = {space} is guessed from the {space_source}; set "
+                              "[secrets] space_size if the secrets are uniform on a space of that size"}
     counts = set(int(n) for n in extraction.secret_tokens)
     if candidates:
         prompt_len = len(tokenizer(split.prefix.rstrip())["input_ids"])
@@ -218,7 +235,9 @@ def _extraction_bound(extraction: Any, tokenizer: Any, split: Any, candidates: S
                 return {"bound_note": "no extraction bound: candidates do not match the canaries' prefix"}
     if len(counts) != 1:
         return {"bound_note": f"no extraction bound: secrets have different token counts {sorted(counts)}"}
-    if space <= decodings:
-        return {"bound_note": f"no extraction bound: |R| = {space} is not larger than the {decodings} decodings"}
+    others = len(extraction.secret_tokens) - 1
+    if space - others <= decodings:
+        return {"bound_note": f"no extraction bound: |R| = {space} is not larger than the {decodings} decodings "
+                              f"+ the {others} other canaries"}
     return {"bound": "extraction", "space_size": int(space),
-            "p_out": extraction_null_probability(decodings=decodings, space_size=space)}
+            "p_out": extraction_null_probability(decodings=decodings, space_size=space, other_canaries=others)}

@@ -324,6 +324,9 @@ class AuditConfig:
     formats: tuple[str, ...] = ("html", "md", "json")
     seed: int = 0
     batch_size: int = 64
+    # bootstrap replicates of each attack's AUC / TPR@FPR confidence intervals (reporting only: no
+    # bound uses them); fewer make small audits and tests faster
+    bootstrap: int = 200
     # landscape probes: options of each entry of ``probes`` ([probe.<name>] tables) and their data
     probe: dict[str, Any] = field(default_factory=dict)
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
@@ -337,6 +340,8 @@ class AuditConfig:
             raise UsageError(f"alpha must be in (0, 1), got {self.alpha}")
         if self.reference_models < 0:
             raise UsageError(f"reference_models must be >= 0, got {self.reference_models}")
+        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 0:
+            raise UsageError(f"bootstrap must be an integer >= 0, got {self.bootstrap!r}")
         _choice("reference_private", self.reference_private, ("all", "half"))
         if self.probes or self.probe:  # imports torch: only when probes are configured
             from dp_audit.audit_landscapes import probe_specs

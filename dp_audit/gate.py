@@ -178,6 +178,26 @@ class ScoreSet:
     exposure: bool = False  # Secret Sharer exposures: also gets the exposure bound
     # extraction scores (> 0 = extracted) with P_out[extracted] <= extraction_p_out: gets the extraction bound
     extraction_p_out: float | None = None
+    # each member canary was inserted ``group`` times (canaries.repeat): its neighbour differs in
+    # ``group`` records, so the claim it can refute is the group claim (group_claim)
+    group: int = 1
+
+
+def group_claim(epsilon: float, delta: float, group: int) -> tuple[float, float]:
+    """Group privacy (Dwork & Roth 2014, Thm 2.2 and its (ε, δ) form): an (ε, δ)-DP mechanism is
+    (kε, k·e^{(k−1)ε}·δ)-DP for data sets differing in k records."""
+    if group == 1 or not math.isfinite(epsilon):
+        return group * epsilon, delta if group == 1 else math.inf
+    return group * epsilon, group * math.exp((group - 1) * epsilon) * delta
+
+
+def _per_record(est: EpsilonEstimate, group: int, delta_group: float) -> EpsilonEstimate:
+    """A bound on the ε of a canary inserted ``group`` times, computed at the group δ, as a bound on
+    the per-record ε: if the claim (ε, δ) holds, P[ε_LB(group) > group·ε] <= α, so ε_LB/group is
+    compared with ε."""
+    return dataclasses.replace(est, epsilon_lb=est.epsilon_lb / group, details={
+        **est.details, "group": {"repeat": group, "delta_group": delta_group, "epsilon_lb_group": est.epsilon_lb,
+                                 "note": "canaries inserted repeat times: the bound at the group δ, divided by repeat"}})
 
 
 def _claim_epsilon(value: Any, where: str) -> float:
@@ -233,6 +253,7 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
         raise IntegrityError(f"{run_dir / AUDIT}: claim delta must be in (0, 1), got {delta}")
     threat_model = audit.get("threat_model", "black-box")
 
+    repeat = canary_repeat(manifest)
     by_name = {a.get("name"): a for a in audit["attacks"] if isinstance(a, dict)}
     if policy.attacks == ("all",):
         names = list(by_name)
@@ -251,7 +272,8 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
         design = (entry.get("details") or {}).get("design") or ("multi-run" if attack_tm == "step-level" else "one-run")
         sets.append(ScoreSet(attack=name, scores=scores, member=member, threat_model=attack_tm, design=design,
                              exposure=policy.exposure_bound and has_exposure_bound(entry),
-                             extraction_p_out=extraction_p_out(entry, name) if policy.exposure_bound else None))
+                             extraction_p_out=extraction_p_out(entry, name) if policy.exposure_bound else None,
+                             group=repeat if design == "one-run" and name not in GROUP_FREE_ATTACKS else 1))
     ledger = _hashed_ledger(run_dir, manifest)
     observed = _observed_estimate(run_dir, ledger, delta) if policy.observed_mechanism else None
     from dp_audit.accounting import replayable_noise_parts
@@ -287,6 +309,17 @@ def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, p
     estimates: list[EpsilonEstimate] = []
     i = 0
     for st in sets:
+        if st.group != 1 and not (isinstance(st.group, int) and st.group > 1):
+            raise UsageError(f"attack {st.attack!r}: canary repeat must be an integer >= 1, got {st.group!r}")
+        delta_st = group_claim(claimed_epsilon, delta, st.group)[1]
+        if not math.isfinite(claimed_epsilon):  # nothing to refute: bounds of the r-fold canary, at δ
+            delta_st = delta
+        elif delta_st >= 1.0:  # the group claim says nothing: no bound from these canaries can refute it
+            warnings.append(f"attack {st.attack!r}: canaries inserted {st.group} times; the group claim has "
+                            f"δ = {delta_st:.3g} >= 1, so its scores cannot refute the claim: not gated")
+            i += len(policy.estimators)
+            continue
+        first_est = len(estimates)
         for method in policy.estimators:
             est_cls = ESTIMATORS.get(method)
             if est_cls.design == "multi-run" and st.design != "multi-run":
@@ -295,7 +328,7 @@ def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, p
             rng = np.random.default_rng([policy.seed, i])
             i += 1
             est = estimate_epsilon(st.scores, st.member, method=method,
-                                   alpha=level if est_cls.is_bound else policy.alpha, delta=delta,
+                                   alpha=level if est_cls.is_bound else policy.alpha, delta=delta_st,
                                    threshold=policy.threshold, threat_model=st.threat_model, rng=rng,
                                    attack=st.attack, fdp_null=policy.fdp_null)
             if est.is_bound and not policy.counts(method):
@@ -306,18 +339,26 @@ def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, p
         if st.exposure:
             from dp_audit.attacks.exposure import exposure_epsilon_bound
 
-            estimates.append(exposure_epsilon_bound(st.scores, member=st.member, delta=delta, alpha=level,
+            estimates.append(exposure_epsilon_bound(st.scores, member=st.member, delta=delta_st, alpha=level,
                                                     attack=st.attack, threat_model=st.threat_model))
         if st.extraction_p_out is not None:
             from dp_audit.attacks.extraction import extraction_epsilon_bound
 
             estimates.append(extraction_epsilon_bound(st.scores > 0, member=st.member, p_out=st.extraction_p_out,
-                                                      delta=delta, alpha=level, attack=st.attack,
+                                                      delta=delta_st, alpha=level, attack=st.attack,
                                                       threat_model=st.threat_model))
+        if st.group > 1 and math.isfinite(claimed_epsilon):
+            estimates[first_est:] = [_per_record(e, st.group, delta_st) for e in estimates[first_est:]]
+        elif st.group > 1:
+            estimates[first_est:] = [dataclasses.replace(e, details={**e.details, "group": {
+                "repeat": st.group, "note": "no finite claim: the bound of a canary inserted repeat times, "
+                                            "not divided"}}) for e in estimates[first_est:]]
     if observed is not None:
         estimates.append(observed)
 
     counted = [e for e in estimates if e.is_bound]
+    if not counted:
+        raise UsageError("nothing to gate: " + "; ".join(warnings[-1:]) if warnings else "nothing to gate")
     best = max(counted, key=lambda e: e.epsilon_lb)
     refuted = math.isfinite(claimed_epsilon) and best.epsilon_lb > claimed_epsilon + policy.tolerance
     first: dict[str, str] = {}  # component -> its first non-empty reason (sources repeat entries)
@@ -386,6 +427,20 @@ def _observed_estimate(run_dir: Path, ledger: dict[str, Any] | None, delta: floa
                            "Opacus) lower end: estimate at δ + δ/1000 minus its ε error; a lower bound on the ε of "
                            "the mechanism as run",
                  "observed": obs})
+
+
+# attacks whose canaries are not the input canaries (Dirac gradient canaries are inserted once)
+GROUP_FREE_ATTACKS = ("whitebox-dirac",)
+
+
+def canary_repeat(manifest: dict[str, Any]) -> int:
+    """How many times a dp-audit run inserted each member canary (``canaries.repeat``; 1 otherwise)."""
+    cfg = manifest.get("config") if manifest.get("kind") != "external" else None
+    canaries = cfg.get("canaries") if isinstance(cfg, dict) else None
+    repeat = canaries.get("repeat", 1) if isinstance(canaries, dict) else 1
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise IntegrityError(f"manifest.json: canaries.repeat must be an integer >= 1, got {repeat!r}")
+    return repeat
 
 
 def has_exposure_bound(entry: dict[str, Any]) -> bool:
@@ -492,5 +547,5 @@ def write_outputs(result: GateResult, *, summary: str | Path, junit: str | Path)
 
 
 __all__ = ["GatePolicy", "GateResult", "ScoreSet", "evaluate_gate", "gate_scores", "load_policy", "write_outputs",
-           "summary_markdown", "junit_xml", "verdict_line", "n_tests", "has_exposure_bound", "extraction_p_out", "unaccounted_parts",
+           "summary_markdown", "junit_xml", "verdict_line", "n_tests", "has_exposure_bound", "extraction_p_out", "unaccounted_parts", "group_claim", "canary_repeat",
            "MU_GDP_ONLY"]

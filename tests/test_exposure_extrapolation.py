@@ -123,3 +123,20 @@ def test_fit_refuses_too_few_or_constant_losses():
     with pytest.raises(UsageError):
         fit_skewnorm(np.arange(5.0))
     assert fit_skewnorm(np.random.default_rng(0).normal(size=200)).scale > 0
+
+
+def test_nan_losses_are_refused_not_ranked_below_the_canary():
+    """Review fix: a NaN candidate loss compares False with everything, so it counted as a
+    candidate *worse* than the canary and raised the canary's exposure (all-NaN candidates gave
+    the maximum, log2(K + 1), for any canary): a model emitting NaNs looked like one that memorised
+    its secrets. Bug caught: NaN losses ranked instead of refused (a NaN canary loss ranks first too)."""
+    loss = np.array([5.0])
+    with pytest.raises(UsageError, match="NaN"):
+        exposure_from_losses(loss, np.full((1, 7), np.nan))
+    with pytest.raises(UsageError, match="NaN"):
+        exposure_from_losses(np.array([np.nan]), np.zeros((1, 7)))
+    assert exposure_from_losses(loss, np.full((1, 7), np.inf))[0] == pytest.approx(3.0)  # +inf: a real "worse"
+    with pytest.raises(UsageError):
+        extrapolated_exposure(loss, np.full(50, np.nan), space_size=10**6)
+    with pytest.raises(UsageError):  # a NaN canary loss gave exposure 0 (max(0.0, nan) == 0.0)
+        extrapolated_exposure(np.array([np.nan]), np.random.default_rng(0).normal(size=50), space_size=10**6)

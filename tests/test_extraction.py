@@ -156,3 +156,26 @@ def test_extraction_bound_refutes_when_members_are_extracted():
     assert est.epsilon_lb == pytest.approx(expect, rel=1e-9) and est.epsilon_lb > 4.0
     assert extraction_epsilon_bound(np.zeros(60, bool), member=member, p_out=p0, delta=DELTA,
                                     alpha=ALPHA).epsilon_lb == 0.0
+
+
+def test_null_probability_holds_when_secrets_are_distinct():
+    """Review fix: user canaries often have *distinct* secrets (drawn without replacement). Then a
+    non-member's secret is uniform on R minus the other canaries' secrets, which a model trained on
+    them can avoid: with |R| = 10, m = 5 and the 4 others memorised, a decoder that outputs a
+    uniformly random *unmemorised* secret hits the non-member with probability 1/6, not 1/10.
+    Simulated over 20 000 draws: the hit rate exceeds (S+1)/|R| and stays within
+    (S+1)/(|R| − m + 1). Bug caught: p_out = (S+1)/|R| for distinct secrets (anti-conservative)."""
+    rng = np.random.default_rng(0)
+    space, m, trials = 10, 5, 20000
+    hits = 0
+    for _ in range(trials):
+        secrets = rng.permutation(space)[:m]  # distinct secrets; canary 0 is the non-member
+        known = set(secrets[1:].tolist())
+        guess = rng.choice([x for x in range(space) if x not in known])
+        hits += int(guess == secrets[0])
+    rate = hits / trials
+    se = math.sqrt(rate * (1 - rate) / trials)
+    old = extraction_null_probability(decodings=1, space_size=space)
+    new = extraction_null_probability(decodings=1, space_size=space, other_canaries=m - 1)
+    assert rate > old + 5 * se and rate <= new + 3 * se
+    assert new == pytest.approx(1 / 6)

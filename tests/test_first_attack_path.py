@@ -41,3 +41,23 @@ def test_loader_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="config.json"):
         load_hf_model(tmp_path / "empty")
+
+
+def test_bootstrap_auc_ci_equals_the_roc_auc_score_replicates():
+    """The bootstrap AUC is the area under each replicate's ROC (one roc_curve per replicate, not
+    two sklearn calls: review of issue 16, test time); it must equal roc_auc_score replicate by
+    replicate, ties included. Bugs caught: the area taken with swapped axes (auc(tpr, fpr)) or on
+    the full-data curve instead of the replicate's."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    member = rng.random(60) < 0.5
+    scores = np.round(rng.normal(size=60) + member, 1)  # ties
+    r = attack_metrics("x", scores, member, scores_file="s.npz", rng=np.random.default_rng(7), n_bootstrap=50)
+    g = np.random.default_rng(7)
+    pos, neg = np.flatnonzero(member), np.flatnonzero(~member)
+    ref = []
+    for _ in range(50):
+        idx = np.concatenate([g.choice(pos, pos.size), g.choice(neg, neg.size)])
+        ref.append(roc_auc_score(member[idx], scores[idx]))
+    assert r.auc_ci == (float(np.quantile(ref, 0.025)), float(np.quantile(ref, 0.975)))

@@ -124,7 +124,10 @@ def test_peft_adapter_with_base(checkpoints):
     audit = json.loads((checkpoints / "audit-lora" / "audit.json").read_text())
     assert audit["model"]["kind"] == "classifier" and 0.0 <= audit["attacks"][0]["auc"] <= 1.0
     assert "--base" in audit["reproduce"]
-    assert main(["gate", "--run", str(checkpoints / "audit-lora")]) in (0, 1)
+    # no test may accept both 0 and 1: with this few canaries no bound can reach the claim ε = 8
+    # (the ceiling), so the gate must pass (exit 1 would be a false refutation)
+    assert max(audit["ceiling"].values()) < 8.0
+    assert main(["gate", "--run", str(checkpoints / "audit-lora")]) == 0
 
 
 def test_external_checkpoint_with_reference_attack_exits_2(checkpoints, capsys):
@@ -134,7 +137,7 @@ def test_external_checkpoint_with_reference_attack_exits_2(checkpoints, capsys):
 
 def test_causal_lm_checkpoint_with_exposure(checkpoints):
     assert run_cli(checkpoints, "gpt2", "audit-lm", 1.0, "--candidates", str(checkpoints / "candidates.txt"),
-                   "--set", 'attacks=["all"]', canaries_file="secrets.jsonl") == 0
+                   "--set", 'attacks=["all"]', "--set", "secrets.space_size=1000000", canaries_file="secrets.jsonl") == 0
     out = checkpoints / "audit-lm"
     audit = json.loads((out / "audit.json").read_text())
     assert [a["name"] for a in audit["attacks"]] == ["loss", "zlib", "mink", "minkpp", "exposure", "extraction"]

@@ -113,15 +113,18 @@ def test_lora_adapter_audit_runs_every_lm_attack_exposure_and_extraction(lora_lm
     the exposure and extraction bounds in the gate, and the report shows them. Bugs caught: the
     adapter not applied (members not exposed: AUC ≈ 0.5), per-canary rows out of canary order,
     extraction bound missing from the gate's tests (n_tests), report without the secrets section."""
-    assert run_lm(lora_lm, "audit", "--base-model", str(lora_lm / "base"), render=True) == 0
+    # bootstrap=20: the CIs are reported only (no bound uses them); 200 cost half of this test
+    assert run_lm(lora_lm, "audit", "--base-model", str(lora_lm / "base"), "--set", "secrets.space_size=1000000",
+                  "--set", "bootstrap=20", render=True) == 0
     out = lora_lm / "audit"
     audit = json.loads((out / "audit.json").read_text())
     assert audit["model"]["kind"] == "causal-lm" and audit["model"]["adapter"] == "LORA"
     assert Path(audit["model"]["base"]).resolve() == (lora_lm / "base").resolve()
+    assert "--base-model" in audit["reproduce"] and "--candidates candidates.txt" in audit["reproduce"]
     names = [a["name"] for a in audit["attacks"]]
     assert names == ["loss", "zlib", "mink", "minkpp", "exposure", "extraction"]
     exp = next(a for a in audit["attacks"] if a["name"] == "exposure")
-    assert exp["auc"] > 0.9
+    assert exp["auc"] > 0.9 and exp["details"]["n_bootstrap"] == 20 and audit["audit_config"]["bootstrap"] == 20
     sec = audit["secrets"]
     assert sec["prefix"] == "my pin is " and sec["space_size"] == 10**6
     rows = sec["per_canary"]
@@ -140,7 +143,7 @@ def test_lora_adapter_audit_runs_every_lm_attack_exposure_and_extraction(lora_lm
     assert {("exposure", "exposure"), ("extraction", "extraction"), ("fdp", "extraction")} <= methods
     assert audit["verdict"]["n_tests"] == 6 + 2
     ext = next(e for e in audit["estimates"] if e["method"] == "extraction")
-    assert ext["counts"]["p_out"] == pytest.approx(9 / 10**6) and ext["epsilon_lb"] > 1.0
+    assert ext["counts"]["p_out"] == pytest.approx(9 / (10**6 - (M - 1))) and ext["epsilon_lb"] > 1.0
     assert main(["gate", "--run", str(out)]) == 1  # ε = 1 is refuted
     html = (out / "report.html").read_text()
     md = (out / "report.md").read_text()
@@ -245,7 +248,7 @@ def test_prefix_and_secret_space_come_from_the_run_then_config_then_candidates()
     cfg = AuditConfig()
     split = resolve_split(run, cfg, None)
     assert split.prefix == "my pin is " and split.source == "template"
-    assert resolve_space_size(run, cfg, None, split) == (1000, "run config (10^n_digits)")
+    assert resolve_space_size(run, cfg, None, split) == (1000, "run config (|alphabet|^n_digits)")
     assert resolve_split(ext, cfg, None).prefix == "my pin is 4 "  # canaries alone: a guess
     cands = ["my pin is 0 0 0", "my pin is 9 5 1", "my pin is 3 3 7"]
     assert resolve_split(ext, cfg, cands).prefix == "my pin is "
@@ -278,3 +281,74 @@ def test_prefix_off_a_token_boundary_is_exit_2_before_the_audit_starts(lora_lm, 
     assert "token boundary" in err
     out = lora_lm / "audit-cut"
     assert not (out / "audit.json").exists() and not (out / "scores").exists()
+
+
+def test_extraction_bound_needs_a_known_secret_space_not_one_guessed_from_candidates():
+    """Review fix: |R| guessed from the candidates as |alphabet|^length is not the support of the
+    secrets when positions have their own alphabets: names "ann lee" drawn from 3 first x 3 last
+    names have |R| = 9, but the guess is 6^2 = 36, so p_out = (S+1)/36 would be 4x too small and
+    the bound anti-conservative. The guess may feed the extrapolated estimate, never the bound;
+    [secrets] space_size (the auditor's assertion) or the run's own alphabet does. Bugs caught:
+    the candidate guess feeding p_out; a run whose canaries.alphabet is "01" read as 10^n_digits
+    (p_out 125x too small at n = 3)."""
+    from types import SimpleNamespace
+
+    from dp_audit.audit_secrets import _extraction_bound, resolve_space_size, resolve_split
+    from dp_audit.canaries import Canary
+    from dp_audit.config import AuditConfig, from_mapping
+
+    first, last = ("ann", "bob", "cy"), ("lee", "ng", "ho")
+    names = [f"{f} {g}" for f in first for g in last]
+    cans = tuple(Canary(id=f"c{i}", text=f"my name is {names[i]}", label=0, member=i % 2 == 0) for i in range(4))
+    cands = [f"my name is {n}" for n in names * 3]
+    ext = SimpleNamespace(source="external", canaries=cans, manifest={"config": {}})
+    cfg = AuditConfig()
+    split = resolve_split(ext, cfg, cands)
+    space, source = resolve_space_size(ext, cfg, cands, split)
+    assert split.prefix == "my name is " and space == 36 > len(names)  # the guess overshoots |R| = 9
+    tok = make_tokenizer(bert_style=False)
+    n_tok = len(tok("my name is ann lee")["input_ids"]) - len(tok("my name is")["input_ids"])
+    extraction = SimpleNamespace(samples=1, secret_tokens=np.full(len(cans), n_tok))
+    out = _extraction_bound(extraction, tok, split, cands, space, source)
+    assert "bound" not in out and "space_size" in out["bound_note"]
+    given = from_mapping(AuditConfig, {"secrets": {"space_size": 9}})
+    space, source = resolve_space_size(ext, given, cands, split)
+    out = _extraction_bound(extraction, tok, split, cands, space, source)
+    assert out["bound"] == "extraction" and out["p_out"] == pytest.approx(2 / (9 - 3))  # 3 other canaries
+    run = SimpleNamespace(source="dp-audit", canaries=cans, manifest={"config": {"canaries": {
+        "kind": "secret", "template": "my pin is {secret}", "n_digits": 3, "alphabet": "01"}}})
+    assert resolve_space_size(run, cfg, None, None)[0] == 8
+
+
+def test_the_base_model_of_an_adapter_is_hashed_and_checked_on_re_audit(lora_lm, tmp_path):
+    """Review fix: ``run --model adapter --base-model base --out X`` recorded the sha256 of the
+    adapter's files only, so a re-audit (``run --run X``) of an adapter whose base weights were
+    swapped audited another model without a word. Now the base's files are in the manifest's
+    ``source.base_files`` and checked (exit 3 when they changed). Bug caught: base not hashed, or
+    hashed but not verified."""
+    from dp_audit.audit import target_from_checkpoint, target_from_run
+    from dp_audit.errors import IntegrityError
+
+    shutil.copytree(lora_lm / "base", tmp_path / "base")
+    out = tmp_path / "X"
+    target_from_checkpoint(model=lora_lm / "adapter", base=tmp_path / "base", canaries=lora_lm / "secrets.jsonl",
+                           epsilon=1.0, delta=1e-5, out=out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "model.safetensors" in manifest["source"]["base_files"]
+    assert target_from_run(out).base_path.resolve() == (tmp_path / "base").resolve()
+    (tmp_path / "base" / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(IntegrityError, match="base model"):
+        target_from_run(out)
+
+
+def test_candidates_keep_their_spaces(tmp_path):
+    """Review fix: candidate lines were .strip()-ed, so a template with a leading space
+    (" my pin is {secret}", as a continuation of a sentence) gave candidates without it: every
+    candidate's loss shifts against the canaries', the rank is no longer uniform for unseen secrets
+    and the exposure bound's null breaks. Bug caught: whitespace stripped from candidate texts
+    (blank lines are still skipped)."""
+    from dp_audit.audit_attacks import read_candidates
+
+    f = tmp_path / "c.txt"
+    f.write_text(" my pin is 1 2 3\n\n my pin is 4 5 6 \r\n   \n")
+    assert read_candidates(f) == [" my pin is 1 2 3", " my pin is 4 5 6 "]

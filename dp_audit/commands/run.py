@@ -44,7 +44,7 @@ gated like the others. Writes landscapes/*.npz and audit.json's "landscapes".
   dp-audit run --run runs/dpsgd --set 'probes=["curve-gaussian"]' --set 'attacks=["loss","landscape"]'
 
 audit.toml keys: attacks, estimators, alpha, threshold, probes, reference_models, reference_private
-(all | half), formats, seed, batch_size, [probe.<name>], [landscape], [secrets] (docs/formats.md). Writes
+(all | half), formats, seed, batch_size, bootstrap, [probe.<name>], [landscape], [secrets] (docs/formats.md). Writes
 audit.json, scores/*.npz, signals/*.npz and the reports into the run directory."""
 
 
