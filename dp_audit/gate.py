@@ -26,6 +26,7 @@ import numpy as np
 from dp_audit.config import from_mapping, load_toml
 from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.estimate import ESTIMATORS, MU_GDP_ONLY, STRATEGIES, estimate_epsilon
+from dp_audit.group_privacy import per_example_bound
 from dp_audit.io import atomic_write_text, load_scores, read_json
 from dp_audit.manifest import load_manifest
 from dp_audit.safetext import md_code, md_text
@@ -176,6 +177,9 @@ class ScoreSet:
     threat_model: str = "black-box"
     design: str = "one-run"  # "multi-run": one score per independent run or trial
     exposure: bool = False  # Secret Sharer exposures: also gets the exposure bound
+    # canaries inserted group_size times (canaries.repeat): bounds are per example through k-fold
+    # group privacy (dp_audit.group_privacy), never the group's ε compared with a per-example claim
+    group_size: int = 1
 
 
 def _claim_epsilon(value: Any, where: str) -> float:
@@ -231,6 +235,7 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
         raise IntegrityError(f"{run_dir / AUDIT}: claim delta must be in (0, 1), got {delta}")
     threat_model = audit.get("threat_model", "black-box")
 
+    repeat = canary_repeat(manifest)
     by_name = {a.get("name"): a for a in audit["attacks"] if isinstance(a, dict)}
     if policy.attacks == ("all",):
         names = list(by_name)
@@ -248,7 +253,8 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
         attack_tm = entry.get("threat_model") or threat_model  # each attack's own adversary (docs/formats.md)
         design = (entry.get("details") or {}).get("design") or ("multi-run" if attack_tm == "step-level" else "one-run")
         sets.append(ScoreSet(attack=name, scores=scores, member=member, threat_model=attack_tm, design=design,
-                             exposure=policy.exposure_bound and has_exposure_bound(entry)))
+                             exposure=policy.exposure_bound and has_exposure_bound(entry),
+                             group_size=1 if name in UNREPEATED or design == "multi-run" else repeat))
     ledger = _hashed_ledger(run_dir, manifest)
     observed = _observed_estimate(run_dir, ledger, delta) if policy.observed_mechanism else None
     from dp_audit.accounting import replayable_noise_parts
@@ -289,12 +295,16 @@ def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, p
             if est_cls.design == "multi-run" and st.design != "multi-run":
                 raise UsageError(f"estimator {method!r} needs one score per independent run; the scores of attack "
                                  f"{st.attack!r} are one-run canary scores (use steinke or fdp)")
-            rng = np.random.default_rng([policy.seed, i])
+            seed = [policy.seed, i]
             i += 1
-            est = estimate_epsilon(st.scores, st.member, method=method,
-                                   alpha=level if est_cls.is_bound else policy.alpha, delta=delta,
-                                   threshold=policy.threshold, threat_model=st.threat_model, rng=rng,
-                                   attack=st.attack, fdp_null=policy.fdp_null)
+
+            def at(d: float, st=st, method=method, est_cls=est_cls, seed=seed) -> EpsilonEstimate:
+                return estimate_epsilon(st.scores, st.member, method=method,
+                                        alpha=level if est_cls.is_bound else policy.alpha, delta=d,
+                                        threshold=policy.threshold, threat_model=st.threat_model,
+                                        rng=np.random.default_rng(seed), attack=st.attack, fdp_null=policy.fdp_null)
+
+            est = per_example_bound(at, k=st.group_size, delta=delta)
             if est.is_bound and not policy.counts(method):
                 est = dataclasses.replace(est, is_bound=False, details={
                     **est.details, "counted": False,
@@ -303,8 +313,10 @@ def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, p
         if st.exposure:
             from dp_audit.attacks.exposure import exposure_epsilon_bound
 
-            estimates.append(exposure_epsilon_bound(st.scores, member=st.member, delta=delta, alpha=level,
-                                                    attack=st.attack, threat_model=st.threat_model))
+            estimates.append(per_example_bound(
+                lambda d, st=st: exposure_epsilon_bound(st.scores, member=st.member, delta=d, alpha=level,
+                                                        attack=st.attack, threat_model=st.threat_model),
+                k=st.group_size, delta=delta))
     if observed is not None:
         estimates.append(observed)
 
@@ -377,6 +389,18 @@ def _observed_estimate(run_dir: Path, ledger: dict[str, Any] | None, delta: floa
                            "Opacus) lower end: estimate at δ + δ/1000 minus its ε error; a lower bound on the ε of "
                            "the mechanism as run",
                  "observed": obs})
+
+
+UNREPEATED = ("whitebox-dirac",)  # gradient canaries: each is one example, whatever canaries.repeat says
+
+
+def canary_repeat(manifest: dict[str, Any]) -> int:
+    """How many times each member canary was inserted (the run config's ``canaries.repeat``; 1
+    when the manifest has none, e.g. a foreign checkpoint)."""
+    value = ((manifest.get("config") or {}).get("canaries") or {}).get("repeat", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise IntegrityError(f"manifest.json: config.canaries.repeat must be an integer >= 1, got {value!r}")
+    return value
 
 
 def has_exposure_bound(entry: dict[str, Any]) -> bool:
