@@ -289,6 +289,39 @@ def test_nondp_run_is_audited_as_a_causal_lm(lm_config, tmp_path):
     assert names["exposure"]["details"]["n_candidates"] == 50
 
 
+def _toml(sections: dict) -> str:
+    lines = []
+    for name, val in sections.items():
+        if not isinstance(val, dict):
+            lines.insert(0, f"{name} = {json.dumps(val)}")
+            continue
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in val.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_cli_train_of_a_causal_lm_exits_0_and_a_cut_canary_exits_2(cache_dir, tmp_path, capsys):
+    """``dp-audit train`` on a causal LM prints the test perplexity and exits 0 (it used to crash
+    with exit 4 after training: the summary formatted the classifier's test accuracy, None for an
+    LM); ``data.max_length`` shorter than a secret canary is a one-line exit 2 before training
+    (it used to train and audit canaries cut before their secret: every candidate scored alike).
+    Bugs caught: the CLI summary assuming a classifier, secrets silently truncated."""
+    from dp_audit.cli import main
+
+    sections = {"trainer": "nondp", "data": GEN, "model": {**LM, "cache_dir": str(cache_dir)},
+                "canaries": {"kind": "secret", "m": 8, "repeat": 1, "candidates": 10},
+                "train": {"epochs": 1, "batch_size": 32}}
+    cfg = tmp_path / "lm.toml"
+    cfg.write_text(_toml(sections))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "test perplexity" in capsys.readouterr().out
+    cfg.write_text(_toml({**sections, "data": {**GEN, "max_length": 8}}))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "cut"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.max_length = 8" in err[0], err
+    assert not (tmp_path / "cut").exists()
+
+
 @pytest.mark.parametrize("trainer,sections", [
     ("dpsgd", {}),
     ("dpsgd", {"model": {"tuning": "lora"}}),
@@ -386,17 +419,19 @@ def test_dpsgd_at_small_epsilon_keeps_exposure_within_its_bound(lm_config, cache
 def test_whole_pipeline_nondp_fails_the_gate_and_dpsgd_passes(lm_config, tmp_path):
     """Issue 16's must-show through the CLI: train_run, ``dp-audit run`` (LOSS + exposure with the
     run's candidates) and ``dp-audit gate``. A non-private run with 64 secret canaries, members
-    repeated 20 times, that *claims* ε = 1 fails the gate (exit 1) and its members' exposure is far
-    above non-members'; DP-SGD at ε = 1 on the same data passes (exit 0) with every bound below
-    its claim. Bugs caught: the run audited as a classifier, candidates missing, the gate blind to
-    LM attacks, DP-SGD without noise on LM batches."""
+    repeated 20 times, that *claims* ε = 0.05 per example fails the gate (exit 1): its canaries
+    are groups of 20, so the gate tests the group guarantee (20·0.05 = 1, δ_20 ≈ 3e-4;
+    dp_audit.group_privacy), which the memorised secrets refute; its members' exposure is far above
+    non-members'. DP-SGD at ε = 1 on the same data passes (exit 0) with every per-example bound
+    below its claim. Bugs caught: the run audited as a classifier, candidates missing, the gate
+    blind to LM attacks, DP-SGD without noise on LM batches, repeat not passed to the gate."""
     from dp_audit.cli import main
     from dp_audit.trainers.base import train_run
 
     audit_cfg = tmp_path / "audit.toml"
     audit_cfg.write_text('attacks = ["loss", "exposure"]\nformats = []\n')
     sections = {"canaries": {"m": 64, "repeat": 20, "candidates": 200}, "train": {"epochs": 6, "lr": 5e-3}}
-    for trainer, claim, expected in (("nondp", {"claimed_epsilon": 1.0}, 1), ("dpsgd", {}, 0)):
+    for trainer, claim, expected in (("nondp", {"claimed_epsilon": 0.05}, 1), ("dpsgd", {}, 0)):
         run = train_run(lm_config(trainer=trainer, privacy=claim, **sections), tmp_path / trainer, progress=False)
         assert main(["run", "--run", str(run), "--config", str(audit_cfg), "--quiet"]) == 0
         audit = json.loads((run / "audit.json").read_text())
@@ -404,6 +439,8 @@ def test_whole_pipeline_nondp_fails_the_gate_and_dpsgd_passes(lm_config, tmp_pat
         gap = scores["scores"][scores["member"]].mean() - scores["scores"][~scores["member"]].mean()
         if trainer == "nondp":
             assert gap > 3.0
+            best = max((e for e in audit["estimates"] if e["is_bound"]), key=lambda e: e["epsilon_lb"])
+            assert best["details"]["group_size"] == 20 and best["details"]["group_epsilon_lb"] > 1.0
         else:
             assert gap < 1.5
             assert all(e["epsilon_lb"] <= audit["claim"]["epsilon"] for e in audit["estimates"] if e["is_bound"])
