@@ -153,6 +153,45 @@ def test_lm_backbone_is_cached_reused_and_keyed(tmp_path, monkeypatch):
         assert float(lm_nll_each(model, batch).mean()) < float(lm_nll_each(init, batch).mean()) - 0.5
 
 
+def test_build_cached_refuses_an_incomplete_cache_and_keeps_a_race_winner(tmp_path):
+    """A cache directory without its ``.complete`` mark (a copy interrupted by hand, a mark
+    deleted) is an integrity error naming the directory, not served; a builder whose rename loses
+    the race to another process's complete copy returns that copy and leaves no temporary
+    directory. Bugs caught: an incomplete directory returned as the backbone (it used to be,
+    after a useless rebuild), a crash when the rename races another builder."""
+    from dp_audit.errors import IntegrityError
+    from dp_audit.trainers.backbone import DONE, build_cached
+
+    class Saves:
+        def __init__(self, name):
+            self.name = name
+
+        def save_pretrained(self, d):
+            (Path(d) / self.name).write_text("x")
+
+    from pathlib import Path
+
+    stale = tmp_path / "lm-stale"
+    stale.mkdir()
+    (stale / "config.json").write_text("{}")
+    built = []
+    with pytest.raises(IntegrityError, match="lm-stale"):
+        build_cached(stale, lambda: built.append(1) or Saves("model.safetensors"), Saves("tokenizer.json"))
+    assert not built
+
+    target = tmp_path / "lm-race"
+
+    def build_while_another_wins():  # the other process renames its complete copy first
+        target.mkdir()
+        (target / "model.safetensors").write_text("winner")
+        (target / DONE).write_text("ok\n")
+        return Saves("model.safetensors")
+
+    assert build_cached(target, build_while_another_wins, Saves("tokenizer.json")) == target
+    assert (target / "model.safetensors").read_text() == "winner"
+    assert not list(tmp_path.glob(".backbone-*"))
+
+
 # --------------------------------------------------------------------------- the LM loss
 
 
