@@ -432,8 +432,8 @@ def dp_mean_exposure_bound(eps: float) -> float:
 
 def test_nondp_with_repeated_secrets_exposes_members(lm_config, cache_dir):
     """Issue 16's must-show, fast half: a non-private fine-tune with each member secret repeated
-    20 times gives members a mean exposure far above what ε = 1 allows ((1+1)/ln 2 = 2.9 bits)
-    and 3+ bits above non-members, whose exposure stays near 1/ln 2. Bugs caught: member canaries
+    20 times gives members a mean exposure far above what ε = 1 allows a secret inserted once
+    ((1+1)/ln 2 = 2.9 bits) and 3+ bits above non-members, whose exposure stays near 1/ln 2. Bugs caught: member canaries
     not inserted (or not repeated), candidates drawn with the canaries' secrets, the loss not
     trained on the text tokens (nothing memorised)."""
     exp, member = _exposures(lm_config, cache_dir, "nondp")
@@ -444,8 +444,11 @@ def test_nondp_with_repeated_secrets_exposes_members(lm_config, cache_dir):
 
 def test_dpsgd_at_small_epsilon_keeps_exposure_within_its_bound(lm_config, cache_dir):
     """Issue 16's must-show, fast half: DP-SGD at ε = 1 on the same data (secrets repeated 20
-    times) keeps the members' mean exposure within the DP bound (ε+1)/ln 2 plus two standard
-    errors of a mean of uniform-rank exposures (sd 1/ln 2). Bugs caught: noise not added or
+    times) keeps the members' mean exposure within (ε+1)/ln 2 plus two standard errors of a mean
+    of uniform-rank exposures (sd 1/ln 2). That threshold is the bound for a secret inserted
+    *once*; for 20 copies the claim only implies 20-fold group privacy (vacuous here), so this is
+    an empirical check with a calibrated threshold, not a consequence of the claim (the gate
+    compares per-example bounds, dp_audit.group_privacy). Bugs caught: noise not added or
     clipping skipped for LM batches, per-sample gradients of a token-weighted loss (an example's
     gradient norm not bounded by C)."""
     exp, member = _exposures(lm_config, cache_dir, "dpsgd")
