@@ -326,6 +326,14 @@ def test_nondp_run_is_audited_as_a_causal_lm(lm_config, tmp_path):
     names = {a["name"]: a for a in audit["attacks"]}
     assert set(names) == {"loss", "zlib", "mink", "exposure"}
     assert names["exposure"]["details"]["n_candidates"] == 50
+    # canaries inserted 4 times: the stored bounds and the ceiling are per example (group privacy),
+    # the ceiling below the group's own (a report must not promise what 4-fold canaries cannot give)
+    from dp_audit.estimate import epsilon_ceiling
+
+    canary_bounds = [e for e in audit["estimates"] if e["is_bound"] and e["attack"] in names]
+    assert canary_bounds and all(e["details"]["group_size"] == 4 for e in canary_bounds)
+    group = epsilon_ceiling(16, method="fdp", alpha=0.05 / 4, delta=1e-5)
+    assert 0 < audit["ceiling"]["fdp"] < group / 2
 
 
 def _toml(sections: dict) -> str:
