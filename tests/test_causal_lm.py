@@ -85,7 +85,7 @@ def test_causal_lm_config_checks_and_example():
     """The example config loads as a causal LM with secret canaries; ``backbone = "tiny-gpt2"``
     implies ``kind = "causal-lm"``; combinations that cannot work are one-line usage errors (the
     generation task with a classifier, classifier canaries on a causal LM, DP-Flat without a prefix, ghost
-    clipping, a template without {secret}). Bugs caught: the example drifting from the config
+    clipping, a template without {secret}, repeat = 0, tuning = head). Bugs caught: the example drifting from the config
     schema, a causal LM silently trained as a classifier."""
     from pathlib import Path
 
@@ -103,6 +103,8 @@ def test_causal_lm_config_checks_and_example():
         {**ok, "privacy": {"grad_sample_mode": "ghost"}},
         {**ok, "canaries": {"kind": "secret", "template": "my pin code"}},
         {**ok, "data": {"task": "pseudo"}},
+        {**ok, "canaries": {"kind": "secret", "repeat": 0}},  # members never inserted, yet labelled members
+        {**ok, "model": {"backbone": "tiny-gpt2", "tuning": "head"}},
     ]
     for d in bad:
         with pytest.raises(UsageError):
