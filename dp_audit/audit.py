@@ -177,7 +177,7 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     from dp_audit.attacks.loading import load_hf_model
     from dp_audit.attacks.signals import compute_signals
     from dp_audit.audit_attacks import build_references, needs_references, resolve_attacks, run_attacks, run_candidates
-    from dp_audit.gate import GatePolicy, evaluate_gate
+    from dp_audit.gate import GatePolicy, canary_repeat, evaluate_gate
 
     run_dir = target.run_dir
     if not target.canaries:
@@ -264,7 +264,7 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
         "attacks": [a.to_dict() for a in attacks],
         "references": references_info,
         "estimates": [],
-        "ceiling": _ceilings(len(target.canaries), cfg, target.claim, attacks),
+        "ceiling": _ceilings(len(target.canaries), cfg, target.claim, attacks, repeat=canary_repeat(target.manifest)),
         "accounting": _accounting(target),
         "landscapes": land.landscapes,
         "secrets": secrets.block,
@@ -328,9 +328,20 @@ def _mode(cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def _ceilings(m: int, cfg: AuditConfig, claim: dict[str, Any], attacks: list[Any]) -> dict[str, float]:
+def _ceilings(m: int, cfg: AuditConfig, claim: dict[str, Any], attacks: list[Any], *, repeat: int = 1
+              ) -> dict[str, float]:
+    """The largest ε_LB a perfect attack could reach with these canaries, per example: with
+    canaries inserted ``repeat`` times, through group privacy as the gate's bounds
+    (dp_audit.group_privacy), so the report never promises a per-example bound the run cannot give."""
     from dp_audit.estimate import epsilon_ceiling
     from dp_audit.gate import extraction_p_out, has_exposure_bound, n_tests
+    from dp_audit.group_privacy import per_example_bound
+    from dp_audit.records import EpsilonEstimate
+
+    def per_example(group_at) -> float:
+        as_est = lambda d: EpsilonEstimate(method="ceiling", epsilon_lb=float(group_at(d)), alpha=0.0,  # noqa: E731
+                                           delta=d, m=m, threshold="ceiling")
+        return float(per_example_bound(as_est, k=repeat, delta=float(claim["delta"])).epsilon_lb)
 
     n_exposure = sum(has_exposure_bound(a.to_dict()) + (extraction_p_out(a.to_dict(), a.name) is not None)
                      for a in attacks)
@@ -338,22 +349,22 @@ def _ceilings(m: int, cfg: AuditConfig, claim: dict[str, Any], attacks: list[Any
     out = {}
     for method in cfg.estimators:
         if method in ("steinke", "fdp"):
-            out[method] = float(epsilon_ceiling(m, method=method, alpha=cfg.alpha / k, delta=float(claim["delta"]),
-                                                threshold=cfg.threshold, fdp_null=cfg.fdp_null))
+            out[method] = per_example(lambda d, method=method: epsilon_ceiling(
+                m, method=method, alpha=cfg.alpha / k, delta=d, threshold=cfg.threshold, fdp_null=cfg.fdp_null))
     for a in attacks:  # the exposure bound's ceiling: every member at the largest exposure log2(K + 1)
         if has_exposure_bound(a.to_dict()):
             from dp_audit.attacks.exposure import exposure_epsilon_bound
 
             top = np.full(a.n_members, float(a.details["max_exposure"]))
-            out["exposure"] = float(exposure_epsilon_bound(top, delta=float(claim["delta"]), alpha=cfg.alpha / k,
-                                                           attack=a.name).epsilon_lb)
+            out["exposure"] = per_example(lambda d, top=top, a=a: exposure_epsilon_bound(
+                top, delta=d, alpha=cfg.alpha / k, attack=a.name).epsilon_lb)
         p_out = extraction_p_out(a.to_dict(), a.name)
         if p_out is not None:  # every member extracted
             from dp_audit.attacks.extraction import extraction_epsilon_bound
 
             mem = np.arange(a.n_members + a.n_nonmembers) < a.n_members
-            out["extraction"] = float(extraction_epsilon_bound(mem, member=mem, p_out=p_out, delta=float(claim["delta"]),
-                                                               alpha=cfg.alpha / k, attack=a.name).epsilon_lb)
+            out["extraction"] = per_example(lambda d, mem=mem, p_out=p_out, a=a: extraction_epsilon_bound(
+                mem, member=mem, p_out=p_out, delta=d, alpha=cfg.alpha / k, attack=a.name).epsilon_lb)
     return out
 
 

@@ -251,6 +251,9 @@ class RunConfig:
                              f"{p.claimed_epsilon})")
         if self.canaries.m < 0 or self.train.epochs < 1 or self.train.batch_size < 1:
             raise UsageError("canaries.m must be >= 0, train.epochs and train.batch_size >= 1")
+        r = self.canaries.repeat
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:  # 0 would label never-inserted canaries members
+            raise UsageError(f"canaries.repeat must be an integer >= 1 (each member canary's insertions), got {r!r}")
         _validate_gradient_canaries(self)
         _validate_positions(self)
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from dp_audit.config import from_mapping, load_toml
+from dp_audit.group_privacy import group_delta, per_example_bound
 from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.estimate import ESTIMATORS, MU_GDP_ONLY, STRATEGIES, estimate_epsilon
 from dp_audit.io import atomic_write_text, load_scores, read_json
@@ -178,26 +179,9 @@ class ScoreSet:
     exposure: bool = False  # Secret Sharer exposures: also gets the exposure bound
     # extraction scores (> 0 = extracted) with P_out[extracted] <= extraction_p_out: gets the extraction bound
     extraction_p_out: float | None = None
-    # each member canary was inserted ``group`` times (canaries.repeat): its neighbour differs in
-    # ``group`` records, so the claim it can refute is the group claim (group_claim)
-    group: int = 1
-
-
-def group_claim(epsilon: float, delta: float, group: int) -> tuple[float, float]:
-    """Group privacy (Dwork & Roth 2014, Thm 2.2 and its (ε, δ) form): an (ε, δ)-DP mechanism is
-    (kε, k·e^{(k−1)ε}·δ)-DP for data sets differing in k records."""
-    if group == 1 or not math.isfinite(epsilon):
-        return group * epsilon, delta if group == 1 else math.inf
-    return group * epsilon, group * math.exp((group - 1) * epsilon) * delta
-
-
-def _per_record(est: EpsilonEstimate, group: int, delta_group: float) -> EpsilonEstimate:
-    """A bound on the ε of a canary inserted ``group`` times, computed at the group δ, as a bound on
-    the per-record ε: if the claim (ε, δ) holds, P[ε_LB(group) > group·ε] <= α, so ε_LB/group is
-    compared with ε."""
-    return dataclasses.replace(est, epsilon_lb=est.epsilon_lb / group, details={
-        **est.details, "group": {"repeat": group, "delta_group": delta_group, "epsilon_lb_group": est.epsilon_lb,
-                                 "note": "canaries inserted repeat times: the bound at the group δ, divided by repeat"}})
+    # canaries inserted group_size times (canaries.repeat): bounds are per example through k-fold
+    # group privacy (dp_audit.group_privacy), never the group's ε compared with a per-example claim
+    group_size: int = 1
 
 
 def _claim_epsilon(value: Any, where: str) -> float:
@@ -273,7 +257,7 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
         sets.append(ScoreSet(attack=name, scores=scores, member=member, threat_model=attack_tm, design=design,
                              exposure=policy.exposure_bound and has_exposure_bound(entry),
                              extraction_p_out=extraction_p_out(entry, name) if policy.exposure_bound else None,
-                             group=repeat if design == "one-run" and name not in GROUP_FREE_ATTACKS else 1))
+                             group_size=repeat if design == "one-run" and name not in GROUP_FREE_ATTACKS else 1))
     ledger = _hashed_ledger(run_dir, manifest)
     observed = _observed_estimate(run_dir, ledger, delta) if policy.observed_mechanism else None
     from dp_audit.accounting import replayable_noise_parts
@@ -309,28 +293,29 @@ def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, p
     estimates: list[EpsilonEstimate] = []
     i = 0
     for st in sets:
-        if st.group != 1 and not (isinstance(st.group, int) and st.group > 1):
-            raise UsageError(f"attack {st.attack!r}: canary repeat must be an integer >= 1, got {st.group!r}")
-        delta_st = group_claim(claimed_epsilon, delta, st.group)[1]
-        if not math.isfinite(claimed_epsilon):  # nothing to refute: bounds of the r-fold canary, at δ
-            delta_st = delta
-        elif delta_st >= 1.0:  # the group claim says nothing: no bound from these canaries can refute it
-            warnings.append(f"attack {st.attack!r}: canaries inserted {st.group} times; the group claim has "
-                            f"δ = {delta_st:.3g} >= 1, so its scores cannot refute the claim: not gated")
+        k_st = st.group_size
+        if isinstance(k_st, bool) or not isinstance(k_st, int) or k_st < 1:
+            raise UsageError(f"attack {st.attack!r}: canary repeat must be an integer >= 1, got {k_st!r}")
+        if group_delta(0.0, delta, k_st) >= 1.0:  # even the group claim at ε = 0 says nothing
+            warnings.append(f"attack {st.attack!r}: canaries inserted {k_st} times; k·δ = {k_st * delta:.3g} >= 1, "
+                            "so their scores cannot refute the claim: not gated")
             i += len(policy.estimators)
             continue
-        first_est = len(estimates)
         for method in policy.estimators:
             est_cls = ESTIMATORS.get(method)
             if est_cls.design == "multi-run" and st.design != "multi-run":
                 raise UsageError(f"estimator {method!r} needs one score per independent run; the scores of attack "
                                  f"{st.attack!r} are one-run canary scores (use steinke or fdp)")
-            rng = np.random.default_rng([policy.seed, i])
+            seed = [policy.seed, i]
             i += 1
-            est = estimate_epsilon(st.scores, st.member, method=method,
-                                   alpha=level if est_cls.is_bound else policy.alpha, delta=delta_st,
-                                   threshold=policy.threshold, threat_model=st.threat_model, rng=rng,
-                                   attack=st.attack, fdp_null=policy.fdp_null)
+
+            def at(d: float, st=st, method=method, est_cls=est_cls, seed=seed) -> EpsilonEstimate:
+                return estimate_epsilon(st.scores, st.member, method=method,
+                                        alpha=level if est_cls.is_bound else policy.alpha, delta=d,
+                                        threshold=policy.threshold, threat_model=st.threat_model,
+                                        rng=np.random.default_rng(seed), attack=st.attack, fdp_null=policy.fdp_null)
+
+            est = per_example_bound(at, k=k_st, delta=delta)
             if est.is_bound and not policy.counts(method):
                 est = dataclasses.replace(est, is_bound=False, details={
                     **est.details, "counted": False,
@@ -339,20 +324,18 @@ def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, p
         if st.exposure:
             from dp_audit.attacks.exposure import exposure_epsilon_bound
 
-            estimates.append(exposure_epsilon_bound(st.scores, member=st.member, delta=delta_st, alpha=level,
-                                                    attack=st.attack, threat_model=st.threat_model))
+            estimates.append(per_example_bound(
+                lambda d, st=st: exposure_epsilon_bound(st.scores, member=st.member, delta=d, alpha=level,
+                                                        attack=st.attack, threat_model=st.threat_model),
+                k=k_st, delta=delta))
         if st.extraction_p_out is not None:
             from dp_audit.attacks.extraction import extraction_epsilon_bound
 
-            estimates.append(extraction_epsilon_bound(st.scores > 0, member=st.member, p_out=st.extraction_p_out,
-                                                      delta=delta_st, alpha=level, attack=st.attack,
-                                                      threat_model=st.threat_model))
-        if st.group > 1 and math.isfinite(claimed_epsilon):
-            estimates[first_est:] = [_per_record(e, st.group, delta_st) for e in estimates[first_est:]]
-        elif st.group > 1:
-            estimates[first_est:] = [dataclasses.replace(e, details={**e.details, "group": {
-                "repeat": st.group, "note": "no finite claim: the bound of a canary inserted repeat times, "
-                                            "not divided"}}) for e in estimates[first_est:]]
+            estimates.append(per_example_bound(
+                lambda d, st=st: extraction_epsilon_bound(st.scores > 0, member=st.member, p_out=st.extraction_p_out,
+                                                          delta=d, alpha=level, attack=st.attack,
+                                                          threat_model=st.threat_model),
+                k=k_st, delta=delta))
     if observed is not None:
         estimates.append(observed)
 
@@ -431,6 +414,7 @@ def _observed_estimate(run_dir: Path, ledger: dict[str, Any] | None, delta: floa
 
 # attacks whose canaries are not the input canaries (Dirac gradient canaries are inserted once)
 GROUP_FREE_ATTACKS = ("whitebox-dirac",)
+UNREPEATED = GROUP_FREE_ATTACKS  # gradient canaries: each is one example, whatever canaries.repeat says
 
 
 def canary_repeat(manifest: dict[str, Any]) -> int:
@@ -547,5 +531,5 @@ def write_outputs(result: GateResult, *, summary: str | Path, junit: str | Path)
 
 
 __all__ = ["GatePolicy", "GateResult", "ScoreSet", "evaluate_gate", "gate_scores", "load_policy", "write_outputs",
-           "summary_markdown", "junit_xml", "verdict_line", "n_tests", "has_exposure_bound", "extraction_p_out", "unaccounted_parts", "group_claim", "canary_repeat",
+           "summary_markdown", "junit_xml", "verdict_line", "n_tests", "has_exposure_bound", "extraction_p_out", "unaccounted_parts", "canary_repeat",
            "MU_GDP_ONLY"]

@@ -85,7 +85,7 @@ def test_causal_lm_config_checks_and_example():
     """The example config loads as a causal LM with secret canaries; ``backbone = "tiny-gpt2"``
     implies ``kind = "causal-lm"``; combinations that cannot work are one-line usage errors (the
     generation task with a classifier, classifier canaries on a causal LM, DP-Flat without a prefix, ghost
-    clipping, a template without {secret}). Bugs caught: the example drifting from the config
+    clipping, a template without {secret}, repeat = 0, tuning = head). Bugs caught: the example drifting from the config
     schema, a causal LM silently trained as a classifier."""
     from pathlib import Path
 
@@ -103,6 +103,8 @@ def test_causal_lm_config_checks_and_example():
         {**ok, "privacy": {"grad_sample_mode": "ghost"}},
         {**ok, "canaries": {"kind": "secret", "template": "my pin code"}},
         {**ok, "data": {"task": "pseudo"}},
+        {**ok, "canaries": {"kind": "secret", "repeat": 0}},  # members never inserted, yet labelled members
+        {**ok, "model": {"backbone": "tiny-gpt2", "tuning": "head"}},
     ]
     for d in bad:
         with pytest.raises(UsageError):
@@ -151,6 +153,45 @@ def test_lm_backbone_is_cached_reused_and_keyed(tmp_path, monkeypatch):
     lm_backbone.init_gpt2_(init, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert float(lm_nll_each(model, batch).mean()) < float(lm_nll_each(init, batch).mean()) - 0.5
+
+
+def test_build_cached_refuses_an_incomplete_cache_and_keeps_a_race_winner(tmp_path):
+    """A cache directory without its ``.complete`` mark (a copy interrupted by hand, a mark
+    deleted) is an integrity error naming the directory, not served; a builder whose rename loses
+    the race to another process's complete copy returns that copy and leaves no temporary
+    directory. Bugs caught: an incomplete directory returned as the backbone (it used to be,
+    after a useless rebuild), a crash when the rename races another builder."""
+    from dp_audit.errors import IntegrityError
+    from dp_audit.trainers.backbone import DONE, build_cached
+
+    class Saves:
+        def __init__(self, name):
+            self.name = name
+
+        def save_pretrained(self, d):
+            (Path(d) / self.name).write_text("x")
+
+    from pathlib import Path
+
+    stale = tmp_path / "lm-stale"
+    stale.mkdir()
+    (stale / "config.json").write_text("{}")
+    built = []
+    with pytest.raises(IntegrityError, match="lm-stale"):
+        build_cached(stale, lambda: built.append(1) or Saves("model.safetensors"), Saves("tokenizer.json"))
+    assert not built
+
+    target = tmp_path / "lm-race"
+
+    def build_while_another_wins():  # the other process renames its complete copy first
+        target.mkdir()
+        (target / "model.safetensors").write_text("winner")
+        (target / DONE).write_text("ok\n")
+        return Saves("model.safetensors")
+
+    assert build_cached(target, build_while_another_wins, Saves("tokenizer.json")) == target
+    assert (target / "model.safetensors").read_text() == "winner"
+    assert not list(tmp_path.glob(".backbone-*"))
 
 
 # --------------------------------------------------------------------------- the LM loss
@@ -287,6 +328,47 @@ def test_nondp_run_is_audited_as_a_causal_lm(lm_config, tmp_path):
     names = {a["name"]: a for a in audit["attacks"]}
     assert set(names) == {"loss", "zlib", "mink", "exposure"}
     assert names["exposure"]["details"]["n_candidates"] == 50
+    # canaries inserted 4 times: the stored bounds and the ceiling are per example (group privacy),
+    # the ceiling below the group's own (a report must not promise what 4-fold canaries cannot give)
+    from dp_audit.estimate import epsilon_ceiling
+
+    canary_bounds = [e for e in audit["estimates"] if e["is_bound"] and e["attack"] in names]
+    assert canary_bounds and all(e["details"]["group_size"] == 4 for e in canary_bounds)
+    group = epsilon_ceiling(16, method="fdp", alpha=0.05 / 4, delta=1e-5)
+    assert 0 < audit["ceiling"]["fdp"] < group / 2
+
+
+def _toml(sections: dict) -> str:
+    lines = []
+    for name, val in sections.items():
+        if not isinstance(val, dict):
+            lines.insert(0, f"{name} = {json.dumps(val)}")
+            continue
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in val.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_cli_train_of_a_causal_lm_exits_0_and_a_cut_canary_exits_2(cache_dir, tmp_path, capsys):
+    """``dp-audit train`` on a causal LM prints the test perplexity and exits 0 (it used to crash
+    with exit 4 after training: the summary formatted the classifier's test accuracy, None for an
+    LM); ``data.max_length`` shorter than a secret canary is a one-line exit 2 before training
+    (it used to train and audit canaries cut before their secret: every candidate scored alike).
+    Bugs caught: the CLI summary assuming a classifier, secrets silently truncated."""
+    from dp_audit.cli import main
+
+    sections = {"trainer": "nondp", "data": GEN, "model": {**LM, "cache_dir": str(cache_dir)},
+                "canaries": {"kind": "secret", "m": 8, "repeat": 1, "candidates": 10},
+                "train": {"epochs": 1, "batch_size": 32}}
+    cfg = tmp_path / "lm.toml"
+    cfg.write_text(_toml(sections))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "test perplexity" in capsys.readouterr().out
+    cfg.write_text(_toml({**sections, "data": {**GEN, "max_length": 8}}))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "cut"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.max_length = 8" in err[0], err
+    assert not (tmp_path / "cut").exists()
 
 
 @pytest.mark.parametrize("trainer,sections", [
@@ -360,8 +442,8 @@ def dp_mean_exposure_bound(eps: float) -> float:
 
 def test_nondp_with_repeated_secrets_exposes_members(lm_config, cache_dir):
     """Issue 16's must-show, fast half: a non-private fine-tune with each member secret repeated
-    20 times gives members a mean exposure far above what ε = 1 allows ((1+1)/ln 2 = 2.9 bits)
-    and 3+ bits above non-members, whose exposure stays near 1/ln 2. Bugs caught: member canaries
+    20 times gives members a mean exposure far above what ε = 1 allows a secret inserted once
+    ((1+1)/ln 2 = 2.9 bits) and 3+ bits above non-members, whose exposure stays near 1/ln 2. Bugs caught: member canaries
     not inserted (or not repeated), candidates drawn with the canaries' secrets, the loss not
     trained on the text tokens (nothing memorised)."""
     exp, member = _exposures(lm_config, cache_dir, "nondp")
@@ -372,8 +454,11 @@ def test_nondp_with_repeated_secrets_exposes_members(lm_config, cache_dir):
 
 def test_dpsgd_at_small_epsilon_keeps_exposure_within_its_bound(lm_config, cache_dir):
     """Issue 16's must-show, fast half: DP-SGD at ε = 1 on the same data (secrets repeated 20
-    times) keeps the members' mean exposure within the DP bound (ε+1)/ln 2 plus two standard
-    errors of a mean of uniform-rank exposures (sd 1/ln 2). Bugs caught: noise not added or
+    times) keeps the members' mean exposure within (ε+1)/ln 2 plus two standard errors of a mean
+    of uniform-rank exposures (sd 1/ln 2). That threshold is the bound for a secret inserted
+    *once*; for 20 copies the claim only implies 20-fold group privacy (vacuous here), so this is
+    an empirical check with a calibrated threshold, not a consequence of the claim (the gate
+    compares per-example bounds, dp_audit.group_privacy). Bugs caught: noise not added or
     clipping skipped for LM batches, per-sample gradients of a token-weighted loss (an example's
     gradient norm not bounded by C)."""
     exp, member = _exposures(lm_config, cache_dir, "dpsgd")
@@ -386,17 +471,19 @@ def test_dpsgd_at_small_epsilon_keeps_exposure_within_its_bound(lm_config, cache
 def test_whole_pipeline_nondp_fails_the_gate_and_dpsgd_passes(lm_config, tmp_path):
     """Issue 16's must-show through the CLI: train_run, ``dp-audit run`` (LOSS + exposure with the
     run's candidates) and ``dp-audit gate``. A non-private run with 64 secret canaries, members
-    repeated 20 times, that *claims* ε = 1 fails the gate (exit 1) and its members' exposure is far
-    above non-members'; DP-SGD at ε = 1 on the same data passes (exit 0) with every bound below
-    its claim. Bugs caught: the run audited as a classifier, candidates missing, the gate blind to
-    LM attacks, DP-SGD without noise on LM batches."""
+    repeated 20 times, that *claims* ε = 0.05 per example fails the gate (exit 1): its canaries
+    are groups of 20, so the gate tests the group guarantee (20·0.05 = 1, δ_20 ≈ 3e-4;
+    dp_audit.group_privacy), which the memorised secrets refute; its members' exposure is far above
+    non-members'. DP-SGD at ε = 1 on the same data passes (exit 0) with every per-example bound
+    below its claim. Bugs caught: the run audited as a classifier, candidates missing, the gate
+    blind to LM attacks, DP-SGD without noise on LM batches, repeat not passed to the gate."""
     from dp_audit.cli import main
     from dp_audit.trainers.base import train_run
 
     audit_cfg = tmp_path / "audit.toml"
     audit_cfg.write_text('attacks = ["loss", "exposure"]\nformats = []\n')
     sections = {"canaries": {"m": 64, "repeat": 20, "candidates": 200}, "train": {"epochs": 6, "lr": 5e-3}}
-    for trainer, claim, expected in (("nondp", {"claimed_epsilon": 1.0}, 1), ("dpsgd", {}, 0)):
+    for trainer, claim, expected in (("nondp", {"claimed_epsilon": 0.05}, 1), ("dpsgd", {}, 0)):
         run = train_run(lm_config(trainer=trainer, privacy=claim, **sections), tmp_path / trainer, progress=False)
         assert main(["run", "--run", str(run), "--config", str(audit_cfg), "--quiet"]) == 0
         audit = json.loads((run / "audit.json").read_text())
@@ -404,6 +491,8 @@ def test_whole_pipeline_nondp_fails_the_gate_and_dpsgd_passes(lm_config, tmp_pat
         gap = scores["scores"][scores["member"]].mean() - scores["scores"][~scores["member"]].mean()
         if trainer == "nondp":
             assert gap > 3.0
+            best = max((e for e in audit["estimates"] if e["is_bound"]), key=lambda e: e["epsilon_lb"])
+            assert best["details"]["group_size"] == 20 and best["details"]["group_epsilon_lb"] > 1.0
         else:
             assert gap < 1.5
             assert all(e["epsilon_lb"] <= audit["claim"]["epsilon"] for e in audit["estimates"] if e["is_bound"])

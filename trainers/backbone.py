@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dp_audit.config import DataConfig, ModelConfig
-from dp_audit.errors import UsageError
+from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.hf_compat import quiet_transformers
 from dp_audit.io import canonical_fingerprint
 from dp_audit.trainers.data import TaskData
@@ -65,6 +65,7 @@ def build_cached(target: Path, build, tokenizer) -> Path:
     a concurrent builder that wins the race is kept)."""
     if (target / DONE).is_file():
         return target
+    _refuse_incomplete(target)
     quiet_transformers()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".backbone-", dir=target.parent))
@@ -73,14 +74,24 @@ def build_cached(target: Path, build, tokenizer) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / DONE).write_text("ok\n")
-        if target.exists():  # another process won the race
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(target)
+        try:
+            tmp.rename(target)  # atomic; fails if another process renamed its copy first
+        except OSError:
+            if not (target / DONE).is_file():
+                raise
+            shutil.rmtree(tmp)  # another process won the race: keep its complete copy
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _refuse_incomplete(target)
     return target
+
+
+def _refuse_incomplete(target: Path) -> None:
+    """A cache directory without its completion mark was not written by :func:`build_cached`
+    (which renames only complete copies into place): never use it, never silently replace it."""
+    if target.exists() and not (target / DONE).is_file():
+        raise IntegrityError(f"cache directory {target} is incomplete (no {DONE} mark): delete it to rebuild")
 
 
 def bert_config(model_cfg: ModelConfig, data_cfg: DataConfig, vocab_size: int):

@@ -211,12 +211,24 @@ def prepare_causal_lm(cfg: RunConfig, *, cache_root: Path, progress: bool = True
         c.m, rng=np.random.default_rng(c.seed), template=c.template, n_digits=c.n_digits)) if c.m else ()
     candidates = tuple(secret_candidates(c.candidates, rng=candidate_rng(c.candidate_seed), template=c.template,
                                          n_digits=c.n_digits)) if c.m else ()
+    check_canary_lengths(tokenizer, [x.text for x in canaries] + list(candidates[:1]), max_length=cfg.data.max_length)
     members = [x for x in canaries if x.member] * c.repeat
     private = with_canaries(task.train, [x.text for x in members], [0] * len(members))
     enc = lambda s: encode_lm(tokenizer, s.texts, max_length=cfg.data.max_length)  # noqa: E731
     return Prepared(cfg=cfg, task=task, tokenizer=tokenizer, backbone_dir=backbone_dir, canaries=canaries,
                     train=enc(private), dev=enc(task.dev), test=enc(task.test), public=enc(task.public),
                     layout=input_layout_of(backbone_dir), kind="causal-lm", candidates=candidates)
+
+
+def check_canary_lengths(tokenizer, texts: list[str], *, max_length: int) -> None:
+    """A secret canary cut by ``data.max_length`` would be trained and audited without its secret
+    (every candidate would score the same): a one-line usage error instead."""
+    if not texts:
+        return
+    longest = max(len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"])
+    if longest > max_length:
+        raise UsageError(f"data.max_length = {max_length} is shorter than a secret canary ({longest} tokens with "
+                         f"the start token): raise data.max_length or shorten canaries.template / n_digits")
 
 
 def candidate_rng(seed: int) -> np.random.Generator:

@@ -49,12 +49,18 @@ def run(args: argparse.Namespace) -> int:
     claim = manifest["claim"]
     eps = claim["epsilon"]
     eps_txt = "none (non-private)" if (isinstance(eps, str) or not math.isfinite(eps)) else f"{eps:.3g}"
-    metrics = manifest.get("notes", {}).get("metrics", {})
-    utility = [f"{label}: {metrics[key]:.3f}" for key, label in (("test_accuracy", "test accuracy"),
-                                                                   ("test_perplexity", "test perplexity"))
-               if isinstance(metrics.get(key), (int, float))]
     print(f"trained {cfg.trainer} ({cfg.model.tuning}) -> {out}")
-    print(f"  claimed epsilon: {eps_txt} at delta={claim['delta']:g}" + "".join(f"; {u}" for u in utility))
+    print(f"  claimed epsilon: {eps_txt} at delta={claim['delta']:g}; {utility_line(manifest)}")
     if claim.get("unaccounted"):
         print("  not accounted: " + "; ".join(u["component"] for u in claim["unaccounted"]))
     return 0
+
+
+def utility_line(manifest: dict) -> str:
+    """Test accuracy of a classifier, test perplexity of a causal LM (its metrics have no accuracy)."""
+    metrics = manifest.get("notes", {}).get("metrics", {})
+    for key, name in (("test_accuracy", "test accuracy"), ("test_perplexity", "test perplexity")):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"{name}: {value:.3f}"
+    return "no test metric"
