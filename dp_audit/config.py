@@ -80,6 +80,10 @@ class ModelConfig:
     num_virtual_tokens: int = 50  # DP-Flat's setting
     prefix_positions: str = "text"  # text: the text keeps positions 0..L-1 | shifted: PEFT's T..T+L-1 (dp_audit.hf_compat)
     lora_r: int = 8
+    # tuning = "full": keep the word-embedding table frozen (position/type embeddings, encoder and head
+    # train). A public, data-independent choice: DP-SGD then never forms the B × V × d per-sample
+    # gradients of the table (MiniLM: 11.7 M weights, 45 MB per example; docs/trainers.md "Cost ratios")
+    freeze_embeddings: bool = False
     # keep only the first k encoder layers of a pretrained backbone (0: all). MiniLM on 2 CPU cores:
     # a step costs about k/6 of the full model's (docs/trainers.md, "MiniLM on the English task")
     backbone_layers: int = 0
@@ -204,6 +208,9 @@ class RunConfig:
         _choice("trainer", self.trainer, TRAINERS)
         _choice("model.tuning", self.model.tuning, TUNINGS)
         _choice("model.prefix_positions", self.model.prefix_positions, ("text", "shifted"))
+        if self.model.freeze_embeddings and self.model.tuning != "full":
+            raise UsageError(f"model.freeze_embeddings = true applies to tuning = 'full' (got {self.model.tuning!r}, "
+                             "which trains no word embeddings anyway)")
         _choice("privacy.inject_bug", self.privacy.inject_bug, BUGS)
         _choice("privacy.accountant", self.privacy.accountant, ("rdp", "prv"))
         _choice("dpzo.noise", self.dpzo.noise, ("gaussian", "laplace"))

@@ -140,10 +140,22 @@ def freeze_all_but_head(model) -> list[str]:
     return heads
 
 
+def freeze_word_embeddings(model) -> torch.nn.Parameter:
+    """``model.freeze_embeddings``: the word-embedding table (``get_input_embeddings()``) stops
+    training; position/type embeddings, the encoder and the head still train. Returns the table."""
+    emb = model.get_input_embeddings()
+    if emb is None or getattr(emb, "weight", None) is None:
+        raise UsageError(f"model.freeze_embeddings: {type(model).__name__} has no input-embedding table")
+    emb.weight.requires_grad_(False)
+    return emb.weight
+
+
 def apply_tuning(model, model_cfg: ModelConfig, *, generator: torch.Generator):
     if model_cfg.tuning in ("full", "head"):
         if model_cfg.tuning == "head":
             freeze_all_but_head(model)
+        elif model_cfg.freeze_embeddings:
+            freeze_word_embeddings(model)
         model.train()
         return model
     from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
