@@ -241,7 +241,7 @@ def memory_probe(workload: str, tuning: str, args) -> None:
 
 
 def measure_memory(workload: str, tuning: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--memory-probe", workload, "--tuning", tuning, "--cache", str(args.cache),
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", workload, "--tuning", tuning, "--cache", str(args.cache),
            "--batch-size", str(args.batch_size), "--virtual-tokens", str(args.virtual_tokens),
            "--max-length", str(args.max_length)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]

@@ -137,7 +137,9 @@ class PrivacyConfig:
     noise_multiplier: float = 0.0  # 0: derive from epsilon
     claimed_epsilon: float = 0.0  # non-private trainers only; 0: no claim (infinite ε)
     inject_bug: str = "none"
-    grad_sample_mode: str = "auto"  # auto (= hooks) | hooks | ghost (Opacus ghost clipping)
+    # auto (= hooks) | hooks | ghost (Opacus ghost clipping) | bk (book-keeping: one backward pass,
+    # ghost norms, trainers/dpsgd_bk.py; trainer dpsgd)
+    grad_sample_mode: str = "auto"
     # false (default): the DP noise comes from an OS-entropy-seeded generator whose seed is never
     # recorded; true: seeded from train.seed (replayable from the manifest: for tests and audits
     # only, recorded in the ledger's "noise" entry and shown in the report); docs/trainers.md
@@ -226,7 +228,7 @@ class RunConfig:
         if self.model.backbone_layers < 0:
             raise UsageError(f"model.backbone_layers must be >= 0 (0: every layer), got {self.model.backbone_layers}")
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
-        _choice("privacy.grad_sample_mode", self.privacy.grad_sample_mode, ("auto", "hooks", "ghost"))
+        _choice("privacy.grad_sample_mode", self.privacy.grad_sample_mode, ("auto", "hooks", "ghost", "bk"))
         if not 0 < self.privacy.delta < 1:
             raise UsageError(f"privacy.delta must be in (0, 1), got {self.privacy.delta}")
         if self.privacy.epsilon <= 0:
@@ -346,11 +348,13 @@ def _validate_dpflat_dpzo(cfg: RunConfig) -> None:
         raise UsageError(f"trainer 'dpflat' (white-box) tunes a prefix: its AWP, per-layer sparse selection and "
                          f"distillation act on the prefix; set model.tuning = 'prefix' (got {cfg.model.tuning!r}), or "
                          "dpflat.blackbox = true (cross-model flattening on any tuning: full, lora, head, prefix)")
-    elif cfg.privacy.grad_sample_mode == "ghost":
+    elif cfg.privacy.grad_sample_mode in ("ghost", "bk"):
         # Opacus 1.6's ghost norm of an embedding views its input, and PEFT feeds the prefix
-        # encoder an expanded (non-contiguous) index tensor: the first step would crash.
+        # encoder an expanded (non-contiguous) index tensor: the first step would crash. DP-Flat's
+        # per-example AWP and layer masks act on per-sample gradients, which 'bk' never forms.
         raise UsageError("trainer 'dpflat' needs per-sample gradients (privacy.grad_sample_mode = 'hooks' or 'auto'): "
-                         "Opacus' ghost clipping does not support the PEFT prefix encoder")
+                         "Opacus' ghost clipping does not support the PEFT prefix encoder, and 'bk' forms no "
+                         "per-sample gradients")
     if f.sparse and cfg.model.backbone == "tiny" and not cfg.model.path and f.sparse_k >= cfg.model.num_layers:
         raise UsageError(f"dpflat.sparse_k = {f.sparse_k} must be below model.num_layers = {cfg.model.num_layers}")
 
@@ -390,7 +394,7 @@ def _validate_gradient_canaries(cfg: RunConfig) -> None:
     if cfg.model.tuning != "full":
         raise UsageError(f"canaries.gradient needs model.tuning = 'full' (got {cfg.model.tuning!r}): the canary "
                          "coordinates are unused position-embedding rows")
-    if cfg.privacy.grad_sample_mode == "ghost":
+    if cfg.privacy.grad_sample_mode in ("ghost", "bk"):
         raise UsageError("canaries.gradient needs per-sample gradients: privacy.grad_sample_mode = 'hooks' or 'auto'")
 
 

@@ -61,7 +61,8 @@ def plan(cfg: RunConfig, n: int) -> DPSetup:
 
 
 def grad_sample_mode(cfg: RunConfig) -> str:
-    """Opacus' per-sample gradient mode. ``auto`` is hooks: on the demo model ghost clipping
+    """Per-sample gradient mode: Opacus' ``hooks`` / ``ghost``, or ``bk`` (book-keeping,
+    :mod:`dp_audit.trainers.dpsgd_bk`: one backward pass). ``auto`` is hooks: on the demo model ghost clipping
     (norms without materialising per-sample gradients, at the price of a second backward pass)
     measured slower (benchmarks/dp_overhead.py: 2.95x vs 2.10x a non-private step); it pays off
     for larger layers, so it stays available as ``privacy.grad_sample_mode = "ghost"``."""
@@ -100,9 +101,17 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
         out = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=setup.noise_multiplier,
             max_grad_norm=setup.max_grad_norm, poisson_sampling=False,  # the loader above already is Poisson at q
-            noise_generator=noise, criterion=torch.nn.CrossEntropyLoss(), grad_sample_mode=mode,
+            noise_generator=noise, criterion=torch.nn.CrossEntropyLoss(),
+            grad_sample_mode="ghost" if mode == "bk" else mode,  # bk: Opacus' ghost optimizer, our clipped sum
         )
-    if mode == "ghost":
+    if mode == "bk":  # book-keeping (trainers/dpsgd_bk.py) computes p.grad = the clipped sum; Opacus adds the noise
+        from dp_audit.trainers.dpsgd_bk import BookKeeping
+
+        gsm, optimizer, _, loader = out
+        gsm.remove_hooks()  # Opacus' ghost hooks would do a second backward pass
+        gsm.dp_bookkeeping = BookKeeping(gsm._module, clip_source=gsm)
+        gsm.dp_criterion = gsm.dp_bookkeeping.loss
+    elif mode == "ghost":
         gsm, optimizer, criterion, loader = out
         gsm.dp_criterion = criterion
     else:
@@ -273,6 +282,9 @@ def unwrap(gsm) -> Any:
     model = gsm._module if hasattr(gsm, "_module") else gsm
     if hasattr(gsm, "remove_hooks"):
         gsm.remove_hooks()
+    bk = getattr(gsm, "dp_bookkeeping", None)
+    if bk is not None:
+        bk.remove()
     for p in model.parameters():
         p.grad_sample = None
         if hasattr(p, "_norm_sample"):

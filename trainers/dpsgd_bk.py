@@ -1,0 +1,216 @@
+"""Book-keeping per-sample clipping (``privacy.grad_sample_mode = "bk"``): the clipped sum
+Σ_i clip(∇ℓ_i, C) of DP-SGD in one backward pass (Bu, Mao & Xu, "Differentially private
+optimization on large model at small cost", ICML 2023), with mixed ghost norms (Li et al. 2022,
+Bu et al. 2022): per-sample gradients are never materialised for sequence inputs.
+
+Why: Opacus' hooks materialise B per-sample copies of every weight (MiniLM, full fine-tuning:
+B × 90 MB) and its ghost clipping runs a second backward pass; both cost a multiple of a
+non-private step (docs/trainers.md, "Cost ratios"). Here:
+
+1. forward hooks keep each trainable layer's input a and output y (one call per layer per forward);
+2. ``torch.autograd.grad(Σ_i ℓ_i, [y...])`` back-propagates to the layer outputs only: the weight
+   gradients are not formed (that is the pass a non-private backward spends on them);
+3. per-sample norms per layer: Linear on (B, T, d) → ‖Σ_t g_t a_tᵀ‖² = ⟨g gᵀ, a aᵀ⟩ (ghost norm,
+   B·T²·(d + p)) or from the materialised per-sample gradient when that is cheaper (B·d·p); 2-D
+   inputs ‖g‖²‖a‖²; Embedding Σ_{t,s}[id_t = id_s] g_t·g_s (padding index excluded); LayerNorm
+   per-sample gradients directly (B × d);
+4. c_i = min(1, C/(‖∇ℓ_i‖ + 1e-6)) (Opacus' formula) and each weight's clipped sum
+   Σ_i c_i ∇ℓ_i computed once, as the non-private weight gradient but with rows scaled by c_i.
+
+The result is written to ``p.grad``: Opacus' fast-gradient-clipping optimizer (the one its ghost
+mode uses) then adds N(0, σ²C²) and divides by the expected batch size; the accountant, the
+loader and the ledger are Opacus' as for the other modes (trainers.dpsgd.make_private). A layer
+type with trainable parameters other than Linear / Embedding / LayerNorm is refused (exit 2).
+Tested against Opacus' per-sample gradients (tests/test_dpsgd_bk.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dp_audit.errors import UsageError
+
+SUPPORTED = (nn.Linear, nn.Embedding, nn.LayerNorm)
+
+
+@dataclass
+class _Call:
+    module: nn.Module
+    inp: torch.Tensor
+    out: torch.Tensor
+    version: int
+
+
+class BookKeeping:
+    """Forward hooks on every module owning trainable parameters of ``model``; :meth:`loss` wraps
+    the per-example losses of a forward pass into a :class:`BKLoss` whose ``backward`` writes the
+    clipped sum to ``p.grad``. ``clip_source`` has the clip bound C as ``max_grad_norm`` (the
+    Opacus module, so an injected no-clip bug acts here too)."""
+
+    def __init__(self, model: nn.Module, *, clip_source) -> None:
+        self.clip_source = clip_source
+        self.calls: list[_Call] = []
+        self.handles = []
+        self.modules: list[nn.Module] = []
+        self.last_norms: torch.Tensor | None = None  # per-example gradient norms of the last backward
+        for name, module in model.named_modules():
+            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            if not own:
+                continue
+            if type(module) not in SUPPORTED:
+                raise UsageError(f"privacy.grad_sample_mode = 'bk' supports Linear, Embedding and LayerNorm layers; "
+                                 f"{name or 'the model'} ({type(module).__name__}) has trainable parameters: "
+                                 "use grad_sample_mode = 'hooks' or 'ghost'")
+            if isinstance(module, nn.Embedding) and (module.max_norm is not None or module.scale_grad_by_freq
+                                                     or module.sparse):
+                raise UsageError(f"privacy.grad_sample_mode = 'bk': embedding {name} uses max_norm, "
+                                 "scale_grad_by_freq or sparse gradients")
+            self.modules.append(module)
+            self.handles.append(module.register_forward_hook(self._record))
+
+    def _record(self, module, inputs, output) -> None:
+        if not (module.training and torch.is_grad_enabled()):
+            return
+        self.calls.append(_Call(module=module, inp=inputs[0].detach(), out=output, version=output._version))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        self.calls = []
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> "BKLoss":
+        losses = nn.functional.cross_entropy(logits, labels, reduction="none")
+        calls, self.calls = self.calls, []
+        return BKLoss(owner=self, per_example=losses, calls=calls)
+
+    # ------------------------------------------------------------------ the backward pass
+
+    def clipped_sum(self, per_example: torch.Tensor, calls: list[_Call]) -> torch.Tensor:
+        """Write Σ_i c_i ∇ℓ_i to ``p.grad`` of every hooked parameter; returns the per-example
+        gradient norms (before clipping)."""
+        seen = [c.module for c in calls]
+        if len(set(map(id, seen))) != len(seen):
+            raise RuntimeError("grad_sample_mode 'bk': a layer ran twice in one forward pass (shared weights); "
+                               "use 'hooks'")
+        for c in calls:
+            if c.out._version != c.version:
+                raise RuntimeError(f"grad_sample_mode 'bk': the output of {type(c.module).__name__} was modified "
+                                   "in place after the layer ran; use 'hooks'")
+        grads = torch.autograd.grad(per_example.sum(), [c.out for c in calls], allow_unused=True)
+        n = per_example.shape[0]
+        with torch.no_grad():
+            sq = torch.zeros(n, dtype=torch.float32)
+            for c, g in zip(calls, grads):
+                if g is not None:
+                    sq += _norm_sq(c.module, c.inp, g)
+            norms = sq.sqrt()
+            coef = (float(self.clip_source.max_grad_norm) / (norms + 1e-6)).clamp(max=1.0)
+            for c, g in zip(calls, grads):
+                for p, value in _weighted_sum(c.module, c.inp, g, coef):
+                    p.grad = value if p.grad is None else p.grad + value
+        return norms
+
+
+@dataclass
+class BKLoss:
+    """What the criterion returns in ``bk`` mode: ``backward()`` runs the book-keeping pass,
+    ``detach()`` is the mean loss (as a scalar tensor)."""
+
+    owner: BookKeeping
+    per_example: torch.Tensor
+    calls: list
+
+    def backward(self) -> None:
+        self.owner.last_norms = self.owner.clipped_sum(self.per_example, self.calls)
+        self.calls = []
+
+    def detach(self) -> torch.Tensor:
+        return self.per_example.detach().mean()
+
+
+def _flat3(x: torch.Tensor) -> torch.Tensor:
+    """(B, ..., k) → (B, T, k)."""
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def _norm_sq(module: nn.Module, inp: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    n = g.shape[0]
+    zero = torch.zeros(n, dtype=torch.float32)
+    if isinstance(module, nn.Linear):
+        out = zero
+        if g.dim() == 2:
+            if module.weight.requires_grad:
+                out = out + (g * g).sum(1) * (inp * inp).sum(1)
+            if module.bias is not None and module.bias.requires_grad:
+                out = out + (g * g).sum(1)
+            return out
+        g3, a3 = _flat3(g), _flat3(inp)
+        if module.weight.requires_grad:
+            t, d, p = a3.shape[1], a3.shape[2], g3.shape[2]
+            if 2 * t * t <= d * p:  # ghost norm
+                out = out + (torch.bmm(g3, g3.transpose(1, 2)) * torch.bmm(a3, a3.transpose(1, 2))).sum((1, 2))
+            else:  # per-sample gradient (B, p, d)
+                out = out + torch.bmm(g3.transpose(1, 2), a3).pow(2).sum((1, 2))
+        if module.bias is not None and module.bias.requires_grad:
+            out = out + g3.sum(1).pow(2).sum(1)
+        return out.clamp(min=0)
+    if isinstance(module, nn.Embedding):
+        ids, g3 = inp.reshape(n, -1), _flat3(g)
+        keep = torch.ones_like(ids, dtype=torch.bool) if module.padding_idx is None else ids != module.padding_idx
+        same = (ids[:, :, None] == ids[:, None, :]) & keep[:, :, None] & keep[:, None, :]
+        return (torch.bmm(g3, g3.transpose(1, 2)) * same).sum((1, 2)).clamp(min=0)
+    if isinstance(module, nn.LayerNorm):
+        out = zero
+        gw, gb = _layernorm_per_sample(module, inp, g)
+        if gw is not None:
+            out = out + gw.pow(2).sum(1)
+        if gb is not None:
+            out = out + gb.pow(2).sum(1)
+        return out
+    raise TypeError(type(module).__name__)
+
+
+def _layernorm_per_sample(module: nn.LayerNorm, inp: torch.Tensor, g: torch.Tensor):
+    n = g.shape[0]
+    gw = gb = None
+    if module.weight is not None and module.weight.requires_grad:
+        xhat = nn.functional.layer_norm(inp, module.normalized_shape, eps=module.eps)
+        gw = (g * xhat).reshape(n, -1, *module.normalized_shape).sum(1).reshape(n, -1)
+    if module.bias is not None and module.bias.requires_grad:
+        gb = g.reshape(n, -1, *module.normalized_shape).sum(1).reshape(n, -1)
+    return gw, gb
+
+
+def _weighted_sum(module: nn.Module, inp: torch.Tensor, g: torch.Tensor | None, coef: torch.Tensor):
+    """(parameter, Σ_i c_i ∇_p ℓ_i) pairs of ``module``'s trainable parameters."""
+    params = [p for p in module.parameters(recurse=False) if p.requires_grad]
+    if g is None:  # the layer's output did not reach the loss
+        return [(p, torch.zeros_like(p)) for p in params]
+    n = g.shape[0]
+    gc = g * coef.view(n, *([1] * (g.dim() - 1))).to(g.dtype)
+    out = []
+    if isinstance(module, nn.Linear):
+        g2, a2 = gc.reshape(-1, gc.shape[-1]), inp.reshape(-1, inp.shape[-1]).to(gc.dtype)
+        if module.weight.requires_grad:
+            out.append((module.weight, g2.t().mm(a2)))
+        if module.bias is not None and module.bias.requires_grad:
+            out.append((module.bias, g2.sum(0)))
+    elif isinstance(module, nn.Embedding):
+        ids, g2 = inp.reshape(-1), gc.reshape(-1, gc.shape[-1])
+        if module.padding_idx is not None:
+            g2 = g2 * (ids != module.padding_idx).unsqueeze(1).to(g2.dtype)
+        out.append((module.weight, torch.zeros_like(module.weight).index_add_(0, ids, g2)))
+    else:  # LayerNorm
+        gw, gb = _layernorm_per_sample(module, inp, gc)
+        if gw is not None:
+            out.append((module.weight, gw.sum(0).view_as(module.weight)))
+        if gb is not None:
+            out.append((module.bias, gb.sum(0).view_as(module.bias)))
+    return out
+
+
+__all__ = ["BKLoss", "BookKeeping", "SUPPORTED"]
