@@ -38,12 +38,13 @@ def tiny_model(tuning: str, *, freeze: bool = False, seed: int = 0):
 
 
 def padded_batch():
-    """Ids with padding (id 0, the embedding's padding index) and repeated tokens in a row (the
-    ghost norm's same-id cross terms)."""
+    """Ids with padding (id 0, the embedding's padding index), also inside attended text (where
+    its gradient is not ~0), and repeated tokens in a row (the ghost norm's same-id cross terms)."""
     b = tiny_batch(n=7, length=9, seed=4)
     b["input_ids"][:, 6:] = 0
     b["attention_mask"][:, 6:] = 0
     b["input_ids"][0, :4] = 7
+    b["input_ids"][1:4, 2] = 0
     return b
 
 
@@ -55,6 +56,9 @@ def opacus_clipped_sum(model, batch, clip: float):
         warnings.simplefilter("ignore")
         loss = torch.nn.functional.cross_entropy(ref(**model_inputs(batch)).logits, batch["labels"], reduction="sum")
         loss.backward()
+    for m in ref._module.modules():  # Opacus ignores padding_idx; torch's gradient of that row is 0
+        if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None and m.weight.requires_grad:
+            m.weight.grad_sample[:, m.padding_idx] = 0
     named = [(n, p) for n, p in ref._module.named_parameters() if p.requires_grad]
     norms = torch.stack([p.grad_sample.flatten(1).norm(dim=1) for _, p in named]).norm(dim=0)
     coef = (clip / (norms + 1e-6)).clamp(max=1.0)

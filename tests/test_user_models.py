@@ -223,12 +223,13 @@ def test_minilm_folder_as_model_path_trains_and_audits(world, tmp_path, capsys):
     assert json.loads((out / "model" / "config.json").read_text())["model_type"] == "bert"
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bk"])
 def test_freeze_embeddings_keeps_the_word_table_and_trains_the_rest(world, tmp_path, capsys, mode):
     """Bug caught: ``model.freeze_embeddings`` silently ignored (the word table trained, and
     DP-SGD paying for its B × V × d per-sample gradients), freezing too much (the encoder or the
-    position table left untrained), Opacus' ghost clipping failing on a frozen embedding, or the
-    choice missing from the manifest (an audit could not tell which parameters were private)."""
+    position table left untrained), Opacus' ghost clipping or book-keeping (``bk``) failing on a
+    frozen embedding or not wired into the trainer, or the choice missing from the manifest (an
+    audit could not tell which parameters were private)."""
     from safetensors.torch import load_file
 
     cfg = _cfg(world, "bert", "dpsgd", "full", model={"freeze_embeddings": True},
@@ -242,6 +243,7 @@ def test_freeze_embeddings_keeps_the_word_table_and_trains_the_rest(world, tmp_p
     assert "bert.encoder.layer.0.attention.self.query.weight" in changed and "classifier.weight" in changed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["model"]["freeze_embeddings"] is True
+    assert manifest["config"]["privacy"]["grad_sample_mode"] == mode
 
 
 def test_freeze_embeddings_is_refused_for_tunings_that_train_no_embeddings(world):
