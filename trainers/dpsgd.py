@@ -111,6 +111,7 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
         gsm.remove_hooks()  # Opacus' ghost hooks would do a second backward pass
         gsm.dp_bookkeeping = BookKeeping(gsm._module, clip_source=gsm)
         gsm.dp_criterion = gsm.dp_bookkeeping.loss
+        optimizer.accumulate = _alias_accumulate(optimizer)
     elif mode == "ghost":
         gsm, optimizer, criterion, loader = out
         gsm.dp_criterion = criterion
@@ -123,6 +124,22 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
     optimizer.dp_accountant = engine.accountant
     _inject_bug(optimizer, cfg, setup, module=gsm)
     return gsm, optimizer, loader
+
+
+def _alias_accumulate(optimizer):
+    """Opacus' fast-gradient-clipping ``accumulate`` deep-copies every ``p.grad`` into
+    ``p.summed_grad`` (one step, no accumulation: the loader forbids it); in ``bk`` mode p.grad is a
+    fresh tensor of the book-keeping pass, so it is taken as the sum without a copy (``add_noise``
+    then writes p.grad = summed_grad + noise, a new tensor). Saves a copy of the model per step."""
+
+    def accumulate() -> None:
+        for p in optimizer.params:
+            if p.summed_grad is not None:
+                p.summed_grad.add_(p.grad.data)
+            else:
+                p.summed_grad = p.grad.data
+
+    return accumulate
 
 
 def _clips_in_module(module) -> bool:

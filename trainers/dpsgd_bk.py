@@ -104,13 +104,18 @@ class BookKeeping:
         n = per_example.shape[0]
         with torch.no_grad():
             sq = torch.zeros(n, dtype=torch.float32)
+            grams: dict = {}  # a aᵀ of an input shared by several layers (query, key, value): computed once
+            small: list[dict] = []  # per-sample gradients of biases and LayerNorms: reused in the sum
             for c, g in zip(calls, grads):
+                per = {}
                 if g is not None:
-                    sq += _norm_sq(c.module, c.inp, g)
+                    sq += _norm_sq(c.module, c.inp, g, grams=grams, per_sample=per)
+                small.append(per)
+            grams.clear()
             norms = sq.sqrt()
             coef = (float(self.clip_source.max_grad_norm) / (norms + 1e-6)).clamp(max=1.0)
-            for c, g in zip(calls, grads):
-                for p, value in _weighted_sum(c.module, c.inp, g, coef):
+            for c, g, per in zip(calls, grads, small):
+                for p, value in _weighted_sum(c.module, c.inp, g, coef, per_sample=per):
                     p.grad = value if p.grad is None else p.grad + value
         return norms
 
@@ -137,26 +142,40 @@ def _flat3(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
-def _norm_sq(module: nn.Module, inp: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _gram(x3: torch.Tensor, grams: dict) -> torch.Tensor:
+    key = (x3.data_ptr(), tuple(x3.shape), tuple(x3.stride()))
+    if key not in grams:
+        grams[key] = torch.bmm(x3, x3.transpose(1, 2))
+    return grams[key]
+
+
+def _norm_sq(module: nn.Module, inp: torch.Tensor, g: torch.Tensor, *, grams: dict,
+             per_sample: dict) -> torch.Tensor:
+    """Σ over ``module``'s trainable parameters of ‖∇_p ℓ_i‖², shape (B,). Small per-sample
+    gradients (biases, LayerNorm) are kept in ``per_sample`` (id(parameter) → (B, ...)) for the sum."""
     n = g.shape[0]
-    zero = torch.zeros(n, dtype=torch.float32)
+    out = torch.zeros(n, dtype=torch.float32)
     if isinstance(module, nn.Linear):
-        out = zero
+        bias = module.bias is not None and module.bias.requires_grad
         if g.dim() == 2:
+            gg = (g * g).sum(1)
             if module.weight.requires_grad:
-                out = out + (g * g).sum(1) * (inp * inp).sum(1)
-            if module.bias is not None and module.bias.requires_grad:
-                out = out + (g * g).sum(1)
+                out = out + gg * (inp * inp).sum(1)
+            if bias:
+                out = out + gg
+                per_sample[id(module.bias)] = g
             return out
         g3, a3 = _flat3(g), _flat3(inp)
         if module.weight.requires_grad:
             t, d, p = a3.shape[1], a3.shape[2], g3.shape[2]
-            if 2 * t * t <= d * p:  # ghost norm
-                out = out + (torch.bmm(g3, g3.transpose(1, 2)) * torch.bmm(a3, a3.transpose(1, 2))).sum((1, 2))
+            if 2 * t * t <= d * p:  # ghost norm ⟨g gᵀ, a aᵀ⟩
+                out = out + (torch.bmm(g3, g3.transpose(1, 2)) * _gram(a3, grams)).sum((1, 2))
             else:  # per-sample gradient (B, p, d)
                 out = out + torch.bmm(g3.transpose(1, 2), a3).pow(2).sum((1, 2))
-        if module.bias is not None and module.bias.requires_grad:
-            out = out + g3.sum(1).pow(2).sum(1)
+        if bias:
+            gb = g3.sum(1)
+            per_sample[id(module.bias)] = gb
+            out = out + gb.pow(2).sum(1)
         return out.clamp(min=0)
     if isinstance(module, nn.Embedding):
         ids, g3 = inp.reshape(n, -1), _flat3(g)
@@ -164,12 +183,11 @@ def _norm_sq(module: nn.Module, inp: torch.Tensor, g: torch.Tensor) -> torch.Ten
         same = (ids[:, :, None] == ids[:, None, :]) & keep[:, :, None] & keep[:, None, :]
         return (torch.bmm(g3, g3.transpose(1, 2)) * same).sum((1, 2)).clamp(min=0)
     if isinstance(module, nn.LayerNorm):
-        out = zero
         gw, gb = _layernorm_per_sample(module, inp, g)
-        if gw is not None:
-            out = out + gw.pow(2).sum(1)
-        if gb is not None:
-            out = out + gb.pow(2).sum(1)
+        for param, value in ((module.weight, gw), (module.bias, gb)):
+            if value is not None:
+                per_sample[id(param)] = value
+                out = out + value.pow(2).sum(1)
         return out
     raise TypeError(type(module).__name__)
 
@@ -185,31 +203,33 @@ def _layernorm_per_sample(module: nn.LayerNorm, inp: torch.Tensor, g: torch.Tens
     return gw, gb
 
 
-def _weighted_sum(module: nn.Module, inp: torch.Tensor, g: torch.Tensor | None, coef: torch.Tensor):
+def _scaled(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    return x * coef.view(x.shape[0], *([1] * (x.dim() - 1))).to(x.dtype)
+
+
+def _weighted_sum(module: nn.Module, inp: torch.Tensor, g: torch.Tensor | None, coef: torch.Tensor, *,
+                  per_sample: dict):
     """(parameter, Σ_i c_i ∇_p ℓ_i) pairs of ``module``'s trainable parameters."""
     params = [p for p in module.parameters(recurse=False) if p.requires_grad]
     if g is None:  # the layer's output did not reach the loss
         return [(p, torch.zeros_like(p)) for p in params]
-    n = g.shape[0]
-    gc = g * coef.view(n, *([1] * (g.dim() - 1))).to(g.dtype)
     out = []
-    if isinstance(module, nn.Linear):
-        g2, a2 = gc.reshape(-1, gc.shape[-1]), inp.reshape(-1, inp.shape[-1]).to(gc.dtype)
-        if module.weight.requires_grad:
-            out.append((module.weight, g2.t().mm(a2)))
-        if module.bias is not None and module.bias.requires_grad:
-            out.append((module.bias, g2.sum(0)))
+    for p in params:  # biases and LayerNorm: from the per-sample gradients of the norm pass
+        if id(p) in per_sample:
+            ps = per_sample[id(p)]
+            out.append((p, (coef.to(ps.dtype) @ ps.reshape(coef.shape[0], -1)).view_as(p)))
+    if isinstance(module, nn.Linear) and module.weight.requires_grad:
+        d, p_out = inp.shape[-1], g.shape[-1]
+        if d <= p_out:  # scale the smaller of the two factors by c_i
+            a2, g2 = _scaled(inp, coef).reshape(-1, d), g.reshape(-1, p_out)
+        else:
+            a2, g2 = inp.reshape(-1, d), _scaled(g, coef).reshape(-1, p_out)
+        out.append((module.weight, g2.t().mm(a2.to(g2.dtype))))
     elif isinstance(module, nn.Embedding):
-        ids, g2 = inp.reshape(-1), gc.reshape(-1, gc.shape[-1])
+        ids, g2 = inp.reshape(-1), _scaled(g, coef).reshape(-1, g.shape[-1])
         if module.padding_idx is not None:
             g2 = g2 * (ids != module.padding_idx).unsqueeze(1).to(g2.dtype)
         out.append((module.weight, torch.zeros_like(module.weight).index_add_(0, ids, g2)))
-    else:  # LayerNorm
-        gw, gb = _layernorm_per_sample(module, inp, gc)
-        if gw is not None:
-            out.append((module.weight, gw.sum(0).view_as(module.weight)))
-        if gb is not None:
-            out.append((module.bias, gb.sum(0).view_as(module.bias)))
     return out
 
 
