@@ -65,7 +65,9 @@ def grad_sample_mode(cfg: RunConfig) -> str:
     :mod:`dp_audit.trainers.dpsgd_bk`: one backward pass). ``auto`` is hooks: on the demo model ghost clipping
     (norms without materialising per-sample gradients, at the price of a second backward pass)
     measured slower (benchmarks/dp_overhead.py: 2.95x vs 2.10x a non-private step); it pays off
-    for larger layers, so it stays available as ``privacy.grad_sample_mode = "ghost"``."""
+    for larger layers, so it stays available as ``privacy.grad_sample_mode = "ghost"``. On MiniLM
+    with full fine-tuning only ``bk`` stays within 1.3x a non-private step (hooks 18.9x, ghost
+    1.8x; benchmarks/minilm_costs.py, docs/trainers.md "Cost ratios")."""
     mode = cfg.privacy.grad_sample_mode
     return "hooks" if mode == "auto" else mode
 
