@@ -92,6 +92,6 @@ def test_bk_clipped_sum_equals_opacus_per_sample_clipping(tuning, freeze, clip):
 def test_bk_refuses_layers_it_cannot_clip():
     """Bug caught: a trainable layer type the book-keeping pass has no norm for (here a
     Conv1d) silently left out of the clipping, so its gradient would be unclipped."""
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Conv1d(1, 1, 2))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, device="meta"), torch.nn.Conv1d(1, 1, 2, device="meta"))
     with pytest.raises(UsageError, match="Conv1d"):
         BookKeeping(model, clip_source=SimpleNamespace(max_grad_norm=1.0))
