@@ -56,10 +56,16 @@ class BookKeeping:
         self.handles = []
         self.modules: list[nn.Module] = []
         self.last_norms: torch.Tensor | None = None  # per-example gradient norms of the last backward
+        owner: dict[int, str] = {}  # id(parameter) -> the module holding it
         for name, module in model.named_modules():
             own = [p for p in module.parameters(recurse=False) if p.requires_grad]
             if not own:
                 continue
+            for p in own:  # a tied weight (an LM head tied to the embedding): its norm needs cross terms
+                if id(p) in owner:
+                    raise UsageError(f"privacy.grad_sample_mode = 'bk': a trainable weight is shared by {owner[id(p)]} "
+                                     f"and {name} (tied weights); use grad_sample_mode = 'hooks'")
+                owner[id(p)] = name
             if type(module) not in SUPPORTED:
                 raise UsageError(f"privacy.grad_sample_mode = 'bk' supports Linear, Embedding and LayerNorm layers; "
                                  f"{name or 'the model'} ({type(module).__name__}) has trainable parameters: "
@@ -94,14 +100,20 @@ class BookKeeping:
         gradient norms (before clipping)."""
         seen = [c.module for c in calls]
         if len(set(map(id, seen))) != len(seen):
-            raise RuntimeError("grad_sample_mode 'bk': a layer ran twice in one forward pass (shared weights); "
-                               "use 'hooks'")
+            raise UsageError("privacy.grad_sample_mode = 'bk': a layer ran twice in one forward pass (shared "
+                             "weights); use 'hooks'")
+        n = per_example.shape[0]
         for c in calls:
             if c.out._version != c.version:
-                raise RuntimeError(f"grad_sample_mode 'bk': the output of {type(c.module).__name__} was modified "
-                                   "in place after the layer ran; use 'hooks'")
+                raise UsageError(f"privacy.grad_sample_mode = 'bk': the output of {type(c.module).__name__} was "
+                                 "modified in place after the layer ran; use 'hooks'")
+            if c.out.dim() == 0 or c.out.shape[0] != n or c.inp.dim() == 0 or c.inp.shape[0] != n:
+                # e.g. a (1, T) position-id buffer broadcast over the batch: its gradient is the whole
+                # batch's, not one example's, so its norm cannot be split per example
+                raise UsageError(f"privacy.grad_sample_mode = 'bk': layer {type(c.module).__name__} ran on a "
+                                 f"batch of {tuple(c.inp.shape[:1])} rows for {n} examples (an input shared across "
+                                 "the batch); pass per-example inputs or use 'hooks'")
         grads = torch.autograd.grad(per_example.sum(), [c.out for c in calls], allow_unused=True)
-        n = per_example.shape[0]
         with torch.no_grad():
             sq = torch.zeros(n, dtype=torch.float32)
             grams: dict = {}  # a aᵀ of an input shared by several layers (query, key, value): computed once
@@ -142,8 +154,11 @@ def _flat3(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
-def _gram(x3: torch.Tensor, grams: dict) -> torch.Tensor:
-    key = (x3.data_ptr(), tuple(x3.shape), tuple(x3.stride()))
+def _gram(x3: torch.Tensor, grams: dict, *, source: torch.Tensor) -> torch.Tensor:
+    """a aᵀ of ``x3``, cached under ``source``: the layer input held by the call record (alive for
+    the whole pass, so its address is never reused by another input; a float32 copy of a bf16
+    input is a temporary whose address could be)."""
+    key = (source.data_ptr(), source.dtype, tuple(source.shape), tuple(source.stride()))
     if key not in grams:
         grams[key] = torch.bmm(x3, x3.transpose(1, 2))
     return grams[key]
@@ -155,6 +170,12 @@ def _norm_sq(module: nn.Module, inp: torch.Tensor, g: torch.Tensor, *, grams: di
     gradients (biases, LayerNorm) are kept in ``per_sample`` (id(parameter) → (B, ...)) for the sum."""
     n = g.shape[0]
     out = torch.zeros(n, dtype=torch.float32)
+    # norms in float32 at least, whatever the model's dtype (a bf16/fp16 checkpoint loads as such):
+    # a norm rounded down clips too little. No copy for a float32 model.
+    g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+    source = inp
+    if inp.is_floating_point() and inp.dtype in (torch.float16, torch.bfloat16):
+        inp = inp.float()
     if isinstance(module, nn.Linear):
         bias = module.bias is not None and module.bias.requires_grad
         if g.dim() == 2:
@@ -169,7 +190,7 @@ def _norm_sq(module: nn.Module, inp: torch.Tensor, g: torch.Tensor, *, grams: di
         if module.weight.requires_grad:
             t, d, p = a3.shape[1], a3.shape[2], g3.shape[2]
             if 2 * t * t <= d * p:  # ghost norm ⟨g gᵀ, a aᵀ⟩
-                out = out + (torch.bmm(g3, g3.transpose(1, 2)) * _gram(a3, grams)).sum((1, 2))
+                out = out + (torch.bmm(g3, g3.transpose(1, 2)) * _gram(a3, grams, source=source)).sum((1, 2))
             else:  # per-sample gradient (B, p, d)
                 out = out + torch.bmm(g3.transpose(1, 2), a3).pow(2).sum((1, 2))
         if bias:
@@ -217,7 +238,7 @@ def _weighted_sum(module: nn.Module, inp: torch.Tensor, g: torch.Tensor | None, 
     for p in params:  # biases and LayerNorm: from the per-sample gradients of the norm pass
         if id(p) in per_sample:
             ps = per_sample[id(p)]
-            out.append((p, (coef.to(ps.dtype) @ ps.reshape(coef.shape[0], -1)).view_as(p)))
+            out.append((p, (coef.to(ps.dtype) @ ps.reshape(coef.shape[0], -1)).view_as(p).to(p.dtype)))
     if isinstance(module, nn.Linear) and module.weight.requires_grad:
         d, p_out = inp.shape[-1], g.shape[-1]
         if d <= p_out:  # scale the smaller of the two factors by c_i
