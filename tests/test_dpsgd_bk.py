@@ -141,7 +141,7 @@ def _hf_model(kind: str):
 
 
 def _hf_batch(kind: str):
-    """Padding (id 1) at the end and a repeated token; position ids per example (as
+    """Padding (id 1) at the end and inside attended text, a repeated token; position ids per example (as
     trainers.modeling.encode gives them: RoBERTa's start after its padding index)."""
     g = torch.Generator().manual_seed(5)
     n, t = 5, 8
@@ -149,6 +149,7 @@ def _hf_batch(kind: str):
     ids[0, :3] = 7
     ids[:, 6:] = 1
     mask = (ids != 1).long()
+    ids[1:3, 2] = 1  # the padding id inside attended text: its gradient is not ~0 (torch gives that row none)
     if kind == "roberta":
         pos = torch.cumsum(mask, dim=1) * mask + 1
     else:
@@ -187,7 +188,7 @@ def test_bk_matches_an_explicit_per_example_autograd_loop(kind):
     assert bool((norms > clip).all())  # every example clipped: the coefficients matter
     bk = BookKeeping(model, clip_source=SimpleNamespace(max_grad_norm=clip))
     bk.loss(model(**inputs).logits, labels).backward()
-    assert torch.allclose(bk.last_norms.double(), norms, rtol=1e-4)
+    assert torch.allclose(bk.last_norms.double(), norms, rtol=2e-6)  # float32 accuracy: a 1e-5 miss is a bug
     for n, p in model.named_parameters():
         if not p.requires_grad:
             assert p.grad is None, n
