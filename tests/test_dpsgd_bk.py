@@ -296,3 +296,18 @@ def test_bk_norms_in_float32_for_a_bfloat16_model():
     assert bk.last_norms.dtype == torch.float32
     assert torch.allclose(bk.last_norms.double(), ref.sqrt(), rtol=2e-4)
     assert all(p.grad.dtype == torch.bfloat16 for p in model.parameters() if p.requires_grad)
+
+
+def test_bk_refuses_a_plain_backward_that_would_leave_unclipped_gradients():
+    """Bug caught: in bk mode Opacus' hooks are removed and its optimizer noises whatever is in
+    p.grad; a code path calling an ordinary ``loss.backward()`` (a new trainer's own loss, a
+    loss_fn bypassing dp_criterion) would put the unclipped gradient there and release it as if
+    clipped. The plain backward must fail and leave no gradient behind."""
+    model = _hf_model("bert")
+    model.train()
+    inputs, labels = _hf_batch("bert")
+    BookKeeping(model, clip_source=SimpleNamespace(max_grad_norm=1.0))
+    loss = torch.nn.functional.cross_entropy(model(**inputs).logits, labels)
+    with pytest.raises(RuntimeError, match="unclipped"):
+        loss.backward()
+    assert all(p.grad is None for p in model.parameters())

@@ -76,6 +76,9 @@ class BookKeeping:
                                  "scale_grad_by_freq or sparse gradients")
             self.modules.append(module)
             self.handles.append(module.register_forward_hook(self._record))
+            for p in own:  # an ordinary loss.backward() would put the UNclipped gradient into p.grad,
+                # which Opacus' optimizer would noise as if clipped: refuse it (bk writes p.grad itself)
+                self.handles.append(p.register_post_accumulate_grad_hook(_refuse_plain_backward))
 
     def _record(self, module, inputs, output) -> None:
         if not (module.training and torch.is_grad_enabled()):
@@ -130,6 +133,12 @@ class BookKeeping:
                 for p, value in _weighted_sum(c.module, c.inp, g, coef, per_sample=per):
                     p.grad = value if p.grad is None else p.grad + value
         return norms
+
+
+def _refuse_plain_backward(param: torch.Tensor) -> None:
+    param.grad = None
+    raise RuntimeError("grad_sample_mode 'bk': a plain backward pass reached a trainable parameter; its "
+                       "gradient would be unclipped. Use the loss returned by BookKeeping.loss (dp_criterion)")
 
 
 @dataclass
