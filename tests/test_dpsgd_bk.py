@@ -311,3 +311,54 @@ def test_bk_refuses_a_plain_backward_that_would_leave_unclipped_gradients():
     with pytest.raises(RuntimeError, match="unclipped"):
         loss.backward()
     assert all(p.grad is None for p in model.parameters())
+
+
+class _Unused(torch.nn.Module):
+    """A trainable layer the forward never calls (as a pooler a head does not use)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(60, 8)
+        self.spare = torch.nn.Linear(8, 8)
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, input_ids):
+        return SimpleNamespace(logits=self.head(self.emb(input_ids).mean(1)))
+
+
+def test_bk_gives_a_zero_gradient_to_a_trainable_layer_that_did_not_run():
+    """Bug caught: a trainable layer absent from the forward left with p.grad = None, on which
+    Opacus' optimizer crashes (exit 4) at its first step; its clipped sum is 0."""
+    model = _init_(_Unused(), seed=2)
+    model.train()
+    inputs, labels = _hf_batch("bert")
+    bk = BookKeeping(model, clip_source=SimpleNamespace(max_grad_norm=1.0))
+    bk.loss(model(input_ids=inputs["input_ids"]).logits, labels).backward()
+    assert all(p.grad is not None and not bool(p.grad.any()) for p in model.spare.parameters())
+    assert bool(model.head.weight.grad.any())
+
+
+class _InPlaceInput(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(60, 8)
+        self.lin = torch.nn.Linear(8, 2)
+
+    def forward(self, input_ids):
+        h = self.emb(input_ids).mean(1)
+        out = self.lin(h)
+        h.mul_(2.0)  # the Linear's recorded input changes after it ran
+        return SimpleNamespace(logits=out)
+
+
+def test_bk_refuses_a_layer_input_modified_in_place():
+    """Bug caught: a layer's input changed in place after the layer ran: the book-keeping pass
+    (which never runs the layer's own backward, so autograd does not check it) would compute the
+    norm and the sum from values the layer did not see; it must be refused (exit 2)."""
+    model = _init_(_InPlaceInput(), seed=2)
+    model.train()
+    inputs, labels = _hf_batch("bert")
+    bk = BookKeeping(model, clip_source=SimpleNamespace(max_grad_norm=1.0))
+    loss = bk.loss(model(input_ids=inputs["input_ids"]).logits, labels)
+    with pytest.raises(UsageError, match="in place"):
+        loss.backward()

@@ -42,6 +42,7 @@ class _Call:
     inp: torch.Tensor
     out: torch.Tensor
     version: int
+    inp_version: int = 0
 
 
 class BookKeeping:
@@ -83,7 +84,11 @@ class BookKeeping:
     def _record(self, module, inputs, output) -> None:
         if not (module.training and torch.is_grad_enabled()):
             return
-        self.calls.append(_Call(module=module, inp=inputs[0].detach(), out=output, version=output._version))
+        if not inputs or not isinstance(inputs[0], torch.Tensor):
+            raise UsageError(f"privacy.grad_sample_mode = 'bk': a {type(module).__name__} layer was called without "
+                             "a positional input tensor; use 'hooks'")
+        inp = inputs[0].detach()  # shares the version counter: an in-place change of the input shows
+        self.calls.append(_Call(module=module, inp=inp, out=output, version=output._version, inp_version=inp._version))
 
     def remove(self) -> None:
         for h in self.handles:
@@ -107,9 +112,9 @@ class BookKeeping:
                              "weights); use 'hooks'")
         n = per_example.shape[0]
         for c in calls:
-            if c.out._version != c.version:
-                raise UsageError(f"privacy.grad_sample_mode = 'bk': the output of {type(c.module).__name__} was "
-                                 "modified in place after the layer ran; use 'hooks'")
+            if c.out._version != c.version or c.inp._version != c.inp_version:
+                raise UsageError(f"privacy.grad_sample_mode = 'bk': the output or input of {type(c.module).__name__} "
+                                 "was modified in place after the layer ran; use 'hooks'")
             if c.out.dim() == 0 or c.out.shape[0] != n or c.inp.dim() == 0 or c.inp.shape[0] != n:
                 # e.g. a (1, T) position-id buffer broadcast over the batch: its gradient is the whole
                 # batch's, not one example's, so its norm cannot be split per example
@@ -132,6 +137,12 @@ class BookKeeping:
             for c, g, per in zip(calls, grads, small):
                 for p, value in _weighted_sum(c.module, c.inp, g, coef, per_sample=per):
                     p.grad = value if p.grad is None else p.grad + value
+            ran = {id(c.module) for c in calls}
+            for module in self.modules:  # a trainable layer the forward never called: gradient 0
+                if id(module) not in ran:
+                    for p in module.parameters(recurse=False):
+                        if p.requires_grad and p.grad is None:
+                            p.grad = torch.zeros_like(p)
         return norms
 
 
