@@ -173,14 +173,19 @@ def per_example_reference(model, inputs: dict, labels: torch.Tensor, clip: float
     return norms, sums
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert", "gpt2-lora"])
-def test_bk_matches_an_explicit_per_example_autograd_loop(kind):
+@pytest.mark.parametrize("kind,tuning", [("bert", "full"), ("roberta", "full"), ("distilbert", "full"),
+                                         ("gpt2-lora", "lora"), ("gpt2", "prefix"), ("gpt2", "head"),
+                                         ("roberta", "lora")])
+def test_bk_matches_an_explicit_per_example_autograd_loop(kind, tuning):
     """Bugs caught: a trainable parameter missing from the per-example norm (its gradient
     unclipped: every parameter of BERT/RoBERTa/DistilBERT incl. position/type embeddings,
     LayerNorms, biases, pooler, head; GPT-2's LoRA on Conv1D), a wrong ghost norm for repeated
     tokens or padding (RoBERTa's padded position ids), clipping coefficients applied to some
     parameters only. The reference uses no Opacus, so a bug shared with Opacus shows too."""
     model = _hf_model(kind)
+    if kind != "gpt2-lora" and tuning != "full":
+        model = _init_(apply_tuning(model, ModelConfig(tuning=tuning, num_virtual_tokens=3, lora_r=2),
+                                    generator=torch.Generator().manual_seed(1)), seed=4)
     model.train()
     inputs, labels = _hf_batch(kind)
     clip = 0.05
