@@ -253,3 +253,20 @@ def test_freeze_embeddings_is_refused_for_tunings_that_train_no_embeddings(world
         run_config_from_dict(_cfg(world, "bert", "dpsgd", "prefix", model={"freeze_embeddings": True}))
     assert run_config_from_dict(_cfg(world, "bert", "dpsgd", "full",
                                      model={"freeze_embeddings": True})).model.freeze_embeddings
+
+
+def test_a_half_precision_checkpoint_trains_in_float32(tmp_path):
+    """Bug caught: transformers 5 loads a bf16 checkpoint as bf16, so every trainer would clip
+    (per-example norms rounded to 8 bits), add noise and restore DP-ZO's θ in bf16; the model
+    must be built in float32 whatever the checkpoint's dtype."""
+    from dp_audit.config import ModelConfig
+    from dp_audit.trainers.modeling import build_classifier
+    from transformers import AutoModelForSequenceClassification
+
+    folder = save_tiny_checkpoint(tmp_path / "bf16", "bert", [r["text"] for r in sentiment_rows(40, seed=1)])
+    half = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True, num_labels=2)
+    half.to(torch.bfloat16).save_pretrained(folder)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True)
+    assert next(reloaded.parameters()).dtype == torch.bfloat16  # the premise: transformers keeps bf16
+    model = build_classifier(folder, ModelConfig(tuning="full"), generator=torch.Generator().manual_seed(0))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

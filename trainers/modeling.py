@@ -60,6 +60,10 @@ def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: 
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 str(backbone_dir), num_labels=num_labels, local_files_only=True, use_safetensors=True,
                 trust_remote_code=False, ignore_mismatched_sizes=True, output_loading_info=True,
+                # float32 whatever the checkpoint's dtype (transformers 5 keeps a bf16/fp16 checkpoint's
+                # dtype): per-example norms, clipping and noise in half precision round the norm
+                # that bounds the sensitivity, and DP-ZO's in-place restore bound assumes float32
+                dtype=torch.float32,
             )
     except Exception as exc:  # ValueError (architecture without a sequence-classification class), OSError ...
         line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
