@@ -85,6 +85,10 @@ class ModelConfig:
     num_virtual_tokens: int = 50  # DP-Flat's setting
     prefix_positions: str = "text"  # text: the text keeps positions 0..L-1 | shifted: PEFT's T..T+L-1 (dp_audit.hf_compat)
     lora_r: int = 8
+    # tuning = "full": keep the word-embedding table frozen (position/type embeddings, encoder and head
+    # train). A public, data-independent choice: DP-SGD then never forms the B × V × d per-sample
+    # gradients of the table (MiniLM: 11.7 M weights, 45 MB per example; docs/trainers.md "Cost ratios")
+    freeze_embeddings: bool = False
     # keep only the first k encoder layers of a pretrained backbone (0: all). MiniLM on 2 CPU cores:
     # a step costs about k/6 of the full model's (docs/trainers.md, "MiniLM on the English task")
     backbone_layers: int = 0
@@ -146,7 +150,9 @@ class PrivacyConfig:
     noise_multiplier: float = 0.0  # 0: derive from epsilon
     claimed_epsilon: float = 0.0  # non-private trainers only; 0: no claim (infinite ε)
     inject_bug: str = "none"
-    grad_sample_mode: str = "auto"  # auto (= hooks) | hooks | ghost (Opacus ghost clipping)
+    # auto (= hooks) | hooks | ghost (Opacus ghost clipping) | bk (book-keeping: one backward pass,
+    # ghost norms, trainers/dpsgd_bk.py; trainer dpsgd)
+    grad_sample_mode: str = "auto"
     # false (default): the DP noise comes from an OS-entropy-seeded generator whose seed is never
     # recorded; true: seeded from train.seed (replayable from the manifest: for tests and audits
     # only, recorded in the ledger's "noise" entry and shown in the report); docs/trainers.md
@@ -220,6 +226,9 @@ class RunConfig:
         _choice("trainer", self.trainer, TRAINERS)
         _choice("model.tuning", self.model.tuning, TUNINGS)
         _choice("model.prefix_positions", self.model.prefix_positions, ("text", "shifted"))
+        if self.model.freeze_embeddings and self.model.tuning != "full":
+            raise UsageError(f"model.freeze_embeddings = true applies to tuning = 'full' (got {self.model.tuning!r}, "
+                             "which trains no word embeddings anyway)")
         _choice("privacy.inject_bug", self.privacy.inject_bug, BUGS)
         _choice("privacy.accountant", self.privacy.accountant, ("rdp", "prv"))
         _choice("dpzo.noise", self.dpzo.noise, ("gaussian", "laplace"))
@@ -239,7 +248,7 @@ class RunConfig:
         if self.model.backbone_layers < 0:
             raise UsageError(f"model.backbone_layers must be >= 0 (0: every layer), got {self.model.backbone_layers}")
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
-        _choice("privacy.grad_sample_mode", self.privacy.grad_sample_mode, ("auto", "hooks", "ghost"))
+        _choice("privacy.grad_sample_mode", self.privacy.grad_sample_mode, ("auto", "hooks", "ghost", "bk"))
         if not 0 < self.privacy.delta < 1:
             raise UsageError(f"privacy.delta must be in (0, 1), got {self.privacy.delta}")
         if self.privacy.epsilon <= 0:
@@ -395,11 +404,13 @@ def _validate_dpflat_dpzo(cfg: RunConfig) -> None:
         raise UsageError(f"trainer 'dpflat' (white-box) tunes a prefix: its AWP, per-layer sparse selection and "
                          f"distillation act on the prefix; set model.tuning = 'prefix' (got {cfg.model.tuning!r}), or "
                          "dpflat.blackbox = true (cross-model flattening on any tuning: full, lora, head, prefix)")
-    elif cfg.privacy.grad_sample_mode == "ghost":
+    elif cfg.privacy.grad_sample_mode in ("ghost", "bk"):
         # Opacus 1.6's ghost norm of an embedding views its input, and PEFT feeds the prefix
-        # encoder an expanded (non-contiguous) index tensor: the first step would crash.
+        # encoder an expanded (non-contiguous) index tensor: the first step would crash. DP-Flat's
+        # per-example AWP and layer masks act on per-sample gradients, which 'bk' never forms.
         raise UsageError("trainer 'dpflat' needs per-sample gradients (privacy.grad_sample_mode = 'hooks' or 'auto'): "
-                         "Opacus' ghost clipping does not support the PEFT prefix encoder")
+                         "Opacus' ghost clipping does not support the PEFT prefix encoder, and 'bk' forms no "
+                         "per-sample gradients")
     if f.sparse and cfg.model.backbone == "tiny" and not cfg.model.path and f.sparse_k >= cfg.model.num_layers:
         raise UsageError(f"dpflat.sparse_k = {f.sparse_k} must be below model.num_layers = {cfg.model.num_layers}")
 
@@ -495,7 +506,7 @@ def _validate_gradient_canaries(cfg: RunConfig) -> None:
     if cfg.model.tuning != "full":
         raise UsageError(f"canaries.gradient needs model.tuning = 'full' (got {cfg.model.tuning!r}): the canary "
                          "coordinates are unused position-embedding rows")
-    if cfg.privacy.grad_sample_mode == "ghost":
+    if cfg.privacy.grad_sample_mode in ("ghost", "bk"):
         raise UsageError("canaries.gradient needs per-sample gradients: privacy.grad_sample_mode = 'hooks' or 'auto'")
 
 

@@ -234,6 +234,8 @@ def test_dpflat_refuses_ghost_clipping_before_training(tiny_config):
     config accepted (this test then fails: no UsageError)."""
     with pytest.raises(UsageError, match="ghost"):
         tiny_config(trainer="dpflat", model={"tuning": "prefix"}, privacy={"grad_sample_mode": "ghost"})
+    with pytest.raises(UsageError, match="bk"):  # issue 14: book-keeping forms no per-sample gradients
+        tiny_config(trainer="dpflat", model={"tuning": "prefix"}, privacy={"grad_sample_mode": "bk"})
     tiny_config(trainer="dpflat", model={"tuning": "prefix"}, privacy={"grad_sample_mode": "hooks"})
 
 

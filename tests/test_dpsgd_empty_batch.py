@@ -67,7 +67,7 @@ def _run_empty_steps(mode: str, *, reproducible: bool):
     return optimizer, loader, params, updates
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bk"])
 def test_empty_batches_release_exactly_the_seeded_noise_and_are_counted(mode):
     """Plausible bugs: an empty batch crashes Opacus ('Per sample gradient is not initialized',
     today's code); it is skipped (parameters do not move, the accountant counts fewer steps); the

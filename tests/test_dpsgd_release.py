@@ -61,7 +61,7 @@ def _cfg_and_setup(*, progress: bool, steps: int):
     return cfg, setup
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bk"])
 def test_a_step_releases_the_clipped_sum_plus_sigma_c_noise_over_qn(mode):
     """Plausible bugs this catches: the noisy sum divided by the actual batch size (7) or by
     Opacus' ⌊n·(1/⌊n/B⌋)⌋ = 33 instead of qn = 30; ghost clipping's loss scaled by the batch mean twice (its
@@ -132,7 +132,7 @@ def test_inject_bug_on_a_trainer_that_does_not_implement_it_is_a_usage_error(sec
     run_config_from_dict({"trainer": "dpflat", "model": {"tuning": "prefix"}, "privacy": {"inject_bug": "no-noise"}})
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bk"])
 def test_injected_no_clip_bug_really_removes_clipping_and_the_ledger_says_what_ran(mode):
     """``inject_bug = "no-clip"``: the release must be the *unclipped* sum plus N(0, σ²C²), divided
     by qn, and the ledger's observed σ must be noise std / clip norm as run. Bug caught: in ghost

@@ -397,3 +397,83 @@ def test_observed_record_of_steps_with_different_clips_stays_a_lower_bound(noise
         assert lo <= true
         assert obs["noise_multiplier"] == pytest.approx(b / 0.2)
     assert obs["sensitivity"] == 0.2
+
+
+@pytest.mark.parametrize("n", [5, 16, 64, 64 * 3, 64 * 3 + 7, 64 * 3 + 16, 64 * 3 + 40])
+def test_perturb_in_slices_draws_the_same_z_as_one_call(monkeypatch, n):
+    """Bug caught: z drawn in slices (to bound the memory of a large tensor's z) differing from
+    :func:`direction`'s single draw, e.g. a tail slice under 16 elements that torch's CPU normal
+    fills by another path: the training update would then not follow the z the audit replays."""
+    import dp_audit.trainers.zo as zo
+
+    monkeypatch.setattr(zo, "Z_SLICE", 64)
+    params = [torch.zeros(n), torch.zeros(3, n)]
+    perturb_(params, seed=9, scale=1.0)
+    for p, z in zip(params, direction(params, seed=9)):
+        assert torch.equal(p, z)
+
+
+def _unfused_step(model, params, batch, *, seed, lam, lr, clip, normaliser):
+    """The reference: restore θ in place (+λz), then update (−η·g·z): four regenerations of z."""
+    est = spsa(model, params, batch, seed=seed, scale=lam, restore="inplace")
+    g = float(est.scalars.double().clamp(-clip, clip).sum()) / normaliser
+    perturb_(params, seed=seed, scale=-lr * g)
+    return g
+
+
+@pytest.mark.parametrize("lam", [1e-3, 0.5])
+def test_fused_restore_and_update_is_the_unfused_step_numerically(lam):
+    """Bug caught: the one-pass restore-and-update θ ← (θ − λz) + (λ − η·g)·z with a wrong sign or
+    a missing λ (θ left at θ − λz), or a different z/gradient than the reference step (restore
+    +λz, then −η·g·z): the fused step must release the same g and land within a few ulps of it."""
+    clip, lr, normaliser = 0.5, 0.05, 7.0
+    fused, ref = tiny_full_model(), tiny_full_model()
+    pf, pr = trainable_parameters(fused), trainable_parameters(ref)
+    batch = tiny_batch(n=6)
+    theta = [p.detach().clone() for p in pf]
+    st = zo_step(fused, pf, batch, seed=21, scale=lam, lr=lr, clip=clip, noise="none", noise_scale=0.0,
+                 normaliser=normaliser, generator=None, restore="inplace")
+    g = _unfused_step(ref, pr, batch, seed=21, lam=lam, lr=lr, clip=clip, normaliser=normaliser)
+    assert st.gradient == g  # the same two forwards at the same θ ± λz: the same released scalar
+    moved = 0.0
+    for a, b, t, z in zip(pf, pr, theta, direction(pf, seed=21)):
+        bound = 3 * EPS32 * (t.abs() + 2 * lam * z.abs() + abs(lr * g) * z.abs())
+        assert bool(((a.detach() - b.detach()).abs() <= bound).all())
+        assert bool(((a.detach() - (t - lr * g * z)).abs() <= bound).all())
+        moved = max(moved, float((a.detach() - t).abs().max()))
+    assert moved > 1e3 * EPS32  # the update happened (g != 0)
+
+
+def test_zo_step_runs_two_forwards_and_regenerates_z_three_times(monkeypatch):
+    """Bug caught: a DP-ZO step doing more work than MeZO's seed trick needs: a third forward, a
+    materialised or copied z, or the separate restore (+λz) and update (−η·g·z) passes (four
+    regenerations instead of three)."""
+    import dp_audit.trainers.zo as zo
+
+    model = tiny_full_model()
+    params = trainable_parameters(model)
+    calls = {"perturb": 0, "forward": 0}
+    real = zo.perturb_
+
+    def counting(*a, **k):
+        calls["perturb"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(zo, "perturb_", counting)
+    model.register_forward_hook(lambda *a: calls.__setitem__("forward", calls["forward"] + 1))
+    zo_step(model, params, tiny_batch(n=6), seed=4, scale=1e-3, lr=0.1, clip=1.0, noise="gaussian", noise_scale=1.0,
+            normaliser=6.0, generator=torch.Generator().manual_seed(0), restore="inplace", chunk=64)
+    assert calls == {"perturb": 3, "forward": 2}
+
+
+def test_zo_step_error_after_the_forwards_restores_theta():
+    """Bug caught: with the fused update θ is left at θ − λz while g is computed; an error there
+    (noise requested without a generator) must not leave the model perturbed."""
+    model = tiny_full_model()
+    params = trainable_parameters(model)
+    theta = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match="generator"):
+        zo_step(model, params, tiny_batch(n=4), seed=2, scale=0.5, lr=0.1, clip=1.0, noise="gaussian",
+                noise_scale=1.0, normaliser=4.0, generator=None, restore="inplace")
+    for p, t, z in zip(params, theta, direction(params, seed=2)):
+        assert bool(((p.detach() - t).abs() <= 2 * EPS32 * (t.abs() + 2 * 0.5 * z.abs())).all())

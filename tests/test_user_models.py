@@ -221,3 +221,52 @@ def test_minilm_folder_as_model_path_trains_and_audits(world, tmp_path, capsys):
     notes = json.loads((out / "manifest.json").read_text())["notes"]
     assert notes["tuning"] == "head" and 0.0 <= notes["metrics"]["test_accuracy"] <= 1.0
     assert json.loads((out / "model" / "config.json").read_text())["model_type"] == "bert"
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bk"])
+def test_freeze_embeddings_keeps_the_word_table_and_trains_the_rest(world, tmp_path, capsys, mode):
+    """Bug caught: ``model.freeze_embeddings`` silently ignored (the word table trained, and
+    DP-SGD paying for its B × V × d per-sample gradients), freezing too much (the encoder or the
+    position table left untrained), Opacus' ghost clipping or book-keeping (``bk``) failing on a
+    frozen embedding or not wired into the trainer, or the choice missing from the manifest (an
+    audit could not tell which parameters were private)."""
+    from safetensors.torch import load_file
+
+    cfg = _cfg(world, "bert", "dpsgd", "full", model={"freeze_embeddings": True},
+               privacy={"grad_sample_mode": mode})
+    out = _train(tmp_path, capsys, cfg)
+    final, base = load_file(out / "model" / "model.safetensors"), load_file(out / "base_model" / "model.safetensors")
+    word = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(final[word], base[word])
+    changed = {k for k in final if not torch.equal(final[k], base[k])}
+    assert "bert.embeddings.position_embeddings.weight" in changed
+    assert "bert.encoder.layer.0.attention.self.query.weight" in changed and "classifier.weight" in changed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["model"]["freeze_embeddings"] is True
+    assert manifest["config"]["privacy"]["grad_sample_mode"] == mode
+
+
+def test_freeze_embeddings_is_refused_for_tunings_that_train_no_embeddings(world):
+    """Bug caught: ``freeze_embeddings`` accepted with prefix/LoRA/head tuning, where it means
+    nothing, so a config promising it would be recorded without effect (exit 2 instead)."""
+    with pytest.raises(UsageError, match="freeze_embeddings"):
+        run_config_from_dict(_cfg(world, "bert", "dpsgd", "prefix", model={"freeze_embeddings": True}))
+    assert run_config_from_dict(_cfg(world, "bert", "dpsgd", "full",
+                                     model={"freeze_embeddings": True})).model.freeze_embeddings
+
+
+def test_a_half_precision_checkpoint_trains_in_float32(tmp_path):
+    """Bug caught: transformers 5 loads a bf16 checkpoint as bf16, so every trainer would clip
+    (per-example norms rounded to 8 bits), add noise and restore DP-ZO's θ in bf16; the model
+    must be built in float32 whatever the checkpoint's dtype."""
+    from dp_audit.config import ModelConfig
+    from dp_audit.trainers.modeling import build_classifier
+    from transformers import AutoModelForSequenceClassification
+
+    folder = save_tiny_checkpoint(tmp_path / "bf16", "bert", [r["text"] for r in sentiment_rows(40, seed=1)])
+    half = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True, num_labels=2)
+    half.to(torch.bfloat16).save_pretrained(folder)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True)
+    assert next(reloaded.parameters()).dtype == torch.bfloat16  # the premise: transformers keeps bf16
+    model = build_classifier(folder, ModelConfig(tuning="full"), generator=torch.Generator().manual_seed(0))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

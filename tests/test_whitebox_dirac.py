@@ -198,6 +198,7 @@ def test_correct_dpsgd_never_refuted_by_dirac_canaries(cache_dir, tmp_path, seed
     ({"model": {"tuning": "prefix"}}, "model.tuning = 'full'"),
     ({"model": {"tuning": "lora"}}, "model.tuning = 'full'"),
     ({"privacy": {"grad_sample_mode": "ghost"}}, "per-sample gradients"),
+    ({"privacy": {"grad_sample_mode": "bk"}}, "per-sample gradients"),
     ({"trainer": "dpzo"}, "trainers 'dpsgd' and 'dpflat'"),
     ({"canaries": {"gradient": -1}}, ">= 0"),
 ])

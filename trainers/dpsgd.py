@@ -62,10 +62,13 @@ def plan(cfg: RunConfig, n: int) -> DPSetup:
 
 
 def grad_sample_mode(cfg: RunConfig) -> str:
-    """Opacus' per-sample gradient mode. ``auto`` is hooks: on the demo model ghost clipping
+    """Per-sample gradient mode: Opacus' ``hooks`` / ``ghost``, or ``bk`` (book-keeping,
+    :mod:`dp_audit.trainers.dpsgd_bk`: one backward pass). ``auto`` is hooks: on the demo model ghost clipping
     (norms without materialising per-sample gradients, at the price of a second backward pass)
     measured slower (benchmarks/dp_overhead.py: 2.95x vs 2.10x a non-private step); it pays off
-    for larger layers, so it stays available as ``privacy.grad_sample_mode = "ghost"``."""
+    for larger layers, so it stays available as ``privacy.grad_sample_mode = "ghost"``. On MiniLM
+    with full fine-tuning only ``bk`` stays within 1.3x a non-private step (hooks 18.9x, ghost
+    1.8x; benchmarks/minilm_costs.py, docs/trainers.md "Cost ratios")."""
     mode = cfg.privacy.grad_sample_mode
     return "hooks" if mode == "auto" else mode
 
@@ -101,9 +104,18 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
         out = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=setup.noise_multiplier,
             max_grad_norm=setup.max_grad_norm, poisson_sampling=False,  # the loader above already is Poisson at q
-            noise_generator=noise, criterion=torch.nn.CrossEntropyLoss(), grad_sample_mode=mode,
+            noise_generator=noise, criterion=torch.nn.CrossEntropyLoss(),
+            grad_sample_mode="ghost" if mode == "bk" else mode,  # bk: Opacus' ghost optimizer, our clipped sum
         )
-    if mode == "ghost":
+    if mode == "bk":  # book-keeping (trainers/dpsgd_bk.py) computes p.grad = the clipped sum; Opacus adds the noise
+        from dp_audit.trainers.dpsgd_bk import BookKeeping
+
+        gsm, optimizer, _, loader = out
+        gsm.remove_hooks()  # Opacus' ghost hooks would do a second backward pass
+        gsm.dp_bookkeeping = BookKeeping(gsm._module, clip_source=gsm)
+        gsm.dp_criterion = gsm.dp_bookkeeping.loss
+        optimizer.accumulate = _alias_accumulate(optimizer)
+    elif mode == "ghost":
         gsm, optimizer, criterion, loader = out
         gsm.dp_criterion = criterion
     else:
@@ -115,6 +127,22 @@ def make_private(model, prep: Prepared, cfg: RunConfig, setup: DPSetup, *, gener
     optimizer.dp_accountant = engine.accountant
     _inject_bug(optimizer, cfg, setup, module=gsm)
     return gsm, optimizer, loader
+
+
+def _alias_accumulate(optimizer):
+    """Opacus' fast-gradient-clipping ``accumulate`` deep-copies every ``p.grad`` into
+    ``p.summed_grad`` (one step, no accumulation: the loader forbids it); in ``bk`` mode p.grad is a
+    fresh tensor of the book-keeping pass, so it is taken as the sum without a copy (``add_noise``
+    then writes p.grad = summed_grad + noise, a new tensor). Saves a copy of the model per step."""
+
+    def accumulate() -> None:
+        for p in optimizer.params:
+            if p.summed_grad is not None:
+                p.summed_grad.add_(p.grad.data)
+            else:
+                p.summed_grad = p.grad.data
+
+    return accumulate
 
 
 def _clips_in_module(module) -> bool:
@@ -274,6 +302,9 @@ def unwrap(gsm) -> Any:
     model = gsm._module if hasattr(gsm, "_module") else gsm
     if hasattr(gsm, "remove_hooks"):
         gsm.remove_hooks()
+    bk = getattr(gsm, "dp_bookkeeping", None)
+    if bk is not None:
+        bk.remove()
     for p in model.parameters():
         p.grad_sample = None
         if hasattr(p, "_norm_sample"):

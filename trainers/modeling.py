@@ -60,6 +60,10 @@ def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: 
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 str(backbone_dir), num_labels=num_labels, local_files_only=True, use_safetensors=True,
                 trust_remote_code=False, ignore_mismatched_sizes=True, output_loading_info=True,
+                # float32 whatever the checkpoint's dtype (transformers 5 keeps a bf16/fp16 checkpoint's
+                # dtype): per-example norms, clipping and noise in half precision round the norm
+                # that bounds the sensitivity, and DP-ZO's in-place restore bound assumes float32
+                dtype=torch.float32,
             )
     except Exception as exc:  # ValueError (architecture without a sequence-classification class), OSError ...
         line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
@@ -140,12 +144,24 @@ def freeze_all_but_head(model) -> list[str]:
     return heads
 
 
+def freeze_word_embeddings(model) -> torch.nn.Parameter:
+    """``model.freeze_embeddings``: the word-embedding table (``get_input_embeddings()``) stops
+    training; position/type embeddings, the encoder and the head still train. Returns the table."""
+    emb = model.get_input_embeddings()
+    if emb is None or getattr(emb, "weight", None) is None:
+        raise UsageError(f"model.freeze_embeddings: {type(model).__name__} has no input-embedding table")
+    emb.weight.requires_grad_(False)
+    return emb.weight
+
+
 def apply_tuning(model, model_cfg: ModelConfig, *, generator: torch.Generator, task_type: str = "SEQ_CLS"):
     """Wrap ``model`` for ``model_cfg.tuning`` (PEFT ``task_type``: SEQ_CLS, or CAUSAL_LM for
     causal LMs), PEFT's own random init redone with ``generator``."""
     if model_cfg.tuning in ("full", "head"):
         if model_cfg.tuning == "head":
             freeze_all_but_head(model)
+        elif model_cfg.freeze_embeddings:
+            freeze_word_embeddings(model)
         model.train()
         return model
     from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model

@@ -1,13 +1,15 @@
 """Zeroth-order machinery shared by DP-ZO and black-box DP-Flat (DESIGN.md §4).
 
 SPSA two-point estimates with MeZO's seed trick (Malladi et al. 2023): the direction z ~ N(0, I)
-is never stored; it is regenerated from a public seed each time it is needed (perturb +λz, −2λz,
-+λz in place, then the update −η·g·z). Forward passes run in eval mode under
-``torch.inference_mode``.
+is never stored; it is regenerated from a public seed each time it is needed, in slices (perturb
++λz, −2λz in place, then one pass +(λ − η·g)·z that restores θ and applies the update: three
+regenerations of z per step, where MeZO's +λz then −η·g·z takes four). Forward passes (two per
+step) run in eval mode under ``torch.inference_mode``.
 
 Restoring θ: in float32, ``((θ + λz) − 2λz) + λz`` is not bit-identical to θ in general (three
 roundings). ``restore = "inplace"`` (MeZO, stores nothing) leaves an error of at most a few ulps
-of ``|θ| + 2λ|z|`` per coordinate and step (tested with that bound); ``restore = "snapshot"``
+of ``|θ| + 2λ|z|`` per coordinate and step (tested with that bound; the fused restore-and-update
+of :func:`zo_step` stays within the same bound of θ − η·g·z); ``restore = "snapshot"``
 keeps one float32 copy of the trainable parameters during the two evaluations and restores them
 bit-exactly (costs one extra copy of the trainable parameters, nothing for z).
 """
@@ -34,12 +36,33 @@ def direction(params: Sequence[torch.Tensor], *, seed: int) -> list[torch.Tensor
     return [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
 
 
+# z is drawn in slices of this many elements, so that a large tensor (MiniLM's 11.7 M-weight word
+# embedding: 45 MB) never has its whole z in memory; the values are those of one randn call on the
+# whole tensor (torch's CPU normal fills blocks of 16 and redraws the last 16 of a call: every slice
+# but the last is a multiple of 16 long and the last is >= 16 long, tested in tests/test_dpzo.py)
+Z_SLICE = 2**18
+
+
+def _slices(n: int, size: int | None = None) -> list[tuple[int, int]]:
+    size = size or Z_SLICE
+    bounds = [*range(0, n, size), n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 16:
+        bounds.pop(-2)  # a tail under 16 elements joins the previous slice
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 @torch.no_grad()
 def perturb_(params: Sequence[torch.Tensor], *, seed: int, scale: float) -> None:
-    """θ ← θ + scale·z(seed), one parameter tensor at a time (z regenerated, never kept)."""
+    """θ ← θ + scale·z(seed), one parameter tensor (and one slice of at most :data:`Z_SLICE`
+    elements) at a time: z is regenerated, never kept, and equals :func:`direction`'s."""
     g = torch.Generator().manual_seed(int(seed))
     for p in params:
-        p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype), alpha=float(scale))
+        if not p.is_contiguous():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype), alpha=float(scale))
+            continue
+        flat = p.view(-1)
+        for a, b in _slices(flat.numel()):
+            flat[a:b].add_(torch.randn(b - a, generator=g, dtype=p.dtype), alpha=float(scale))
 
 
 def cross_entropy_each(model, batch: Batch) -> torch.Tensor:
@@ -61,24 +84,33 @@ class SPSA:
 
 
 def spsa(model, params: Sequence[torch.Tensor], data: Batch, *, seed: int, scale: float,
-         loss_fn: PerExampleLoss = cross_entropy_each, restore: str = "inplace", chunk: int = 256) -> SPSA:
-    """Per-example two-point estimates along z(seed); θ is restored afterwards (see module doc)."""
+         loss_fn: PerExampleLoss = cross_entropy_each, restore: str = "inplace", chunk: int = 256,
+         leave_minus: bool = False) -> SPSA:
+    """Per-example two-point estimates along z(seed); θ is restored afterwards (see module doc).
+
+    ``leave_minus`` (``restore = "inplace"`` only): θ is left at θ − λz, and the caller finishes
+    with one pass θ ← θ + (λ − η·g)·z that restores and updates at once (:func:`zo_step`: three
+    regenerations of z per step instead of four). On an exception θ is restored as usual."""
     if restore not in RESTORES:
         raise ValueError(f"restore must be one of {RESTORES}")
+    if leave_minus and restore != "inplace":
+        raise ValueError("leave_minus needs restore = 'inplace'")
     was_training = model.training
     model.eval()
     snap = [p.detach().clone() for p in params] if restore == "snapshot" else None
+    done = False
     try:
         perturb_(params, seed=seed, scale=scale)
         plus = _losses(model, data, loss_fn, chunk)
         perturb_(params, seed=seed, scale=-2 * scale)
         minus = _losses(model, data, loss_fn, chunk)
+        done = True
     finally:
         if snap is not None:
             with torch.no_grad():
                 for p, s in zip(params, snap):
                     p.copy_(s)
-        else:
+        elif not (done and leave_minus):
             perturb_(params, seed=seed, scale=scale)
         model.train(was_training)
     return SPSA(scalars=(plus - minus) / (2 * scale), loss_plus=plus, loss_minus=minus)
@@ -129,19 +161,29 @@ def zo_step(model, params: Sequence[torch.Tensor], data: Batch, *, seed: int, sc
     actual batch size (non-private MeZO). ``clip``: None for no clipping (non-private).
     ``generator`` draws the noise only (None is allowed without noise)."""
     n = int(data["labels"].shape[0])
-    if n:
-        est = spsa(model, params, data, seed=seed, scale=scale, loss_fn=loss_fn, restore=restore, chunk=chunk)
-        rho = est.scalars.double()
-        clipped = rho if clip is None else clip_scalars(rho, clip)
-        total = float(clipped.sum())
-        frac = 0.0 if clip is None else float((rho.abs() > clip).double().mean())
-        loss = float(((est.loss_plus + est.loss_minus) / 2).mean())
-    else:
-        total, frac, loss = 0.0, 0.0, math.nan
-    total += sample_noise(noise, scale=noise_scale, generator=generator)
-    denom = normaliser if normaliser is not None else max(n, 1)
-    g = total / denom
-    perturb_(params, seed=seed, scale=-lr * g)
+    fused = bool(n) and restore == "inplace"  # θ left at θ − λz: restore and update in one pass
+    at_minus = False
+    try:
+        if n:
+            est = spsa(model, params, data, seed=seed, scale=scale, loss_fn=loss_fn, restore=restore, chunk=chunk,
+                       leave_minus=fused)
+            at_minus = fused
+            rho = est.scalars.double()
+            clipped = rho if clip is None else clip_scalars(rho, clip)
+            total = float(clipped.sum())
+            frac = 0.0 if clip is None else float((rho.abs() > clip).double().mean())
+            loss = float(((est.loss_plus + est.loss_minus) / 2).mean())
+        else:
+            total, frac, loss = 0.0, 0.0, math.nan
+        total += sample_noise(noise, scale=noise_scale, generator=generator)
+        denom = normaliser if normaliser is not None else max(n, 1)
+        g = total / denom
+    except BaseException:
+        if at_minus:  # put θ back before the error propagates
+            perturb_(params, seed=seed, scale=scale)
+        raise
+    # fused: (θ − λz) + (λ − η·g)·z; otherwise θ − η·g·z
+    perturb_(params, seed=seed, scale=(scale if fused else 0.0) - lr * g)
     drew = noise if (noise != "none" and noise_scale != 0) else "none"
     return ZOStep(seed=seed, batch_size=n, gradient=g, loss=loss, clipped_fraction=frac, noise=drew,
                   noise_scale=float(noise_scale) if drew != "none" else 0.0,
