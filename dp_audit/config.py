@@ -86,6 +86,12 @@ class ModelConfig:
     # tuning = "head": the frozen body's outputs computed once per distinct input, eval mode
     # (dp_audit.trainers.feature_cache); false: the body runs at every step, in the model's mode
     head_cache: bool = True
+    # tuning = "prefix": the prefix only on the top k encoder layers (0: every layer, PEFT's default);
+    # the layers below them are a frozen, prefix-free function of the input (dp_audit.prefix_layers)
+    prefix_layers: int = 0
+    # prefix_layers > 0: the frozen bottom layers' outputs computed once per distinct input, eval
+    # mode, no grad (dp_audit.trainers.feature_cache); false: recomputed (eval mode) at every forward
+    prefix_cache: bool = True
     cache_dir: str = ""  # default: <out>/../.cache
     # rows of the position table (0: max(64, data.max_length + 8)); rows >= data.max_length are never
     # read by any input: a larger table gives room for more Dirac gradient canaries (docs/whitebox.md)
@@ -216,6 +222,8 @@ class RunConfig:
         _choice("model.backbone", self.model.backbone, ("tiny", "minilm"))
         _validate_data(self.data)
         _choice("data.task", self.data.task, DATA_TASKS)
+        if self.model.prefix_layers < 0:
+            raise UsageError(f"model.prefix_layers must be >= 0 (0: every layer), got {self.model.prefix_layers}")
         if self.model.backbone_layers < 0:
             raise UsageError(f"model.backbone_layers must be >= 0 (0: every layer), got {self.model.backbone_layers}")
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))

@@ -9,6 +9,14 @@ same backbone (the demo's and the benchmarks' runs then pay for the body once). 
 frozen-feature-extractor convention, and it is what evaluation and the audits (which reload the
 saved model) compute, so training, evaluation and audit see the same features. MiniLM on 2 cores:
 a DP-SGD head step goes from one encoder forward (~1 s at batch 64) to milliseconds.
+
+``tuning = "prefix"`` with ``model.prefix_layers = k`` (dp_audit.prefix_layers): the prefix sits on
+the top k encoder layers, and the bottom (embeddings + the layers below) is the same kind of fixed
+function of the input. :func:`cache_bottom_layers_` routes it through the same store (eval mode, no
+gradients, keyed by the bottom's weights, its depth and each row's ids, mask, token types and
+positions), so a prefix step runs only the top k layers. The store lives in the process only: it
+holds frozen features of private inputs, is never written or released, and DP is unchanged since
+the bottom is a fixed public function (docs/trainers.md, "Prefix on the top layers").
 """
 
 from __future__ import annotations
@@ -71,6 +79,38 @@ def cache_frozen_body_(model: Any) -> bool:
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
     body.forward = forward
+    return True
+
+
+def cache_bottom_layers_(model: Any) -> bool:
+    """Route the frozen bottom of a top-layer prefix model (``model``: the classifier under PEFT,
+    already routed by dp_audit.prefix_layers.route_prefix_to_top_) through the store. Returns
+    False when the model is not routed or a bottom parameter is trainable."""
+    from dp_audit.prefix_layers import body_of, bottom_modules, compute_bottom
+
+    body = body_of(model)
+    offset = getattr(body, "_dp_audit_prefix_offset", None)
+    if offset is None:
+        return False
+    modules = torch.nn.ModuleList(bottom_modules(body, offset))
+    if any(p.requires_grad for p in modules.parameters()):
+        return False
+    key = f"bottom{offset}:{body_fingerprint(modules)}"
+
+    def bottom(input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                 "position_ids": position_ids}
+        rows = _row_keys(given, input_ids.shape[0])
+        missing = [i for i, r in enumerate(rows) if (key, r) not in _STORE]
+        if missing:
+            idx = torch.as_tensor(missing)
+            sub = {k: (v[idx] if v is not None else None) for k, v in given.items()}
+            hidden = compute_bottom(body, offset, **sub)
+            for j, i in enumerate(missing):
+                _STORE[(key, rows[i])] = (hidden[j].clone(),)
+        return torch.stack([_STORE[(key, r)][0] for r in rows])
+
+    body._dp_audit_bottom = bottom
     return True
 
 
