@@ -224,6 +224,10 @@ class RunConfig:
         _choice("data.task", self.data.task, DATA_TASKS)
         if self.model.prefix_layers < 0:
             raise UsageError(f"model.prefix_layers must be >= 0 (0: every layer), got {self.model.prefix_layers}")
+        if self.model.prefix_layers and self.model.backbone == "tiny" and not self.model.path \
+                and self.model.prefix_layers > (self.model.backbone_layers or self.model.num_layers):
+            raise UsageError(f"model.prefix_layers = {self.model.prefix_layers} exceeds the backbone's "
+                             f"{self.model.backbone_layers or self.model.num_layers} layers")
         if self.model.backbone_layers < 0:
             raise UsageError(f"model.backbone_layers must be >= 0 (0: every layer), got {self.model.backbone_layers}")
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
@@ -352,6 +356,9 @@ def _validate_dpflat_dpzo(cfg: RunConfig) -> None:
         # encoder an expanded (non-contiguous) index tensor: the first step would crash.
         raise UsageError("trainer 'dpflat' needs per-sample gradients (privacy.grad_sample_mode = 'hooks' or 'auto'): "
                          "Opacus' ghost clipping does not support the PEFT prefix encoder")
+    if f.sparse and cfg.model.prefix_layers and f.sparse_k >= cfg.model.prefix_layers:
+        raise UsageError(f"dpflat.sparse_k = {f.sparse_k} must be below model.prefix_layers = "
+                         f"{cfg.model.prefix_layers} (the layers that have a prefix)")
     if f.sparse and cfg.model.backbone == "tiny" and not cfg.model.path and f.sparse_k >= cfg.model.num_layers:
         raise UsageError(f"dpflat.sparse_k = {f.sparse_k} must be below model.num_layers = {cfg.model.num_layers}")
 

@@ -82,6 +82,40 @@ def compute_bottom(body: torch.nn.Module, offset: int, *, input_ids, attention_m
     return hidden
 
 
+# Sequence classifiers whose head reads only the first token of the last layer (BERT's pooler,
+# RoBERTa's classifier): the last layer is computed for that token's query only
+FIRST_TOKEN_HEADS = ("bert", "roberta", "xlm-roberta", "camembert")
+
+
+def reads_first_token(body: torch.nn.Module) -> bool:
+    return getattr(body.config, "model_type", "") in FIRST_TOKEN_HEADS
+
+
+def first_token_layer(layer: torch.nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                      cache: Any) -> torch.Tensor:
+    """The last encoder layer (a BertLayer) for the first token only, shape (B, 1, H): the query of
+    token 0 attends to the prefix and every text token (keys and values of all of them), then the
+    attention output and the feed-forward block run on that token. The classification head reads
+    nothing else, so the logits equal the full layer's (tests/test_prefix_layers.py), at about
+    1/L of its cost. Eager attention with BERT's additive mask (0 kept, dtype-min masked)."""
+    sa = layer.attention.self
+    batch, length, _ = hidden.shape
+    heads, head_dim = sa.num_attention_heads, sa.attention_head_size
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(batch, x.shape[1], heads, head_dim).transpose(1, 2)
+
+    query = split(sa.query(hidden[:, :1]))
+    key, value = cache.update(split(sa.key(hidden)), split(sa.value(hidden)), sa.layer_idx)
+    scores = torch.matmul(query, key.transpose(2, 3)) * sa.scaling
+    keep = attention_mask[:, None, None, :].to(torch.bool)
+    scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+    probs = torch.nn.functional.dropout(torch.softmax(scores, dim=-1), p=sa.dropout.p, training=sa.training)
+    context = torch.matmul(probs, value).transpose(1, 2).reshape(batch, 1, heads * head_dim)
+    attended = layer.attention.output(context, hidden[:, :1])
+    return layer.output(layer.intermediate(attended), attended)
+
+
 def route_prefix_to_top_(model: Any, k: int) -> int:
     """Route a k-layer prefix to the top k encoder layers of ``model`` (the classifier, before PEFT
     wraps it); records k in its config. Returns the offset L − k (the number of bottom layers)."""
@@ -128,8 +162,13 @@ def _top_forward(body, offset: int, cache, *, input_ids, attention_mask, token_t
     ext, _ = body._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
                                           embedding_output=hidden, encoder_hidden_states=None, cache=None)
     shifted = _ShiftedCache(cache, offset)
-    for layer in list(encoder_layers(body))[offset:]:
+    top = list(encoder_layers(body))[offset:]
+    for layer in top[:-1]:
         hidden = layer(hidden, ext, cache=shifted)
+    if reads_first_token(body):
+        hidden = first_token_layer(top[-1], hidden, attention_mask, shifted)
+    else:
+        hidden = top[-1](hidden, ext, cache=shifted)
     pooled = body.pooler(hidden) if getattr(body, "pooler", None) is not None else None
     return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=hidden, pooler_output=pooled)
 
