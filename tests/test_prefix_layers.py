@@ -56,7 +56,7 @@ def test_cached_bottom_gives_the_uncached_logits_and_gradients():
     dropout, here 0), for batches that mix cached and new rows in any order and rows that differ
     only in the mask; the prefix gradients are equal too. Bugs caught (each seen to fail): the
     stored row put under another row's key (``_STORE[(key, rows[j])]``), the mask left out of the
-    key, the bottom run with the prefix's extended mask, the bottom cached from a train-mode pass."""
+    key, the bottom run with the prefix's extended mask, the bottom run in train mode (dropout)."""
     x = _inputs()
     ref, cached = _prefix_model(2, cache=False), _prefix_model(2, cache=True)
     for mode in ("eval", "train"):
@@ -75,6 +75,13 @@ def test_cached_bottom_gives_the_uncached_logits_and_gradients():
         grads.append(m.prompt_encoder.default.embedding.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
     assert grads[0].norm() > 0
+    # with dropout, the bottom is still the eval-mode function in a model in train mode
+    noisy = _prefix_model(2, cache=False, dropout=0.5).train()
+    body = noisy.get_base_model().bert
+    first, second = body._dp_audit_bottom(**x), body._dp_audit_bottom(**x)
+    torch.testing.assert_close(first, second)
+    noisy.eval()
+    torch.testing.assert_close(first, body._dp_audit_bottom(**x))
 
 
 def test_prefix_on_every_layer_through_the_router_equals_peft():
@@ -140,30 +147,59 @@ def test_prefix_layers_config_checks(tiny_config):
         _prefix_model(5, cache=False)
 
 
-def test_dpflat_on_top_layer_prefix_trains_and_its_run_audits(tmp_path, cache_dir):
+def _three_layer_checkpoint(root):
+    """A seeded 3-layer tiny BERT (masked LM) saved with its WordLevel tokenizer, and csv splits."""
+    import transformers as tf
+
+    from tests.user_fixtures import sentiment_rows, train_word_tokenizer, write_rows
+
+    rows = sentiment_rows(60, seed=0)
+    public = sentiment_rows(24, seed=3)
+    files = {"train": str(write_rows(root / "train.csv", rows, "csv")),
+             "test": str(write_rows(root / "test.csv", sentiment_rows(16, seed=2), "csv")),
+             "dev": str(write_rows(root / "dev.csv", sentiment_rows(12, seed=1), "csv")),
+             "public": str(write_rows(root / "public.csv", public, "csv"))}
+    tok = train_word_tokenizer([r["text"] for r in rows + public], kind="bert")
+    model = tf.BertForMaskedLM(tf.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3,
+                                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                             pad_token_id=tok.convert_tokens_to_ids("[PAD]")))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.2, generator=g)
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    return files, root / "model"
+
+
+def test_dpflat_on_top_layer_prefix_trains_and_its_run_audits(tmp_path):
     """DP-Flat in paper mode (AWP, sparse selection, distillation) with ``prefix_layers = 2`` on a
-    3-layer tiny backbone: trains, the selection removes one of the two prefixed layers (encoder
-    layer 1 or 2, never the prefix-free layer 0), AWP runs, the saved adapter has 2 prefix layers
-    with the removed one zero, the run directory holds no cached features, ``dp-audit run`` audits
-    it (exit 0), and the model reloaded by the audit (routed from its saved config) gives the
-    trained model's test accuracy. Bugs caught: DP-Flat's components indexing encoder layers
-    instead of prefix layers, a reload that puts the 2-layer prefix on the bottom layers, features
-    of private inputs written to the run directory."""
+    3-layer tiny BERT (``model.path``): trains, the selection removes one of the two prefixed layers
+    (encoder layer 1 or 2, never the prefix-free layer 0), AWP runs, the saved adapter has 2 prefix
+    layers with the removed one zero, the run directory holds no cached features, ``dp-audit run``
+    audits it (exit 0, PASS), and the model reloaded as the audit does (routed from its saved
+    config) gives the trained model's test accuracy. Bugs caught: DP-Flat's components indexing
+    encoder layers instead of prefix layers, a reload that puts the 2-layer prefix on the bottom
+    layers (or forgets ``dp_audit_prefix_layers``), features of private inputs written to the run."""
     from safetensors.torch import load_file
 
     from dp_audit.attacks.loading import load_hf_model
     from dp_audit.cli import main
     from dp_audit.config import run_config_from_dict
     from dp_audit.trainers.base import train_run
+    from dp_audit.trainers.data_files import load_task_files
     from dp_audit.trainers.modeling import accuracy, encode, input_layout
-    from tests.conftest import TINY, merge
 
-    cfg = run_config_from_dict(merge(TINY, {
-        "trainer": "dpflat", "model": {"cache_dir": str(cache_dir), "num_layers": 3, "tuning": "prefix",
-                                       "num_virtual_tokens": 4, "prefix_layers": 2},
-        "data": {"n_train": 200}, "canaries": {"m": 20},
-        "privacy": {"noise_multiplier": 1.0},
-        "dpflat": {"awp_gamma": 1e-2, "distill_epochs": 1, "sparse_reference_epochs": 1}}))
+    files, path = _three_layer_checkpoint(tmp_path)
+    cfg = run_config_from_dict({
+        "trainer": "dpflat", "data": {"source": "csv", **files, "max_length": 12},
+        "model": {"path": str(path), "tuning": "prefix", "num_virtual_tokens": 3, "prefix_layers": 2},
+        "canaries": {"m": 12}, "train": {"epochs": 2, "batch_size": 24, "progress": False},
+        # σ given (no calibration); a non-private selection prefix (no ε = 8 calibration either)
+        "privacy": {"reproducible_noise": True, "noise_multiplier": 1.0},
+        "dpflat": {"awp_gamma": 1e-2, "awp_micro_batch": 4, "distill_epochs": 1, "sparse_reference_epochs": 1,
+                   "sparse_reference": "nonprivate"}})
     out = train_run(cfg, tmp_path / "run", progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
     notes = manifest["notes"]["dpflat"]
@@ -180,16 +216,14 @@ def test_dpflat_on_top_layer_prefix_trains_and_its_run_audits(tmp_path, cache_di
     assert torch.count_nonzero(prefix[:, 2 * removed * h:(2 * removed + 2) * h]) == 0
     assert torch.count_nonzero(prefix) > 0
     assert json.loads((out / "base_model" / "config.json").read_text())["dp_audit_prefix_layers"] == 2
-    assert not [p for p in out.rglob("*") if p.suffix in (".pt", ".npy", ".pkl")]
+    assert not [p for p in out.rglob("*") if p.suffix in (".pt", ".npy", ".pkl", ".bin")]
 
     (tmp_path / "audit.toml").write_text('formats = ["json"]\n')
     assert main(["run", "--run", str(out), "--config", str(tmp_path / "audit.toml")]) == 0
     audit = json.loads((out / "audit.json").read_text())
     assert audit["verdict"]["status"] == "pass"
     model, tok, _ = load_hf_model(out / "model", base=out / "base_model")
-    from dp_audit.trainers.data import make_task
-
-    task = make_task(cfg.data)
+    task = load_task_files(cfg.data)
     test = encode(tok, task.test.texts, task.test.labels, max_length=cfg.data.max_length,
                   layout=input_layout(model.config))
     assert accuracy(model, test) == pytest.approx(manifest["notes"]["metrics"]["test_accuracy"])
