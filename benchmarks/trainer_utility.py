@@ -16,6 +16,12 @@ MiniLM on the English task (issue 14; docs/trainers.md "MiniLM on the English ta
   (non-private, DP-SGD and DP-ZO tune the classification head; the frozen encoder's outputs are
   computed once for the whole grid, trainers/feature_cache.py). DP-Flat always tunes a prefix
   (--dpflat-* options), whose every step runs the whole encoder: the expensive rows.
+
+The DP-Flat question on MiniLM (prefix on the top layer, the frozen bottom cached; docs/trainers.md
+"Utility on MiniLM + the English task", the prefix table):
+  --backbone minilm --task english --tuning prefix --max-length 24 --virtual-tokens 10
+  --prefix-layers 1 --epochs 10 --lr 0.05 --clip 1 --nondp-lr 0.01 --ref-epochs 3 --sparse-k 0
+  --dpflat-train-head --private-awp dpsat --methods nondp,dpsgd,dpflat-paper,dpflat-private
 """
 
 from __future__ import annotations
