@@ -44,7 +44,8 @@ def sections(method: str, args) -> dict:
           "privacy": {"max_grad_norm": args.clip}}
     flat = {"awp": True, "sparse": args.sparse_k > 0, "distill": True, "sparse_k": args.sparse_k, "distill_epochs": args.ref_epochs,
             "train_head": args.dpflat_train_head, "sparse_reference_epochs": args.ref_epochs}
-    flat_model = {"model": {"tuning": "prefix"}, "data": {"n_train": args.dpflat_n_train or args.n_train}}
+    flat_model = {"model": {"tuning": "prefix", "prefix_layers": args.prefix_layers},
+                  "data": {"n_train": args.dpflat_n_train or args.n_train}}
     flat_train = {"train": {"epochs": args.dpflat_epochs or args.epochs, "lr": args.dpflat_lr or args.lr,
                             "optimizer": args.optimizer}}
     zo = {"train": {"epochs": args.zo_epochs, "lr": args.zo_lr, "optimizer": "sgd"},
@@ -112,7 +113,8 @@ def main() -> None:
     from dp_audit.trainers.modeling import accuracy, build_classifier
 
     base = {"model": {"tuning": args.tuning, "num_virtual_tokens": args.virtual_tokens, "cache_dir": str(args.cache),
-                      "backbone": args.backbone, "prefix_layers": args.prefix_layers},
+                      "backbone": args.backbone,
+                      "prefix_layers": args.prefix_layers if args.tuning == "prefix" else 0},
             "data": {"n_train": args.n_train, "n_test": args.n_test, "task": args.task, "max_length": args.max_length},
             "canaries": {"m": 0}, "train": {"batch_size": args.batch_size, "progress": False}}
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -224,6 +224,9 @@ class RunConfig:
         _choice("data.task", self.data.task, DATA_TASKS)
         if self.model.prefix_layers < 0:
             raise UsageError(f"model.prefix_layers must be >= 0 (0: every layer), got {self.model.prefix_layers}")
+        if self.model.prefix_layers and self.model.tuning != "prefix":
+            raise UsageError(f"model.prefix_layers = {self.model.prefix_layers} needs model.tuning = 'prefix' "
+                             f"(got {self.model.tuning!r}): set model.prefix_layers = 0")
         if self.model.prefix_layers and self.model.backbone == "tiny" and not self.model.path \
                 and self.model.prefix_layers > (self.model.backbone_layers or self.model.num_layers):
             raise UsageError(f"model.prefix_layers = {self.model.prefix_layers} exceeds the backbone's "

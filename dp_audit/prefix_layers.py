@@ -146,13 +146,27 @@ def route_prefix_to_top_(model: Any, k: int) -> int:
     return offset
 
 
+def _shifted_positions(config: Any, input_ids: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    """The positions the unrouted model gives the text after a cache of ``prefix_len`` entries:
+    BERT prefix_len, prefix_len + 1, ...; RoBERTa-style models (dp_audit.hf_compat) number real
+    tokens from padding_idx + 1 + prefix_len and give pads padding_idx."""
+    from dp_audit.hf_compat import PADDED_POSITION_MODELS
+
+    batch, length = input_ids.shape
+    if getattr(config, "model_type", "") in PADDED_POSITION_MODELS:
+        pad = int(config.pad_token_id or 0)
+        real = (input_ids != pad).long()
+        return ((torch.cumsum(real, dim=1) + prefix_len) * real + pad).contiguous()
+    return torch.arange(prefix_len, prefix_len + length).unsqueeze(0).expand(batch, -1).contiguous()
+
+
 def _top_forward(body, offset: int, cache, *, input_ids, attention_mask, token_type_ids, position_ids):
     from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
     batch, length = input_ids.shape
     prefix_len = int(cache.get_seq_length())
-    if position_ids is None:  # BERT's own convention under a cache: the text starts after it
-        position_ids = torch.arange(prefix_len, prefix_len + length).unsqueeze(0).expand(batch, -1).contiguous()
+    if position_ids is None:  # the model's own convention under a cache: the text starts after it
+        position_ids = _shifted_positions(body.config, input_ids, prefix_len)
     if attention_mask is None:
         attention_mask = torch.ones(batch, prefix_len + length, dtype=torch.long)
     text_mask = attention_mask[:, prefix_len:]
