@@ -98,6 +98,55 @@ def test_prefix_on_every_layer_through_the_router_equals_peft():
     torch.testing.assert_close(routed(**x).logits, plain(**x).logits)
 
 
+@pytest.mark.parametrize("positions", ["text", "shifted"])
+def test_roberta_prefix_on_every_layer_through_the_router_equals_peft(positions):
+    """RoBERTa numbers real tokens from padding_idx + 1 and gives pads padding_idx. k = L through
+    the router equals PEFT's prefix model on a RoBERTa with padded rows, for the text positions and
+    for PEFT's shifted ones. Bug caught (seen to fail, logits off by 2.5): the router giving the
+    text BERT's positions T, T + 1, ... under ``prefix_positions = "shifted"``, ignoring RoBERTa's
+    padding offset."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from dp_audit.config import ModelConfig
+    from dp_audit.trainers.backbone import init_weights_
+    from dp_audit.trainers.modeling import apply_tuning
+
+    def model(k: int):
+        cfg = RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=40, pad_token_id=1,
+                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        m = RobertaForSequenceClassification(cfg)
+        init_weights_(m, generator=torch.Generator().manual_seed(1), std=0.5)
+        tuning = ModelConfig(tuning="prefix", num_virtual_tokens=3, prefix_layers=k, prefix_positions=positions)
+        return apply_tuning(m, tuning, generator=torch.Generator().manual_seed(7)).eval()
+
+    x = _inputs(n=6)
+    x.pop("position_ids")
+    x.pop("token_type_ids")
+    x["input_ids"][x["attention_mask"] == 0] = 1  # padded with RoBERTa's pad id
+    with torch.no_grad():
+        torch.testing.assert_close(model(3)(**x).logits, model(0)(**x).logits)
+
+
+def test_cache_follows_bottom_weights_changed_in_place():
+    """The cache key follows the bottom's weights: after a bottom weight changes in place (as a
+    ``load_state_dict`` does), the cached model gives the uncached model's new logits, not features
+    computed with the old weights. Bug caught (seen to fail): the weights' fingerprint computed
+    once when the cache is set up."""
+    x = _inputs()
+    ref, cached = _prefix_model(2, cache=False).eval(), _prefix_model(2, cache=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(cached(**x).logits, ref(**x).logits)  # fills the cache
+        for m in (ref, cached):
+            m.get_base_model().bert.encoder.layer[0].attention.self.query.weight.mul_(1.5)
+        new = ref(**x).logits
+        torch.testing.assert_close(cached(**x).logits, new)
+        for m in (ref, cached):
+            m.get_base_model().bert.embeddings.word_embeddings.weight[:, 0].add_(1.0)
+        torch.testing.assert_close(cached(**x).logits, ref(**x).logits)
+    assert not torch.allclose(new, ref(**x).logits)
+
+
 def test_prefix_layer_j_acts_on_encoder_layer_offset_plus_j_only():
     """With k = 2 of 4 layers, the PEFT prefix has 2 layers; changing prefix layer j changes the
     output of encoder layer 2 + j and leaves every layer below it unchanged (the bottom never sees
@@ -143,6 +192,8 @@ def test_prefix_layers_config_checks(tiny_config):
         tiny_config(model={"tuning": "prefix", "prefix_layers": -1})
     with pytest.raises(UsageError, match="sparse_k = 1 must be below model.prefix_layers"):
         tiny_config(trainer="dpflat", model={"tuning": "prefix", "prefix_layers": 1})
+    with pytest.raises(UsageError, match="needs model.tuning = 'prefix'"):
+        tiny_config(model={"tuning": "head", "prefix_layers": 1})
     with pytest.raises(UsageError, match="must be in 1..4"):
         _prefix_model(5, cache=False)
 

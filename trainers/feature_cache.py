@@ -42,6 +42,21 @@ def body_fingerprint(body: torch.nn.Module) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+class _WeightsKey:
+    """``prefix`` + the fingerprint of ``module``'s weights, recomputed whenever a weight changed
+    in place or was replaced (its version counter or storage moved), so features computed with
+    the old weights are never served for the new ones."""
+
+    def __init__(self, module: torch.nn.Module, prefix: str = ""):
+        self.module, self.prefix, self.state, self.key = module, prefix, None, ""
+
+    def __call__(self) -> str:
+        state = tuple((p.data_ptr(), p._version) for p in self.module.parameters())
+        if state != self.state:
+            self.key, self.state = f"{self.prefix}{body_fingerprint(self.module)}", state
+        return self.key
+
+
 def cache_frozen_body_(model: Any) -> bool:
     """Route ``model``'s body through the store. Returns False (nothing done) when the model has no
     separate body or any body parameter is trainable."""
@@ -49,7 +64,7 @@ def cache_frozen_body_(model: Any) -> bool:
     if not isinstance(body, torch.nn.Module) or any(p.requires_grad for p in body.parameters()):
         return False
     original = body.forward
-    key = body_fingerprint(body)
+    weights_key = _WeightsKey(body)
 
     def forward(input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, **kwargs):
         if input_ids is None or any(v is not None and v is not False for k, v in kwargs.items()
@@ -59,6 +74,7 @@ def cache_frozen_body_(model: Any) -> bool:
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
                  "position_ids": position_ids}
         rows = _row_keys(given, input_ids.shape[0])
+        key = weights_key()
         missing = [i for i, r in enumerate(rows) if (key, r) not in _STORE]
         if missing:
             idx = torch.as_tensor(missing)
@@ -95,12 +111,13 @@ def cache_bottom_layers_(model: Any) -> bool:
     modules = torch.nn.ModuleList(bottom_modules(body, offset))
     if any(p.requires_grad for p in modules.parameters()):
         return False
-    key = f"bottom{offset}:{body_fingerprint(modules)}"
+    weights_key = _WeightsKey(modules, f"bottom{offset}:")
 
     def bottom(input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
                  "position_ids": position_ids}
         rows = _row_keys(given, input_ids.shape[0])
+        key = weights_key()
         missing = [i for i, r in enumerate(rows) if (key, r) not in _STORE]
         if missing:
             idx = torch.as_tensor(missing)
