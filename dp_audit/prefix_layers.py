@@ -136,6 +136,11 @@ def route_prefix_to_top_(model: Any, k: int) -> int:
     def forward(input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 cache=None, past_key_values=None, **kwargs):
         cache = cache if cache is not None else past_key_values
+        if cache is not None and (kwargs.get("output_hidden_states") or kwargs.get("output_attentions")):
+            # the routed forward returns the last layer for the first token only and no per-layer
+            # outputs; the original forward would read the k-layer prefix on the bottom layers
+            raise UsageError("model.prefix_layers: hidden states / attentions of a top-layer prefix model are "
+                             "not available (set model.prefix_layers = 0)")
         if cache is None or input_ids is None or inputs_embeds is not None:
             return original(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)

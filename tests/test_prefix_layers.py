@@ -147,6 +147,25 @@ def test_cache_follows_bottom_weights_changed_in_place():
     assert not torch.allclose(new, ref(**x).logits)
 
 
+def test_top_layer_adapter_on_a_base_without_the_key_is_an_integrity_error(tmp_path):
+    """A top-k prefix adapter reloaded on a base model whose config lacks ``dp_audit_prefix_layers``
+    (e.g. ``dp-audit run --base`` pointed at the original checkpoint instead of the run's
+    base_model) is a one-line integrity error, and the routed forward refuses hidden-state requests
+    instead of returning wrong ones. Bugs caught (seen to fail): the reload crashing with an
+    IndexError at the first forward (exit 4) or putting the prefix on the bottom layers; the routed
+    forward silently ignoring ``output_hidden_states``."""
+    from dp_audit.attacks.loading import load_hf_model
+    from dp_audit.errors import IntegrityError, UsageError
+
+    model = _prefix_model(2, cache=False)
+    model.save_pretrained(tmp_path / "adapter")
+    _bert(1).save_pretrained(tmp_path / "base")
+    with pytest.raises(IntegrityError, match="prefix adapter has 2 layer"):
+        load_hf_model(tmp_path / "adapter", base=tmp_path / "base")
+    with pytest.raises(UsageError, match="hidden states"):
+        model(**_inputs(), output_hidden_states=True)
+
+
 def test_prefix_layer_j_acts_on_encoder_layer_offset_plus_j_only():
     """With k = 2 of 4 layers, the PEFT prefix has 2 layers; changing prefix layer j changes the
     output of encoder layer 2 + j and leaves every layer below it unchanged (the bottom never sees
