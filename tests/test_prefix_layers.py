@@ -217,6 +217,23 @@ def test_prefix_layers_config_checks(tiny_config):
         _prefix_model(5, cache=False)
 
 
+def test_prefix_layers_on_a_gpt2_is_a_usage_error():
+    """GPT-2 takes a key/value cache (so prefix tuning is allowed) but has no BERT-style encoder
+    (its head reads the last token): ``prefix_layers`` there is a one-line usage error, not a
+    crash or a silently unrouted prefix. Bug caught: the router accepting any body with a cache."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from dp_audit.config import ModelConfig
+    from dp_audit.errors import UsageError
+    from dp_audit.trainers.modeling import apply_tuning
+
+    gpt2 = GPT2ForSequenceClassification(GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, n_positions=32,
+                                                    pad_token_id=0))
+    with pytest.raises(UsageError, match="BERT-style encoder"):
+        apply_tuning(gpt2, ModelConfig(tuning="prefix", num_virtual_tokens=3, prefix_layers=1),
+                     generator=torch.Generator().manual_seed(0))
+
+
 def _three_layer_checkpoint(root):
     """A seeded 3-layer tiny BERT (masked LM) saved with its WordLevel tokenizer, and csv splits."""
     import transformers as tf
