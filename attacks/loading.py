@@ -135,6 +135,19 @@ def _resolve_base(path: Path, adapter_cfg: dict[str, Any], base: str | Path | No
                      f"config.json: pass --base-model DIR")
 
 
+def _check_prefix_layers(adapter_cfg: dict, config: dict, cfg_dir: Path) -> None:
+    """A prefix adapter's layer count must match where the base model puts it: every encoder layer,
+    or the top k when its config says ``dp_audit_prefix_layers = k`` (dp_audit.prefix_layers). A
+    top-k adapter on a base without the key would put the prefix on the wrong layers (or crash)."""
+    layers = adapter_cfg.get("num_layers")
+    depth = config.get("num_hidden_layers", config.get("n_layer"))
+    expected = int(config.get("dp_audit_prefix_layers") or 0) or depth
+    if layers is not None and expected is not None and int(layers) != int(expected):
+        raise IntegrityError(f"the prefix adapter has {layers} layer(s) but the base model in {cfg_dir} expects "
+                             f"{expected} (dp_audit_prefix_layers = {config.get('dp_audit_prefix_layers', 0)}, "
+                             f"{depth} encoder layers): use the run's base_model folder")
+
+
 def _find_tokenizer(candidates: list[Path | None]) -> Path:
     for p in candidates:
         if p is not None and Path(p).is_dir() and any((Path(p) / f).is_file() for f in _TOKENIZER_FILES):
@@ -192,6 +205,7 @@ def load_hf_model(
                 from dp_audit.hf_compat import enable_prefix_tuning
 
                 if adapter_cfg.get("peft_type") == "PREFIX_TUNING":
+                    _check_prefix_layers(adapter_cfg, config, cfg_dir)
                     enable_prefix_tuning(model)
                 model = PeftModel.from_pretrained(model, str(path), local_files_only=True, **safe)
     except (UsageError, IntegrityError):

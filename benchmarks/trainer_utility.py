@@ -16,6 +16,12 @@ MiniLM on the English task (issue 14; docs/trainers.md "MiniLM on the English ta
   (non-private, DP-SGD and DP-ZO tune the classification head; the frozen encoder's outputs are
   computed once for the whole grid, trainers/feature_cache.py). DP-Flat always tunes a prefix
   (--dpflat-* options), whose every step runs the whole encoder: the expensive rows.
+
+The DP-Flat question on MiniLM (prefix on the top layer, the frozen bottom cached; docs/trainers.md
+"Utility on MiniLM + the English task", the prefix table):
+  --backbone minilm --task english --tuning prefix --max-length 24 --virtual-tokens 10
+  --prefix-layers 1 --epochs 10 --lr 0.05 --clip 1 --nondp-lr 0.01 --ref-epochs 3 --sparse-k 0
+  --dpflat-train-head --private-awp dpsat --methods nondp,dpsgd,dpflat-paper,dpflat-private
 """
 
 from __future__ import annotations
@@ -34,15 +40,18 @@ METHODS = ("nondp", "dpsgd", "dpflat-paper", "dpflat-private", "dpzo-gaussian", 
 
 
 def sections(method: str, args) -> dict:
-    dp = {"train": {"epochs": args.epochs, "lr": args.lr}, "privacy": {"max_grad_norm": args.clip}}
-    flat = {"awp": True, "sparse": True, "distill": True, "sparse_k": 1, "distill_epochs": args.ref_epochs,
+    dp = {"train": {"epochs": args.epochs, "lr": args.lr, "optimizer": args.optimizer},
+          "privacy": {"max_grad_norm": args.clip}}
+    flat = {"awp": True, "sparse": args.sparse_k > 0, "distill": True, "sparse_k": args.sparse_k, "distill_epochs": args.ref_epochs,
             "train_head": args.dpflat_train_head, "sparse_reference_epochs": args.ref_epochs}
-    flat_model = {"model": {"tuning": "prefix"}, "data": {"n_train": args.dpflat_n_train or args.n_train}}
-    flat_train = {"train": {"epochs": args.dpflat_epochs or args.epochs, "lr": args.dpflat_lr or args.lr}}
+    flat_model = {"model": {"tuning": "prefix", "prefix_layers": args.prefix_layers},
+                  "data": {"n_train": args.dpflat_n_train or args.n_train}}
+    flat_train = {"train": {"epochs": args.dpflat_epochs or args.epochs, "lr": args.dpflat_lr or args.lr,
+                            "optimizer": args.optimizer}}
     zo = {"train": {"epochs": args.zo_epochs, "lr": args.zo_lr, "optimizer": "sgd"},
           "dpzo": {"clip": args.zo_clip, "perturbation_scale": 1e-3}}
     return {
-        "nondp": {"trainer": "nondp", "train": {"epochs": args.epochs, "lr": args.nondp_lr}},
+        "nondp": {"trainer": "nondp", "train": {"epochs": args.nondp_epochs or args.epochs, "lr": args.nondp_lr}},
         "dpsgd": {"trainer": "dpsgd", **dp},
         "dpflat-paper": {"trainer": "dpflat", **dp, **flat_model, **flat_train,
                          "dpflat": {**flat, "awp_mode": "paper", "sparse_mode": "paper", "distill_mode": "paper"}},
@@ -87,6 +96,12 @@ def main() -> None:
     ap.add_argument("--dpflat-epochs", type=int, default=0)
     ap.add_argument("--dpflat-lr", type=float, default=0.0)
     ap.add_argument("--private-awp", default="per-example", choices=("per-example", "dpsat"))
+    ap.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"),
+                    help="optimiser of DP-SGD and DP-Flat (non-private: AdamW)")
+    ap.add_argument("--nondp-epochs", type=int, default=0, help="epochs of the non-private run (0: --epochs)")
+    ap.add_argument("--prefix-layers", type=int, default=0,
+                    help="prefix on the top k encoder layers, the frozen bottom cached (0: every layer)")
+    ap.add_argument("--sparse-k", type=int, default=1, help="DP-Flat: prefix layers removed by the selection")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dp-audit-bench-cache")
     args = ap.parse_args()
@@ -98,7 +113,8 @@ def main() -> None:
     from dp_audit.trainers.modeling import accuracy, build_classifier
 
     base = {"model": {"tuning": args.tuning, "num_virtual_tokens": args.virtual_tokens, "cache_dir": str(args.cache),
-                      "backbone": args.backbone},
+                      "backbone": args.backbone,
+                      "prefix_layers": args.prefix_layers if args.tuning == "prefix" else 0},
             "data": {"n_train": args.n_train, "n_test": args.n_test, "task": args.task, "max_length": args.max_length},
             "canaries": {"m": 0}, "train": {"batch_size": args.batch_size, "progress": False}}
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -95,6 +95,12 @@ class ModelConfig:
     # tuning = "head": the frozen body's outputs computed once per distinct input, eval mode
     # (dp_audit.trainers.feature_cache); false: the body runs at every step, in the model's mode
     head_cache: bool = True
+    # tuning = "prefix": the prefix only on the top k encoder layers (0: every layer, PEFT's default);
+    # the layers below them are a frozen, prefix-free function of the input (dp_audit.prefix_layers)
+    prefix_layers: int = 0
+    # prefix_layers > 0: the frozen bottom layers' outputs computed once per distinct input, eval
+    # mode, no grad (dp_audit.trainers.feature_cache); false: recomputed (eval mode) at every forward
+    prefix_cache: bool = True
     cache_dir: str = ""  # default: <out>/../.cache
     # rows of the position table (0: max(64, data.max_length + 8)); rows >= data.max_length are never
     # read by any input: a larger table gives room for more Dirac gradient canaries (docs/whitebox.md)
@@ -245,6 +251,15 @@ class RunConfig:
         _validate_data(self.data)
         _choice("data.task", self.data.task, DATA_TASKS)
         _validate_causal_lm(self)
+        if self.model.prefix_layers < 0:
+            raise UsageError(f"model.prefix_layers must be >= 0 (0: every layer), got {self.model.prefix_layers}")
+        if self.model.prefix_layers and self.model.tuning != "prefix":
+            raise UsageError(f"model.prefix_layers = {self.model.prefix_layers} needs model.tuning = 'prefix' "
+                             f"(got {self.model.tuning!r}): set model.prefix_layers = 0")
+        if self.model.prefix_layers and self.model.backbone == "tiny" and not self.model.path \
+                and self.model.prefix_layers > (self.model.backbone_layers or self.model.num_layers):
+            raise UsageError(f"model.prefix_layers = {self.model.prefix_layers} exceeds the backbone's "
+                             f"{self.model.backbone_layers or self.model.num_layers} layers")
         if self.model.backbone_layers < 0:
             raise UsageError(f"model.backbone_layers must be >= 0 (0: every layer), got {self.model.backbone_layers}")
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
@@ -411,6 +426,9 @@ def _validate_dpflat_dpzo(cfg: RunConfig) -> None:
         raise UsageError("trainer 'dpflat' needs per-sample gradients (privacy.grad_sample_mode = 'hooks' or 'auto'): "
                          "Opacus' ghost clipping does not support the PEFT prefix encoder, and 'bk' forms no "
                          "per-sample gradients")
+    if f.sparse and cfg.model.prefix_layers and f.sparse_k >= cfg.model.prefix_layers:
+        raise UsageError(f"dpflat.sparse_k = {f.sparse_k} must be below model.prefix_layers = "
+                         f"{cfg.model.prefix_layers} (the layers that have a prefix)")
     if f.sparse and cfg.model.backbone == "tiny" and not cfg.model.path and f.sparse_k >= cfg.model.num_layers:
         raise UsageError(f"dpflat.sparse_k = {f.sparse_k} must be below model.num_layers = {cfg.model.num_layers}")
 

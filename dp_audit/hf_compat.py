@@ -30,13 +30,20 @@ POSITIONS_KEY = "dp_audit_prefix_positions"
 POSITIONS = ("text", "shifted")
 
 
-def enable_prefix_tuning(model: Any, *, positions: str | None = None) -> Any:
+def enable_prefix_tuning(model: Any, *, positions: str | None = None, prefix_layers: int | None = None) -> Any:
     """Make a BERT-style model (transformers 5) accept PEFT's prefix; ``positions`` as above
-    (``None``: what the model's config says, else ``"shifted"``)."""
+    (``None``: what the model's config says, else ``"shifted"``). ``prefix_layers = k > 0``: the
+    prefix goes to the top k encoder layers only (dp_audit.prefix_layers; the PEFT config must then
+    have ``num_layers = k``); ``None``: what the config says (a reloaded run), else every layer."""
     if positions is not None:
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
         setattr(model.config, POSITIONS_KEY, positions)
+    from dp_audit.prefix_layers import LAYERS_KEY, route_prefix_to_top_
+
+    k = prefix_layers if prefix_layers is not None else int(getattr(model.config, LAYERS_KEY, 0) or 0)
+    if k:
+        route_prefix_to_top_(model, k)
     params = inspect.signature(model.forward).parameters
     if "past_key_values" in params:
         return model

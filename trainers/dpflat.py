@@ -315,6 +315,15 @@ def _output_distill_loss(outputs: OutputDistill, prep: Prepared):
     return lambda model, batch: outputs.loss_each(model, batch, base_each).mean()
 
 
+def prefix_offset(model) -> int:
+    """The first encoder layer that has a prefix: L − k with ``model.prefix_layers = k``
+    (dp_audit.prefix_layers), else 0. Prefix layer j (PrefixLayout's index) is encoder layer
+    offset + j."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    return int(getattr(body, "_dp_audit_prefix_offset", 0) or 0)
+
+
 def awp_micro_batch(cfg: RunConfig) -> int:
     """Paper-mode AWP micro-batch: ``awp_micro_batch`` or that fraction of the expected batch (>= 1)."""
     f = cfg.dpflat
@@ -331,7 +340,8 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
     notes: dict[str, Any] = {"modes": {"awp": f.awp_mode if f.awp else None,
                                        "sparse": f.sparse_mode if f.sparse else None,
                                        "distill": f.distill_mode if f.distill else None},
-                             "head": "trainable" if f.train_head else "frozen", "frozen_parameters": frozen}
+                             "head": "trainable" if f.train_head else "frozen", "frozen_parameters": frozen,
+                             "prefixed_encoder_layers": [prefix_offset(model) + j for j in range(layout.num_layers)]}
 
     removed: list[int] = []
     if f.sparse and f.sparse_k > 0:
@@ -339,7 +349,9 @@ def _fit_whitebox(prep: Prepared, model, generator: torch.Generator) -> TrainRes
         _load(model, refs.selection())
         removed, rounds = select_layers(model, probe, layout=layout, k=f.sparse_k, points=f.sparse_probe_points,
                                         batch_size=cfg.train.max_physical_batch_size)
-        notes["sparse"] = {"removed_layers": removed, "reference": refs.info["selection"],
+        offset = prefix_offset(model)
+        notes["sparse"] = {"removed_layers": removed, "removed_encoder_layers": [offset + r for r in removed],
+                           "reference": refs.info["selection"],
                            "probe_split": "dev (private)" if f.sparse_mode == "paper" else "public (held out)",
                            "rounds": [[c.to_dict() for c in r] for r in rounds]}
 

@@ -9,6 +9,14 @@ same backbone (the demo's and the benchmarks' runs then pay for the body once). 
 frozen-feature-extractor convention, and it is what evaluation and the audits (which reload the
 saved model) compute, so training, evaluation and audit see the same features. MiniLM on 2 cores:
 a DP-SGD head step goes from one encoder forward (~1 s at batch 64) to milliseconds.
+
+``tuning = "prefix"`` with ``model.prefix_layers = k`` (dp_audit.prefix_layers): the prefix sits on
+the top k encoder layers, and the bottom (embeddings + the layers below) is the same kind of fixed
+function of the input. :func:`cache_bottom_layers_` routes it through the same store (eval mode, no
+gradients, keyed by the bottom's weights, its depth and each row's ids, mask, token types and
+positions), so a prefix step runs only the top k layers. The store lives in the process only: it
+holds frozen features of private inputs, is never written or released, and DP is unchanged since
+the bottom is a fixed public function (docs/trainers.md, "Prefix on the top layers").
 """
 
 from __future__ import annotations
@@ -34,6 +42,21 @@ def body_fingerprint(body: torch.nn.Module) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+class _WeightsKey:
+    """``prefix`` + the fingerprint of ``module``'s weights, recomputed whenever a weight changed
+    in place or was replaced (its version counter or storage moved), so features computed with
+    the old weights are never served for the new ones."""
+
+    def __init__(self, module: torch.nn.Module, prefix: str = ""):
+        self.module, self.prefix, self.state, self.key = module, prefix, None, ""
+
+    def __call__(self) -> str:
+        state = tuple((p.data_ptr(), p._version) for p in self.module.parameters())
+        if state != self.state:
+            self.key, self.state = f"{self.prefix}{body_fingerprint(self.module)}", state
+        return self.key
+
+
 def cache_frozen_body_(model: Any) -> bool:
     """Route ``model``'s body through the store. Returns False (nothing done) when the model has no
     separate body or any body parameter is trainable."""
@@ -41,7 +64,7 @@ def cache_frozen_body_(model: Any) -> bool:
     if not isinstance(body, torch.nn.Module) or any(p.requires_grad for p in body.parameters()):
         return False
     original = body.forward
-    key = body_fingerprint(body)
+    weights_key = _WeightsKey(body)
 
     def forward(input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, **kwargs):
         if input_ids is None or any(v is not None and v is not False for k, v in kwargs.items()
@@ -51,6 +74,7 @@ def cache_frozen_body_(model: Any) -> bool:
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
                  "position_ids": position_ids}
         rows = _row_keys(given, input_ids.shape[0])
+        key = weights_key()
         missing = [i for i, r in enumerate(rows) if (key, r) not in _STORE]
         if missing:
             idx = torch.as_tensor(missing)
@@ -71,6 +95,39 @@ def cache_frozen_body_(model: Any) -> bool:
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
     body.forward = forward
+    return True
+
+
+def cache_bottom_layers_(model: Any) -> bool:
+    """Route the frozen bottom of a top-layer prefix model (``model``: the classifier under PEFT,
+    already routed by dp_audit.prefix_layers.route_prefix_to_top_) through the store. Returns
+    False when the model is not routed or a bottom parameter is trainable."""
+    from dp_audit.prefix_layers import body_of, bottom_modules, compute_bottom
+
+    body = body_of(model)
+    offset = getattr(body, "_dp_audit_prefix_offset", None)
+    if offset is None:
+        return False
+    modules = torch.nn.ModuleList(bottom_modules(body, offset))
+    if any(p.requires_grad for p in modules.parameters()):
+        return False
+    weights_key = _WeightsKey(modules, f"bottom{offset}:")
+
+    def bottom(input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                 "position_ids": position_ids}
+        rows = _row_keys(given, input_ids.shape[0])
+        key = weights_key()
+        missing = [i for i, r in enumerate(rows) if (key, r) not in _STORE]
+        if missing:
+            idx = torch.as_tensor(missing)
+            sub = {k: (v[idx] if v is not None else None) for k, v in given.items()}
+            hidden = compute_bottom(body, offset, **sub)
+            for j, i in enumerate(missing):
+                _STORE[(key, rows[i])] = (hidden[j].clone(),)
+        return torch.stack([_STORE[(key, r)][0] for r in rows])
+
+    body._dp_audit_bottom = bottom
     return True
 
 

@@ -85,6 +85,10 @@ def build_classifier(backbone_dir: Path, model_cfg: ModelConfig, *, num_labels: 
         from dp_audit.trainers.feature_cache import cache_frozen_body_
 
         cache_frozen_body_(model)
+    if model_cfg.tuning == "prefix" and model_cfg.prefix_layers and model_cfg.prefix_cache:
+        from dp_audit.trainers.feature_cache import cache_bottom_layers_
+
+        cache_bottom_layers_(model.get_base_model())
     return model
 
 
@@ -170,9 +174,9 @@ def apply_tuning(model, model_cfg: ModelConfig, *, generator: torch.Generator, t
         if not _takes_cache(model):
             raise UsageError(f"model.tuning = 'prefix' needs a model that takes a key/value cache; "
                              f"{type(model.base_model).__name__} does not: use tuning = 'lora', 'head' or 'full'")
-        enable_prefix_tuning(model, positions=model_cfg.prefix_positions)
+        enable_prefix_tuning(model, positions=model_cfg.prefix_positions, prefix_layers=model_cfg.prefix_layers)
         cfg = PrefixTuningConfig(task_type=TaskType[task_type], num_virtual_tokens=model_cfg.num_virtual_tokens,
-                                 prefix_projection=False)
+                                 prefix_projection=False, num_layers=model_cfg.prefix_layers or None)
     else:
         cfg = LoraConfig(task_type=TaskType[task_type], r=model_cfg.lora_r, lora_alpha=2 * model_cfg.lora_r,
                          target_modules=_lora_targets(model), lora_dropout=0.0,
