@@ -240,9 +240,11 @@ def test_step_audit_cli_with_the_pool(tmp_path):
 def test_a_crash_is_charged_only_to_the_task_that_died(tmp_path):
     """Catches: a dead worker's pool mates charged with a failed attempt they did not cause (with
     retries=0 an innocent task is reported as the failure and never finishes), or a crash never
-    charged to anyone (an always-crashing task retried for ever)."""
+    charged to anyone (an always-crashing task retried for ever). s1 sleeps 8 s (was 2 s: under
+    load a spawned worker took longer than that to start, s1 finished first and d0 then died
+    alone, which is charged, so the test flaked)."""
     tasks = [Task(key="d0", fn=T + "dies_once", kwargs={"x": 1, "marker": str(tmp_path / "m")}),
-             Task(key="s1", fn=T + "slow_marked", kwargs={"x": 7, "seconds": 2.0, "started": str(tmp_path / "s1.pid"),
+             Task(key="s1", fn=T + "slow_marked", kwargs={"x": 7, "seconds": 8.0, "started": str(tmp_path / "s1.pid"),
                                                            "finished": str(tmp_path / "s1.done")})]
     no_retry = ScaleConfig(backend="local", workers=2, retries=0)
     assert run_tasks(tasks, scale=no_retry, progress=False) == [101, 7]  # d0 died next to s1: rerun alone
