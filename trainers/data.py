@@ -69,6 +69,21 @@ def _choice_cdf(p: np.ndarray) -> np.ndarray:
     return cdf
 
 
+def add_text(text: str, score: float, sentiment: int, *, rng: np.random.Generator, label_noise: float,
+             taken: set[str], texts: list[str], labels: list[int]) -> None:
+    """Keep a generated text unless it was drawn before: label = sign of its summed polarity
+    (its latent sentiment on a tie), flipped with probability ``label_noise`` (one draw, only for
+    kept texts: the generators' random stream depends on it)."""
+    if text in taken:
+        return
+    taken.add(text)
+    label = int(score > 0) if score != 0 else int(sentiment > 0)
+    if rng.random() < label_noise:
+        label = 1 - label
+    texts.append(text)
+    labels.append(label)
+
+
 def _sample_split(
     n: int, cfg: DataConfig, *, rng: np.random.Generator, vocab: Sequence[str], pol: np.ndarray, taken: set[str]
 ) -> Split:
@@ -104,15 +119,8 @@ def _sample_split(
             else:
                 k = pick(0)
             words.append(vocab[k])
-        text = " ".join(words)
-        if text in taken:
-            continue
-        taken.add(text)
-        label = int(score > 0) if score != 0 else int(sentiment > 0)
-        if rng.random() < cfg.label_noise:
-            label = 1 - label
-        texts.append(text)
-        labels.append(label)
+        add_text(" ".join(words), score, sentiment, rng=rng, label_noise=cfg.label_noise, taken=taken, texts=texts,
+                 labels=labels)
     return Split(texts=tuple(texts), labels=tuple(labels))
 
 

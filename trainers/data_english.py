@@ -27,7 +27,7 @@ import numpy as np
 from dp_audit.config import DataConfig
 from dp_audit.errors import UsageError
 from dp_audit.io import canonical_fingerprint
-from dp_audit.trainers.data import Split, TaskData, _choice_cdf
+from dp_audit.trainers.data import Split, TaskData, _choice_cdf, add_text
 
 LEXICON_PACKAGE, LEXICON_FILE = "vaderSentiment", "vader_lexicon.txt"
 MIN_VALENCE, MAX_STD = 2.0, 1.0
@@ -133,15 +133,8 @@ def _sample_split(n: int, cfg: DataConfig, *, rng: np.random.Generator, words: S
             if out:
                 out.append(CONNECTIVES[int(rng.integers(len(CONNECTIVES)))])
             out.extend(_clause(words[k], negated, nouns=nouns, rng=rng))
-        text = " ".join(out)
-        if text in taken:
-            continue
-        taken.add(text)
-        label = int(score > 0) if score != 0 else int(sentiment > 0)
-        if rng.random() < cfg.label_noise:
-            label = 1 - label
-        texts.append(text)
-        labels.append(label)
+        add_text(" ".join(out), score, sentiment, rng=rng, label_noise=cfg.label_noise, taken=taken, texts=texts,
+                 labels=labels)
     return Split(texts=tuple(texts), labels=tuple(labels))
 
 

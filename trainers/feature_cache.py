@@ -71,23 +71,16 @@ def cache_frozen_body_(model: Any) -> bool:
                                     if k not in ("return_dict",)):
             return original(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             position_ids=position_ids, **kwargs)
-        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-                 "position_ids": position_ids}
-        rows = _row_keys(given, input_ids.shape[0])
-        key = weights_key()
-        missing = [i for i, r in enumerate(rows) if (key, r) not in _STORE]
-        if missing:
-            idx = torch.as_tensor(missing)
-            sub = {k: (v[idx] if v is not None else None) for k, v in given.items()}
+        def compute(sub: dict[str, Any]) -> tuple:
             was = body.training
             body.eval()
             with torch.no_grad():
                 out = original(**{k: v for k, v in sub.items() if v is not None}, return_dict=True)
             body.train(was)
-            fields = (out.last_hidden_state, getattr(out, "pooler_output", None))
-            for j, i in enumerate(missing):
-                _STORE[(key, rows[i])] = tuple(f[j].clone() if f is not None else None for f in fields)
-        got = [_STORE[(key, r)] for r in rows]
+            return out.last_hidden_state, getattr(out, "pooler_output", None)
+
+        got = _cached_rows(weights_key(), compute, input_ids=input_ids, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids, position_ids=position_ids)
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         hidden = torch.stack([g[0] for g in got])
@@ -114,21 +107,25 @@ def cache_bottom_layers_(model: Any) -> bool:
     weights_key = _WeightsKey(modules, f"bottom{offset}:")
 
     def bottom(input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
-        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-                 "position_ids": position_ids}
-        rows = _row_keys(given, input_ids.shape[0])
-        key = weights_key()
-        missing = [i for i, r in enumerate(rows) if (key, r) not in _STORE]
-        if missing:
-            idx = torch.as_tensor(missing)
-            sub = {k: (v[idx] if v is not None else None) for k, v in given.items()}
-            hidden = compute_bottom(body, offset, **sub)
-            for j, i in enumerate(missing):
-                _STORE[(key, rows[i])] = (hidden[j].clone(),)
-        return torch.stack([_STORE[(key, r)][0] for r in rows])
+        got = _cached_rows(weights_key(), lambda sub: (compute_bottom(body, offset, **sub),), input_ids=input_ids,
+                           attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids)
+        return torch.stack([g[0] for g in got])
 
     body._dp_audit_bottom = bottom
     return True
+
+
+def _cached_rows(key: Any, compute: Any, **given: Any) -> list[tuple]:
+    """The stored outputs of each row of ``given`` under weights ``key``: rows not stored yet are
+    computed together by ``compute(sub_batch) -> tuple of (n, ...) tensors (or None)`` and stored."""
+    rows = _row_keys(given, given["input_ids"].shape[0])
+    missing = [i for i, r in enumerate(rows) if (key, r) not in _STORE]
+    if missing:
+        idx = torch.as_tensor(missing)
+        fields = compute({k: (v[idx] if v is not None else None) for k, v in given.items()})
+        for j, i in enumerate(missing):
+            _STORE[(key, rows[i])] = tuple(f[j].clone() if f is not None else None for f in fields)
+    return [_STORE[(key, r)] for r in rows]
 
 
 def _row_keys(given: dict[str, Any], n: int) -> list[bytes]:
