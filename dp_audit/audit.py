@@ -335,8 +335,11 @@ def _ceilings(m: int, cfg: AuditConfig, claim: dict[str, Any], attacks: list[Any
     (dp_audit.group_privacy), so the report never promises a per-example bound the run cannot give."""
     from dp_audit.estimate import epsilon_ceiling
     from dp_audit.gate import extraction_p_out, has_exposure_bound, n_tests
-    from dp_audit.group_privacy import per_example_bound
+    from dp_audit.group_privacy import group_delta, per_example_bound
     from dp_audit.records import EpsilonEstimate
+
+    if group_delta(0.0, float(claim["delta"]), repeat) >= 1.0:  # the gate skips these canaries too
+        return {}
 
     def per_example(group_at) -> float:
         as_est = lambda d: EpsilonEstimate(method="ceiling", epsilon_lb=float(group_at(d)), alpha=0.0,  # noqa: E731

@@ -29,6 +29,7 @@ from dp_audit.errors import UsageError
 from dp_audit.records import EpsilonEstimate
 
 ITERATIONS = 40
+CAP = 1e6  # ε above which the search stops and reports inf
 
 
 def group_delta(epsilon: float, delta: float, k: int) -> float:
@@ -65,12 +66,15 @@ def per_example_bound(estimate_at: Callable[[float], EpsilonEstimate], *, k: int
     lo = 0.0
     if rejects(lo):
         hi = 1.0
-        while rejects(hi):
+        while rejects(hi) and hi < CAP:
             lo, hi = hi, 2 * hi
-        for _ in range(ITERATIONS):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if rejects(mid) else (lo, mid)
-    group = group_at(lo) or at_zero
+        if rejects(hi):  # only with δ = 0 and an unbounded group estimate: no finite crossing
+            lo = math.inf
+        else:
+            for _ in range(ITERATIONS):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if rejects(mid) else (lo, mid)
+    group = (group_at(lo) if math.isfinite(lo) else at_zero) or at_zero
     return dataclasses.replace(group, epsilon_lb=lo, delta=delta, details={
         **group.details, "group_size": k, "group_epsilon_lb": group.epsilon_lb, "group_delta": group.delta,
         "note": f"canaries inserted {k} times bound k-fold group privacy; epsilon_lb is the per-example ε whose "

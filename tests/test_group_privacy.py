@@ -121,3 +121,27 @@ def test_evaluate_gate_reads_repeat_from_the_run(tmp_path, repeat):
     both = evaluate_gate(tmp_path, GatePolicy(estimators=("fdp",)))
     dirac = [e for e in both.estimates if e.attack == "whitebox-dirac"][0]
     assert "group_size" not in dirac.details and dirac.epsilon_lb > 1.0
+
+
+def test_ceilings_of_canaries_repeated_past_k_delta_1_are_empty_not_a_crash():
+    """Review of the merge: with k·δ >= 1 the gate skips the repeated canaries with a warning, but
+    the audit's ceiling computation raised a UsageError after all the attack work (audit.json
+    never written, the run left pending). Catches that crash."""
+    from dp_audit.audit import _ceilings
+    from dp_audit.config import AuditConfig
+
+    assert _ceilings(1000, AuditConfig(), {"delta": 0.3}, [], repeat=4) == {}
+    assert _ceilings(1000, AuditConfig(), {"delta": 1e-5}, [], repeat=4)["fdp"] > 0
+
+
+def test_unbounded_group_estimate_at_delta_0_gives_inf():
+    """Review of the merge: with δ = 0 and a group estimate of inf the search doubled ε until it
+    overflowed and reported 4.5e307. Catches that (the answer is inf)."""
+    import math
+
+    from dp_audit.group_privacy import per_example_bound
+    from dp_audit.records import EpsilonEstimate
+
+    est = per_example_bound(lambda d: EpsilonEstimate(method="x", epsilon_lb=math.inf, alpha=0.05, delta=d, m=10,
+                                                      threshold="t"), k=3, delta=0.0)
+    assert est.epsilon_lb == math.inf
