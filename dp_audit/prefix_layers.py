@@ -59,6 +59,31 @@ def bottom_modules(body: torch.nn.Module, offset: int) -> list[torch.nn.Module]:
     return [body.embeddings, *list(encoder_layers(body))[:offset]]
 
 
+def self_attention_mask(body: torch.nn.Module, attention_mask: torch.Tensor, hidden: torch.Tensor) -> Any:
+    """The encoder's self-attention mask for a 2-D padding mask, built by the model's own
+    ``_create_attention_masks`` (so it suits the configured attention implementation).
+
+    Its signature changed within transformers 5.x (5.25 added a required ``position_ids``), so the
+    arguments are matched by name. Position ids are never passed: the mask must come from the padding
+    mask alone (position ids that restart would be read as packed sequences and split the
+    attention)."""
+    import inspect
+
+    create = body._create_attention_masks
+    offered = {"attention_mask": attention_mask, "encoder_attention_mask": None, "embedding_output": hidden,
+               "encoder_hidden_states": None, "cache": None, "past_key_values": None, "position_ids": None}
+    params = inspect.signature(create).parameters
+    unknown = [n for n, p in params.items()
+               if n not in offered and p.default is inspect.Parameter.empty
+               and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    if unknown:
+        raise UsageError(f"model.prefix_layers: {type(body).__name__}._create_attention_masks needs "
+                         f"{', '.join(unknown)}, unknown to dp-audit (transformers version not supported): "
+                         f"set model.prefix_layers = 0")
+    masks = create(**{n: v for n, v in offered.items() if n in params})
+    return masks[0] if isinstance(masks, tuple) else masks
+
+
 def compute_bottom(body: torch.nn.Module, offset: int, *, input_ids, attention_mask=None, token_type_ids=None,
                    position_ids=None) -> torch.Tensor:
     """Hidden states of the text after the bottom (no prefix), in eval mode, without gradients."""
@@ -72,8 +97,7 @@ def compute_bottom(body: torch.nn.Module, offset: int, *, input_ids, attention_m
             if offset:
                 mask = attention_mask if attention_mask is not None else torch.ones(input_ids.shape,
                                                                                     dtype=torch.long)
-                ext, _ = body._create_attention_masks(attention_mask=mask, encoder_attention_mask=None,
-                                                      embedding_output=hidden, encoder_hidden_states=None, cache=None)
+                ext = self_attention_mask(body, mask, hidden)
                 for layer in modules[1:]:
                     hidden = layer(hidden, ext)
     finally:
@@ -178,8 +202,7 @@ def _top_forward(body, offset: int, cache, *, input_ids, attention_mask, token_t
     bottom: Callable[..., torch.Tensor] = body._dp_audit_bottom
     hidden = bottom(input_ids=input_ids, attention_mask=text_mask, token_type_ids=token_type_ids,
                     position_ids=position_ids)
-    ext, _ = body._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
-                                          embedding_output=hidden, encoder_hidden_states=None, cache=None)
+    ext = self_attention_mask(body, attention_mask, hidden)
     shifted = _ShiftedCache(cache, offset)
     top = list(encoder_layers(body))[offset:]
     for layer in top[:-1]:
