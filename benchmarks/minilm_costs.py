@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 
-def config(args, *, tuning: str, trainer: str = "dpsgd", mode: str = "hooks", freeze: bool = False):
+def config(args, *, tuning: str, trainer: str = "dpsgd", mode: str | None = None, freeze: bool = False):
     from dp_audit.config import run_config_from_dict
 
     return run_config_from_dict({
@@ -44,7 +44,8 @@ def config(args, *, tuning: str, trainer: str = "dpsgd", mode: str = "hooks", fr
                   "num_virtual_tokens": args.virtual_tokens, "freeze_embeddings": freeze},
         "data": {"task": "english", "max_length": args.max_length, "n_train": 640, "n_dev": 10, "n_test": 10},
         "canaries": {"m": 0}, "train": {"batch_size": args.batch_size, "progress": False},
-        "privacy": {"grad_sample_mode": mode, "max_grad_norm": 0.1}})
+        # only DP-SGD forms per-sample gradients; the other trainers refuse a mode other than 'auto'
+        "privacy": {"grad_sample_mode": mode or ("hooks" if trainer == "dpsgd" else "auto"), "max_grad_norm": 0.1}})
 
 
 def prepared(cfg, args):

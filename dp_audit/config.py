@@ -407,6 +407,11 @@ def _validate_dpflat_dpzo(cfg: RunConfig) -> None:
                          "sparse_reference_epochs >= 0")
     if z.perturbation_scale <= 0 or z.clip <= 0 or z.steps < 0:
         raise UsageError("dpzo: need perturbation_scale > 0, clip > 0 and steps >= 0")
+    gsm = cfg.privacy.grad_sample_mode
+    if gsm != "auto" and (cfg.trainer in ("nondp", "dpzo") or (cfg.trainer == "dpflat" and f.blackbox)):
+        what = "black-box DP-Flat (dpflat.blackbox = true)" if cfg.trainer == "dpflat" else f"trainer {cfg.trainer!r}"
+        raise UsageError(f"privacy.grad_sample_mode = {gsm!r} chooses how DP-SGD forms per-sample gradients; "
+                         f"{what} forms none, so it would be ignored: leave it 'auto'")
     if cfg.trainer != "dpflat":
         return
     if f.blackbox:

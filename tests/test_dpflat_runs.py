@@ -239,6 +239,19 @@ def test_dpflat_refuses_ghost_clipping_before_training(tiny_config):
     tiny_config(trainer="dpflat", model={"tuning": "prefix"}, privacy={"grad_sample_mode": "hooks"})
 
 
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bk"])
+@pytest.mark.parametrize("trainer,extra", [("nondp", {}), ("dpzo", {}),
+                                           ("dpflat", {"dpflat": {"blackbox": True, "awp": False, "sparse": False}})],
+                         ids=["nondp", "dpzo", "dpflat-blackbox"])
+def test_grad_sample_mode_is_refused_by_trainers_without_per_sample_gradients(tiny_config, trainer, extra, mode):
+    """Issue 14: ``privacy.grad_sample_mode`` was silently ignored by the trainers that form no
+    per-sample gradients (a user asking for ``bk`` on DP-ZO believed it in effect). Bug caught: the
+    check missing for one of them (no UsageError), or 'auto' refused (the default must pass)."""
+    with pytest.raises(UsageError, match=f"grad_sample_mode = '{mode}'.*leave it 'auto'"):
+        tiny_config(trainer=trainer, privacy={"grad_sample_mode": mode}, **extra)
+    tiny_config(trainer=trainer, privacy={"grad_sample_mode": "auto"}, **extra)
+
+
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("train-*.toml")), ids=lambda p: p.name)
 def test_example_train_configs_load(path):
     cfg = load_run_config(path)
