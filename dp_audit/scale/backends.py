@@ -3,8 +3,12 @@
 (``abort``: the parent was interrupted; stop running attempts now instead of waiting for them).
 
 A result of an attempt whose worker process died carries ``"crash": True`` and ``"alone"``:
-whether that attempt was the only one its worker pool ran when it broke. A dead pool worker
-takes every running attempt of its pool with it, so only a crash alone says which task died."""
+whether that attempt was the only one in its worker pool from its submission to its failure. A
+dead pool worker takes every running attempt of its pool with it, so only a crash alone says
+which task died. "Alone when the failure was seen" would not do: CPython's pool can notice a
+dead worker late (its manager thread watches the workers it knew when it last woke, and a worker
+spawned for a later submission joins that list only at its next wake-up, e.g. when a pool mate
+finishes), so a task that died next to another may be reported after the other has finished."""
 
 from __future__ import annotations
 
@@ -83,7 +87,7 @@ class LocalBackend:
         self.cfg, self.log_dir = cfg, log_dir
         self.n = max(1, min(cfg.n_workers, n_tasks))
         self._owner: dict[Any, cf.ProcessPoolExecutor] = {}  # uncollected future -> its pool
-        self._peers: dict[Any, int] = {}  # a broken pool -> attempts it held when it broke
+        self._shared: set[Any] = set()  # uncollected futures that ever had an uncollected pool mate
         self._pool = self._new_pool()
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
@@ -98,6 +102,10 @@ class LocalBackend:
         except cf.BrokenExecutor:  # broke since the last wait: its attempts come back as crashes
             self._pool = self._new_pool()
             fut = self._pool.submit(*args, **kwargs)
+        mates = [f for f, pool in self._owner.items() if pool is self._pool]
+        if mates:
+            self._shared.update(mates)
+            self._shared.add(fut)
         self._owner[fut] = self._pool
         return fut
 
@@ -106,12 +114,12 @@ class LocalBackend:
         out = []
         for fut in done:
             pool = self._owner.pop(fut)
+            shared = fut in self._shared
+            self._shared.discard(fut)
             try:
                 out.append((fut, fut.result()))
             except cf.BrokenExecutor as exc:
-                if pool not in self._peers:  # the first of its attempts seen: count them all
-                    self._peers[pool] = 1 + sum(p is pool for p in self._owner.values())
-                out.append((fut, _crashed(exc, "worker process died", alone=self._peers[pool] == 1)))
+                out.append((fut, _crashed(exc, "worker process died", alone=not shared)))
                 if pool is self._pool:
                     pool.shutdown(wait=False)
                     self._pool = self._new_pool()
