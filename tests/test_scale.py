@@ -290,6 +290,27 @@ def test_a_crash_seen_after_its_pool_mate_finished_is_not_charged(monkeypatch, t
     assert handle is lone and result["alone"] is True
 
 
+def test_a_crash_next_to_a_long_task_is_seen_at_once(tmp_path):
+    """Catches: a worker's death noticed only when its pool mate finishes (CPython wakes the pool's
+    manager thread before spawning the second worker, so without a second wake-up the crash of a
+    task next to a long one can wait for that task: here 120 s, for a real one hours)."""
+    import time
+
+    from dp_audit.scale import backends
+
+    backend = backends.LocalBackend(ScaleConfig(backend="local", workers=2), str(tmp_path), 2)
+    try:
+        long = backend.submit(Task(key="s1", fn=T + "slow_marked", kwargs={
+            "x": 7, "seconds": 120.0, "started": str(tmp_path / "s1.pid"), "finished": str(tmp_path / "s1.done")}), 1)
+        dies = backend.submit(Task(key="d0", fn=T + "dies_once", kwargs={"x": 1, "marker": str(tmp_path / "m")}), 1)
+        t0 = time.monotonic()
+        results = dict(backend.wait([long, dies]))
+        assert time.monotonic() - t0 < 60 and results[dies]["crash"] and results[dies]["alone"] is False
+    finally:
+        backend.close(abort=True)
+    assert not (tmp_path / "s1.done").exists()
+
+
 def test_an_interrupt_stops_the_running_workers_at_once(tmp_path):
     """Catches: Ctrl-C (KeyboardInterrupt in the parent) waiting for every running attempt to
     finish (minutes for a reference model) before exit 130, or leaving the workers running."""

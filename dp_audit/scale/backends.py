@@ -102,6 +102,16 @@ class LocalBackend:
         except cf.BrokenExecutor:  # broke since the last wait: its attempts come back as crashes
             self._pool = self._new_pool()
             fut = self._pool.submit(*args, **kwargs)
+        # CPython wakes the pool's manager thread before it spawns the worker for this submission,
+        # so the thread may go on watching the old worker list and notice this worker's death only
+        # at its next wake-up (a pool mate finishing: hours, for a long task). Wake it again now
+        # that the worker exists (a private attribute: absent elsewhere, then detection is late).
+        wakeup = getattr(self._pool, "_executor_manager_thread_wakeup", None)
+        if wakeup is not None:
+            try:
+                wakeup.wakeup()
+            except (OSError, ValueError):  # closed: the pool broke or shut down meanwhile
+                pass
         mates = [f for f, pool in self._owner.items() if pool is self._pool]
         if mates:
             self._shared.update(mates)
