@@ -176,7 +176,8 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     """Run attacks, estimators, cross-checks and probes on ``target``; write ``audit.json``."""
     from dp_audit.attacks.loading import load_hf_model
     from dp_audit.attacks.signals import compute_signals
-    from dp_audit.audit_attacks import build_references, needs_references, resolve_attacks, run_attacks, run_candidates
+    from dp_audit.audit_attacks import (AUTO, build_references, default_attacks, needs_references, resolve_attacks,
+                                        run_attacks, run_candidates)
     from dp_audit.gate import GatePolicy, canary_repeat, evaluate_gate
 
     run_dir = target.run_dir
@@ -198,6 +199,8 @@ def run_audit(target: Target, cfg: AuditConfig, *, progress: bool = True, render
     if member.all() or not member.any():
         raise UsageError("canaries must include both members and non-members")
     candidates = run_candidates(run_dir) if kind == "causal-lm" else None
+    if cfg.attacks == (AUTO,):  # the default: by model kind (recorded resolved in audit.json)
+        cfg = dataclasses.replace(cfg, attacks=default_attacks(kind))
     attack_names = resolve_attacks(cfg.attacks, kind=kind, n_references=cfg.reference_models,
                                    has_candidates=candidates is not None, source=target.source)
     from dp_audit.audit_secrets import SecretsStage, check_before_writing, run_secrets

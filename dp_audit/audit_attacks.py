@@ -37,6 +37,18 @@ def _registry():
     return ATTACKS
 
 
+AUTO = "auto"
+
+
+def default_attacks(kind: str) -> tuple[str, ...]:
+    """What ``attacks = ["auto"]`` (the default) runs for a model kind: the loss attack for a
+    classifier; for a causal LM every attack that applies (``"all"``): loss, zlib, min-k%, min-k%++,
+    exposure when candidates exist, extraction when the canaries are prefix + secret, and the
+    reference attacks when reference_models > 0. Leakage of a language model is about secrets it
+    completes, which the loss attack alone does not measure (issue 16)."""
+    return (ALL,) if kind == "causal-lm" else ("loss",)
+
+
 def resolve_attacks(requested: Sequence[str], *, kind: str, n_references: int, has_candidates: bool,
                     source: str) -> tuple[str, ...]:
     """The attack names to run, in registry order for ``"all"`` (see the module docstring)."""

@@ -340,7 +340,10 @@ class SecretsConfig:
 class AuditConfig:
     """The config of ``dp-audit run`` (TOML)."""
 
-    attacks: tuple[str, ...] = ("loss",)
+    # "auto": by model kind, once the model is loaded (dp_audit.audit_attacks.default_attacks):
+    # ["loss"] for a classifier, ["all"] for a causal LM (loss, zlib, min-k%, min-k%++, exposure with
+    # candidates, extraction of secret canaries; reference attacks with reference_models > 0)
+    attacks: tuple[str, ...] = ("auto",)
     estimators: tuple[str, ...] = ("fdp",)  # the gate's default (docs/gate.md): add "steinke" to split α with it
     alpha: float = 0.05
     threshold: str = "bonferroni"
@@ -370,6 +373,9 @@ class AuditConfig:
         if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 0:
             raise UsageError(f"bootstrap must be an integer >= 0, got {self.bootstrap!r}")
         _choice("reference_private", self.reference_private, ("all", "half"))
+        if not self.attacks or ("auto" in self.attacks and len(self.attacks) > 1):
+            raise UsageError(f"attacks must be [\"auto\"] (by model kind) or a non-empty list of attack names "
+                             f"without \"auto\", got {list(self.attacks)}")
         if self.probes or self.probe:  # imports torch: only when probes are configured
             from dp_audit.audit_landscapes import probe_specs
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from dp_audit.cli import main
+from dp_audit.errors import UsageError
 from dp_audit.lm_canaries import make_secret_canaries, secret_candidates
 from tests.test_attacks_tiny_models import make_tokenizer, tiny_gpt2
 from tests.test_end_to_end import one_line_error
@@ -105,6 +106,29 @@ def run_lm(root: Path, out: str, *extra: str, model: str = "adapter", eps: float
                  "--candidates", str(root / "candidates.txt"), "--epsilon", str(eps), "--delta", "1e-5",
                  "--out", str(root / out), "--quiet", "--overwrite", "--set", 'attacks=["all"]',
                  "--set", "secrets.samples=8", *(() if render else ("--no-report",)), *extra])
+
+
+def test_default_attacks_of_a_causal_lm_are_every_lm_attack(lora_lm):
+    """Issue 16: ``dp-audit run`` on a language model with the default config ran the loss attack
+    only, so a team auditing its LM saw neither exposure nor extraction unless it knew to ask. The
+    default (``attacks = ["auto"]``) is now "all" for a causal LM and "loss" for a classifier,
+    recorded resolved in audit.json. Bugs caught: "auto" left unresolved (UsageError: unknown
+    attack) or resolved to ["loss"] for LMs; the config recording "auto" instead of what ran;
+    "auto" accepted next to other names or an empty list accepted (both ambiguous)."""
+    from dp_audit.audit_attacks import default_attacks
+    from dp_audit.config import AuditConfig
+
+    assert AuditConfig().attacks == ("auto",) and default_attacks("classifier") == ("loss",)
+    for bad in ((), ("auto", "loss")):
+        with pytest.raises(UsageError, match="attacks must be"):
+            AuditConfig(attacks=bad)
+    assert main(["run", "--model", str(lora_lm / "adapter"), "--canaries", str(lora_lm / "secrets.jsonl"),
+                 "--candidates", str(lora_lm / "candidates.txt"), "--epsilon", "1", "--delta", "1e-5",
+                 "--out", str(lora_lm / "auto"), "--quiet", "--no-report", "--set", "secrets.samples=2",
+                 "--set", "secrets.space_size=1000000", "--set", "bootstrap=0"]) == 0
+    audit = json.loads((lora_lm / "auto" / "audit.json").read_text())
+    assert [a["name"] for a in audit["attacks"]] == ["loss", "zlib", "mink", "minkpp", "exposure", "extraction"]
+    assert audit["audit_config"]["attacks"] == ["all"]
 
 
 def test_lora_adapter_audit_runs_every_lm_attack_exposure_and_extraction(lora_lm):

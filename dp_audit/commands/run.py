@@ -24,7 +24,7 @@ EPILOG = """examples:
 
 attacks (docs/attacks.md): loss, ref-loss, lira-online, lira-offline, rmia (classifiers and causal LMs),
 zlib, mink, minkpp, exposure, extraction (causal LMs); "all" = every attack that applies to the model
-kind and to what is available. ref-loss / lira-* / rmia need reference_models > 0, which are trained with the
+kind and to what is available; "auto" (the default) = ["loss"] for a classifier, ["all"] for a causal LM. ref-loss / lira-* / rmia need reference_models > 0, which are trained with the
 run's own trainer (dp-audit run directories only; cached in references/, resumable). exposure needs
 --candidates (one candidate secret a line, drawn like the canaries' secrets) and adds the Secret
 Sharer bound P[exposure >= k] <= e^eps 2^-k + delta to the estimates; audit.json "secrets" also
