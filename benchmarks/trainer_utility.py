@@ -22,6 +22,10 @@ The DP-Flat question on MiniLM (prefix on the top layer, the frozen bottom cache
   --backbone minilm --task english --tuning prefix --max-length 24 --virtual-tokens 10
   --prefix-layers 1 --epochs 10 --lr 0.05 --clip 1 --nondp-lr 0.01 --ref-epochs 3 --sparse-k 0
   --dpflat-train-head --private-awp dpsat --methods nondp,dpsgd,dpflat-paper,dpflat-private
+
+Full fine-tuning of MiniLM (DP-SGD with book-keeping clipping, trainers/dpsgd_bk.py):
+  --backbone minilm --task english --tuning full --max-length 24 --grad-sample-mode bk
+  --methods nondp,dpsgd,dpzo-gaussian,dpzo-laplace
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ METHODS = ("nondp", "dpsgd", "dpflat-paper", "dpflat-private", "dpzo-gaussian", 
 def sections(method: str, args) -> dict:
     dp = {"train": {"epochs": args.epochs, "lr": args.lr, "optimizer": args.optimizer},
           "privacy": {"max_grad_norm": args.clip}}
+    dpsgd = {**dp, "privacy": {**dp["privacy"], "grad_sample_mode": args.grad_sample_mode}}
     flat = {"awp": True, "sparse": args.sparse_k > 0, "distill": True, "sparse_k": args.sparse_k, "distill_epochs": args.ref_epochs,
             "train_head": args.dpflat_train_head, "sparse_reference_epochs": args.ref_epochs}
     flat_model = {"model": {"tuning": "prefix", "prefix_layers": args.prefix_layers},
@@ -52,7 +57,7 @@ def sections(method: str, args) -> dict:
           "dpzo": {"clip": args.zo_clip, "perturbation_scale": 1e-3}}
     return {
         "nondp": {"trainer": "nondp", "train": {"epochs": args.nondp_epochs or args.epochs, "lr": args.nondp_lr}},
-        "dpsgd": {"trainer": "dpsgd", **dp},
+        "dpsgd": {"trainer": "dpsgd", **dpsgd},
         "dpflat-paper": {"trainer": "dpflat", **dp, **flat_model, **flat_train,
                          "dpflat": {**flat, "awp_mode": "paper", "sparse_mode": "paper", "distill_mode": "paper"}},
         "dpflat-private": {"trainer": "dpflat", **dp, **flat_model, **flat_train,
@@ -102,6 +107,8 @@ def main() -> None:
     ap.add_argument("--prefix-layers", type=int, default=0,
                     help="prefix on the top k encoder layers, the frozen bottom cached (0: every layer)")
     ap.add_argument("--sparse-k", type=int, default=1, help="DP-Flat: prefix layers removed by the selection")
+    ap.add_argument("--grad-sample-mode", default="auto", choices=("auto", "hooks", "ghost", "bk"),
+                    help="DP-SGD's per-sample gradients (bk: book-keeping, the affordable one for full fine-tuning)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dp-audit-bench-cache")
     args = ap.parse_args()
