@@ -129,10 +129,10 @@ def _splits(target: Any, cfg: AuditConfig) -> tuple[dict[str, _Split], int]:
     }
     if target.source != "dp-audit":
         return out, EXTERNAL_MAX_LENGTH
-    from dp_audit.config import run_config_from_dict
+    from dp_audit.config import run_config_from_manifest
     from dp_audit.trainers.data import make_task
 
-    run_cfg = run_config_from_dict(target.manifest["config"])
+    run_cfg = run_config_from_manifest(target.manifest["config"])
     task = make_task(run_cfg.data)
     expected = target.manifest.get("data_fingerprint")
     if expected and task.fingerprint != expected:

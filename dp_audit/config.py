@@ -414,7 +414,7 @@ def _validate_dpflat_dpzo(cfg: RunConfig) -> None:
     if z.perturbation_scale <= 0 or z.clip <= 0 or z.steps < 0:
         raise UsageError("dpzo: need perturbation_scale > 0, clip > 0 and steps >= 0")
     gsm = cfg.privacy.grad_sample_mode
-    if gsm != "auto" and (cfg.trainer in ("nondp", "dpzo") or (cfg.trainer == "dpflat" and f.blackbox)):
+    if gsm != "auto" and _forms_no_per_sample_gradients(cfg.trainer, blackbox=f.blackbox):
         what = "black-box DP-Flat (dpflat.blackbox = true)" if cfg.trainer == "dpflat" else f"trainer {cfg.trainer!r}"
         raise UsageError(f"privacy.grad_sample_mode = {gsm!r} chooses how DP-SGD forms per-sample gradients; "
                          f"{what} forms none, so it would be ignored: leave it 'auto'")
@@ -627,3 +627,22 @@ def load_audit_config(path: str | Path | None) -> AuditConfig:
 
 def run_config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     return from_mapping(RunConfig, data)
+
+
+def _forms_no_per_sample_gradients(trainer: Any, *, blackbox: Any) -> bool:
+    return trainer in ("nondp", "dpzo") or (trainer == "dpflat" and bool(blackbox))
+
+
+def run_config_from_manifest(data: Mapping[str, Any]) -> RunConfig:
+    """The config a run directory recorded (manifest.json ``config``), for the reference models and
+    the landscape probes. A run written before ``privacy.grad_sample_mode`` was refused for the
+    trainers that form no per-sample gradients may record a mode there that its trainer ignored: it
+    is read as ``'auto'``, which is what ran (refusing it would make such a run unauditable with
+    reference models: its manifest cannot be edited)."""
+    privacy = data.get("privacy")
+    dpflat = data.get("dpflat")
+    blackbox = dpflat.get("blackbox", False) if isinstance(dpflat, Mapping) else False
+    if isinstance(privacy, Mapping) and privacy.get("grad_sample_mode", "auto") != "auto" \
+            and _forms_no_per_sample_gradients(data.get("trainer"), blackbox=blackbox):
+        data = {**data, "privacy": {**privacy, "grad_sample_mode": "auto"}}
+    return run_config_from_dict(data)

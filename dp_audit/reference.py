@@ -95,7 +95,7 @@ def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *,
 
     from dp_audit.attacks.signals import compute_signals
     from dp_audit.canaries import read_canaries
-    from dp_audit.config import run_config_from_dict
+    from dp_audit.config import run_config_from_manifest
     from dp_audit.io import load_npz, save_npz
     from dp_audit.trainers.base import TRAINERS, default_cache_root, new_classifier
     from dp_audit.trainers.modeling import encode, subset
@@ -112,7 +112,7 @@ def reference_task(run_dir: str | Path, manifest: dict[str, Any], index: int, *,
     out = reference_path(run_dir, index)
     if out.is_file() and _meta_matches(out, seed=seed, index=index, digest=digest):
         return out
-    cfg = run_config_from_dict(manifest["config"])
+    cfg = run_config_from_manifest(manifest["config"])
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
     prep = _prepared(cfg, default_cache_root(run_dir, cfg))
     regenerated = [(c.id, c.text, c.label) for c in prep.canaries]
@@ -170,7 +170,7 @@ def train_references(run_dir: str | Path, manifest: dict[str, Any], *, n_models:
     """Run (or resume) ``n_models`` reference tasks on ``scale``'s backend (default: a local process
     pool over every core), with one progress bar."""
     from dp_audit.canaries import read_canaries
-    from dp_audit.config import run_config_from_dict
+    from dp_audit.config import run_config_from_manifest
     from dp_audit.scale import Task, run_tasks
     from dp_audit.trainers.base import default_cache_root
 
@@ -185,7 +185,7 @@ def train_references(run_dir: str | Path, manifest: dict[str, Any], *, n_models:
             if not (reference_path(run_dir, i).is_file()
                     and _meta_matches(reference_path(run_dir, i), seed=seed, index=i, digest=digest))]
     if todo:  # the shared preparation once, here: the backbone cache exists before any worker starts
-        cfg = run_config_from_dict(manifest["config"])
+        cfg = run_config_from_manifest(manifest["config"])
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
         # memoised: the serial backend's in-process tasks reuse it instead of preparing again
         _prepared(cfg, default_cache_root(run_dir, cfg), progress=progress)

@@ -252,6 +252,31 @@ def test_grad_sample_mode_is_refused_by_trainers_without_per_sample_gradients(ti
     tiny_config(trainer=trainer, privacy={"grad_sample_mode": "auto"}, **extra)
 
 
+def test_a_run_recorded_with_an_ignored_grad_sample_mode_still_trains_reference_models(tmp_path, cache_dir):
+    """A nondp (or dpzo, black-box DP-Flat) run written before the refusal above may record a
+    ``grad_sample_mode`` its trainer ignored; its manifest cannot be edited. Bug caught: the
+    reference models (and landscape probes) rebuilding the run's config with the refusal, so
+    ``dp-audit run --set reference_models=N`` on such a run was a usage error."""
+    from dp_audit.cli import main
+    from dp_audit.config import run_config_from_dict, run_config_from_manifest
+    from dp_audit.reference import train_references
+    from dp_audit.scale import ScaleConfig
+    from tests.test_end_to_end import write_config
+
+    cfg = write_config(tmp_path, cache_dir, "nondp", trainer="nondp", canaries={"m": 8}, train={"epochs": 1})
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    manifest["config"]["privacy"]["grad_sample_mode"] = "hooks"  # as the older version recorded it
+    with pytest.raises(UsageError, match="leave it 'auto'"):
+        run_config_from_dict(manifest["config"])  # a new config is still refused
+    assert run_config_from_manifest(manifest["config"]).privacy.grad_sample_mode == "auto"
+    dpsgd = {**manifest["config"], "trainer": "dpsgd"}  # a mode DP-SGD uses is kept
+    assert run_config_from_manifest(dpsgd).privacy.grad_sample_mode == "hooks"
+    [path] = train_references(tmp_path / "run", manifest, n_models=1, seed=0, progress=False,
+                              scale=ScaleConfig(backend="local", workers=1))
+    assert path.is_file()
+
+
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("train-*.toml")), ids=lambda p: p.name)
 def test_example_train_configs_load(path):
     cfg = load_run_config(path)

@@ -128,6 +128,43 @@ def test_roberta_prefix_on_every_layer_through_the_router_equals_peft(positions)
         torch.testing.assert_close(model(3)(**x).logits, model(0)(**x).logits)
 
 
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_the_bottom_equals_the_models_own_hidden_states(arch, attn):
+    """The bottom (embeddings + the first ``offset`` layers, dp_audit.prefix_layers.compute_bottom)
+    equals the model's own forward's hidden state after ``offset`` layers, with padded rows and for a
+    batch without padding (where transformers' mask builder returns None), for BERT and RoBERTa
+    (padded positions), eager and sdpa attention. The other tests compare the routed model with
+    itself (cached vs uncached) or use k = L (no bottom layer), so a wrong bottom mask went unseen.
+    Bug caught (seen to fail): the bottom's self-attention mask built without the padding (real
+    tokens attend to pads), e.g. a ``_create_attention_masks`` call whose arguments moved (the
+    position_ids added in transformers 5.25)."""
+    from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+
+    from dp_audit.prefix_layers import compute_bottom
+    from dp_audit.trainers.backbone import init_weights_
+
+    kw = dict(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
+              max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if arch == "bert":
+        model = BertForSequenceClassification._from_config(BertConfig(**kw), attn_implementation=attn)
+    else:
+        model = RobertaForSequenceClassification._from_config(RobertaConfig(pad_token_id=1, **kw),
+                                                              attn_implementation=attn)
+    init_weights_(model, generator=torch.Generator().manual_seed(1), std=0.5)
+    body = getattr(model, model.base_model_prefix).eval()
+    x = _inputs(n=6)
+    for padded in (True, False):
+        mask = x["attention_mask"] if padded else torch.ones_like(x["attention_mask"])
+        ids = x["input_ids"].clone()
+        if arch == "roberta":
+            ids[mask == 0] = 1  # RoBERTa's pad id (its positions skip pads)
+        with torch.no_grad():
+            own = body(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        for offset in (1, 2):
+            torch.testing.assert_close(compute_bottom(body, offset, input_ids=ids, attention_mask=mask), own[offset])
+
+
 def test_cache_follows_bottom_weights_changed_in_place():
     """The cache key follows the bottom's weights: after a bottom weight changes in place (as a
     ``load_state_dict`` does), the cached model gives the uncached model's new logits, not features

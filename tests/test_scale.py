@@ -290,14 +290,26 @@ def test_a_crash_seen_after_its_pool_mate_finished_is_not_charged(monkeypatch, t
     assert handle is lone and result["alone"] is True
 
 
-def test_a_crash_next_to_a_long_task_is_seen_at_once(tmp_path):
+def test_a_crash_next_to_a_long_task_is_seen_at_once(monkeypatch, tmp_path):
     """Catches: a worker's death noticed only when its pool mate finishes (CPython wakes the pool's
     manager thread before spawning the second worker, so without a second wake-up the crash of a
-    task next to a long one can wait for that task: here 120 s, for a real one hours)."""
+    task next to a long one can wait for that task: here 120 s, for a real one hours). The race is
+    forced: spawning the second worker is delayed by 0.5 s, so the manager thread, woken by the
+    submission, always rebuilds its watch list before that worker exists (without the delay the
+    test passed 4 of 4 times with the second wake-up removed: it did not catch its bug)."""
+    import concurrent.futures.process as cfp
     import time
 
     from dp_audit.scale import backends
 
+    spawn = cfp.ProcessPoolExecutor._spawn_process
+
+    def late_spawn(self):
+        if self._processes:  # the second worker: let the woken manager thread look first
+            time.sleep(0.5)
+        spawn(self)
+
+    monkeypatch.setattr(cfp.ProcessPoolExecutor, "_spawn_process", late_spawn)
     backend = backends.LocalBackend(ScaleConfig(backend="local", workers=2), str(tmp_path), 2)
     try:
         long = backend.submit(Task(key="s1", fn=T + "slow_marked", kwargs={
@@ -309,6 +321,43 @@ def test_a_crash_next_to_a_long_task_is_seen_at_once(tmp_path):
     finally:
         backend.close(abort=True)
     assert not (tmp_path / "s1.done").exists()
+
+
+def test_the_second_wakeup_holds_the_pools_lock(monkeypatch, tmp_path):
+    """CPython closes the manager thread's wake-up pipe (pool broken or shut down) under the pool's
+    ``_shutdown_lock`` and writes to it only under that lock. Bug caught: the backend's second
+    wake-up written without the lock, racing with the close: a write to a closed (or reused) file
+    descriptor, or a TypeError out of ``submit`` (the connection's handle already None) that would
+    end ``dp-audit`` with exit 4."""
+    import concurrent.futures as cf
+    import threading
+
+    from dp_audit.scale import backends
+
+    held = []
+
+    class Wakeup:
+        def __init__(self, lock):
+            self.lock = lock
+
+        def wakeup(self):
+            held.append(self.lock.locked())
+
+    class FakePool:
+        def __init__(self, *a, **k):
+            self._shutdown_lock = threading.Lock()
+            self._executor_manager_thread_wakeup = Wakeup(self._shutdown_lock)
+
+        def submit(self, *a, **k):
+            return cf.Future()
+
+        def shutdown(self, *a, **k):
+            pass
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", FakePool)
+    backend = backends.LocalBackend(ScaleConfig(backend="local", workers=2), str(tmp_path), 2)
+    backend.submit(Task(key="a", fn=T + "identity", kwargs={}), 1)
+    assert held == [True]
 
 
 def test_an_interrupt_stops_the_running_workers_at_once(tmp_path):

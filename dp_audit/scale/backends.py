@@ -13,6 +13,7 @@ finishes), so a task that died next to another may be reported after the other h
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import os
 from typing import Any
@@ -106,12 +107,17 @@ class LocalBackend:
         # so the thread may go on watching the old worker list and notice this worker's death only
         # at its next wake-up (a pool mate finishing: hours, for a long task). Wake it again now
         # that the worker exists (a private attribute: absent elsewhere, then detection is late).
-        wakeup = getattr(self._pool, "_executor_manager_thread_wakeup", None)
-        if wakeup is not None:
-            try:
-                wakeup.wakeup()
-            except (OSError, ValueError):  # closed: the pool broke or shut down meanwhile
-                pass
+        # Under the pool's shutdown lock, as CPython's own submit does: the manager thread closes the
+        # pipe under that lock when the pool breaks, and a write racing with the close could hit a
+        # closed (or reused) descriptor or raise TypeError out of submit.
+        lock = getattr(self._pool, "_shutdown_lock", None)
+        with lock if lock is not None else contextlib.nullcontext():
+            wakeup = getattr(self._pool, "_executor_manager_thread_wakeup", None)
+            if wakeup is not None:
+                try:
+                    wakeup.wakeup()
+                except (OSError, ValueError):  # closed: the pool broke or shut down meanwhile
+                    pass
         mates = [f for f, pool in self._owner.items() if pool is self._pool]
         if mates:
             self._shared.update(mates)
