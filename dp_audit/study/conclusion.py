@@ -149,7 +149,7 @@ def arm_tests(arms: Sequence[ArmRow]) -> int:
                    + int(r.blackbox_eps_lb is not None or r.whitebox_eps_lb is not None)) for r in arms)
 
 
-def per_arm_alpha_sentence(n_arms: int, alpha: float, *, n_tests: int | None = None) -> str:
+def per_arm_alpha_sentence(n_arms: int, alpha: float, *, n_tests: int | None = None, computed: bool = False) -> str:
     """Each statement of the table is its own test at α: said plainly, with the family-wise risk
     of the ``n_tests`` tests (default ``n_arms``; :func:`arm_tests`) it implies."""
     n = int(n_tests if n_tests is not None else n_arms)
@@ -159,13 +159,17 @@ def per_arm_alpha_sentence(n_arms: int, alpha: float, *, n_tests: int | None = N
             f"These {n} tests over {n_arms} arms are not one family: if every arm kept its claim, some statement "
             f"could still read as a refutation by chance with probability up to 1 − (1 − α)^{n} = {fw:.0%}; for a "
             f"statement about all arms at once, read a refutation as family-wise only if its bound would also "
-            f"exceed the claim at α/{n} = {alpha / n:.3g} (Bonferroni; not computed here).")
+            f"exceed the claim at α/{n} = {alpha / n:.3g} (Bonferroni; "
+            + ("computed below)." if computed else "not computed here)."))
 
 
-def conclusion(arms: Sequence[ArmRow], sweeps: Sequence[SweepRow] = (), *, alpha: float | None = None) -> list[str]:
+def conclusion(arms: Sequence[ArmRow], sweeps: Sequence[SweepRow] = (), *, alpha: float | None = None,
+               familywise=None) -> list[str]:
     """Plain sentences: what each non-private component does to the claim, whether the private
     variants fix it, whether the controls hold, and where the sweeps start refuting; with
-    ``alpha``, last, the per-arm confidence stated plainly (:func:`per_arm_alpha_sentence`)."""
+    ``alpha``, the per-arm confidence stated plainly (:func:`per_arm_alpha_sentence`) and, with
+    ``familywise`` (:func:`dp_audit.study.familywise.familywise_steps`), last, what holds for all
+    arms at once."""
     lines: list[str] = []
     controls = [r for r in arms if r.group == "control"]
     paper = [r for r in arms if r.group == "paper"]
@@ -217,5 +221,10 @@ def conclusion(arms: Sequence[ArmRow], sweeps: Sequence[SweepRow] = (), *, alpha
         by_sweep.setdefault(s.sweep, []).append(s)
     lines.extend(sweep_sentence(rows) for rows in by_sweep.values())
     if alpha is not None and len(arms) > 1:
-        lines.append(per_arm_alpha_sentence(len(arms), float(alpha), n_tests=arm_tests(arms)))
+        lines.append(per_arm_alpha_sentence(len(arms), float(alpha), n_tests=arm_tests(arms),
+                                            computed=familywise is not None))
+        if familywise is not None:
+            from dp_audit.study.familywise import familywise_sentence
+
+            lines.append(familywise_sentence(familywise, arms))
     return lines

@@ -49,7 +49,7 @@ def _md_table(header, rows) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(result, *, settings: Mapping[str, Any]) -> str:
+def render_markdown(result, *, settings: Mapping[str, Any], familywise=None) -> str:
     sweeps_by = {}
     for s in result.sweeps:
         sweeps_by.setdefault(s.sweep, []).append(s)
@@ -60,12 +60,12 @@ def render_markdown(result, *, settings: Mapping[str, Any]) -> str:
     for name, rows in sweeps_by.items():
         parts += [f"## Sweep: {SWEEP_NAMES.get(name, name)}\n", SWEEP_NOTE + "\n",
                   _md_table(SWEEP_COLUMNS, sweep_rows(rows)) + "\n"]
-    lines = conclusion(result.arms, result.sweeps, alpha=settings.get("alpha"))
+    lines = conclusion(result.arms, result.sweeps, alpha=settings.get("alpha"), familywise=familywise)
     parts += ["## Conclusion\n", "\n".join(f"- {line}" for line in lines) + "\n"]
     return "\n".join(parts)
 
 
-def render_html(result, *, settings: Mapping[str, Any]) -> str:
+def render_html(result, *, settings: Mapping[str, Any], familywise=None) -> str:
     from dp_audit import __version__
     from dp_audit.reports.html import environment
 
@@ -73,21 +73,27 @@ def render_html(result, *, settings: Mapping[str, Any]) -> str:
         settings=dict(settings), columns=COLUMNS, rows=table_rows(result.arms), sweep_columns=SWEEP_COLUMNS, sweep_note=SWEEP_NOTE,
         sweeps=[(SWEEP_NAMES.get(k, k), sweep_rows([s for s in result.sweeps if s.sweep == k]))
                 for k in dict.fromkeys(s.sweep for s in result.sweeps)],
-        conclusion=conclusion(result.arms, result.sweeps, alpha=settings.get("alpha")), tool_version=__version__)
+        conclusion=conclusion(result.arms, result.sweeps, alpha=settings.get("alpha"), familywise=familywise),
+        tool_version=__version__)
 
 
-def study_json(result, *, settings: Mapping[str, Any], elapsed_s: float) -> dict[str, Any]:
+def study_json(result, *, settings: Mapping[str, Any], elapsed_s: float, familywise=None) -> dict[str, Any]:
     return {"kind": "dp-audit-study", "study": "awp-leak", "settings": dict(settings),
             "arms": [r.to_dict() for r in result.arms], "sweeps": [s.to_dict() for s in result.sweeps],
-            "conclusion": conclusion(result.arms, result.sweeps, alpha=settings.get("alpha")),
+            "conclusion": conclusion(result.arms, result.sweeps, alpha=settings.get("alpha"), familywise=familywise),
+            "familywise": familywise.to_dict() if familywise is not None else None,
             "timings": {"this_invocation_s": round(elapsed_s, 1)}}
 
 
 def write_outputs(result, *, settings: Mapping[str, Any], elapsed_s: float, log: Callable[[str], None] = print) -> None:
+    from dp_audit.study.familywise import familywise_steps
+
     out: Path = result.out
-    atomic_write_json(out / "study.json", study_json(result, settings=settings, elapsed_s=elapsed_s))
-    atomic_write_text(out / "study.md", render_markdown(result, settings=settings))
-    atomic_write_text(out / "study.html", render_html(result, settings=settings))
+    alpha = settings.get("alpha")
+    fw = familywise_steps(out, result.arms, alpha=float(alpha)) if alpha is not None and len(result.arms) > 1 else None
+    atomic_write_json(out / "study.json", study_json(result, settings=settings, elapsed_s=elapsed_s, familywise=fw))
+    atomic_write_text(out / "study.md", render_markdown(result, settings=settings, familywise=fw))
+    atomic_write_text(out / "study.html", render_html(result, settings=settings, familywise=fw))
     runs = [out / "arms" / r.name / "run" for r in result.arms if (out / "arms" / r.name / "run" / "audit.json").is_file()]
     if runs:
         from dp_audit.reports import render_comparison
@@ -95,5 +101,5 @@ def write_outputs(result, *, settings: Mapping[str, Any], elapsed_s: float, log:
         render_comparison(runs, out_dir=out / "comparison", formats=("html",))
     log(f"[study] wrote {out / 'study.json'}, {out / 'study.md'}, {out / 'study.html'}"
         + (f", {out / 'comparison' / 'report.html'}" if runs else ""))
-    for line in conclusion(result.arms, result.sweeps, alpha=settings.get("alpha")):
+    for line in conclusion(result.arms, result.sweeps, alpha=alpha, familywise=fw):
         log(f"[study] {line}")

@@ -1,0 +1,83 @@
+"""The study's family-wise reading (dp_audit/study/familywise.py): the step-level bounds recomputed
+from the recorded trials at α/N (Bonferroni over the table's N tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dp_audit.stepaudit import step_audit
+from dp_audit.stepaudit.constructions import build
+from dp_audit.stepaudit.output import read_step_audit
+from dp_audit.study.familywise import familywise_sentence, familywise_steps, step_eps_lb_at
+from dp_audit.study.row import ArmRow
+
+ALPHA = 0.05
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Two arms with real step-audit directories where the study puts them: the DP-SGD Dirac
+    control (keeps its claim) and paper-mode AWP (refutes it by an order of magnitude)."""
+    out = tmp_path_factory.mktemp("study")
+    rows = []
+    for name, cons, group in (("control", "dpsgd-dirac", "control"), ("awp", "dpflat-awp-paper", "paper")):
+        res = step_audit(build(cons), trials=2000, seed=7, progress=False, out=out / "arms" / name / "step" / cons)
+        rows.append(ArmRow(name=name, label=name.upper(), group=group, claimed_epsilon=1.0, step_constructions=(cons,),
+                           step_claim_epsilon=res.claim_epsilon, step_eps_lb=res.eps_lb, step_refuted=res.refuted,
+                           blackbox_eps_lb=0.0, blackbox_refuted=False))
+    return out, rows
+
+
+def test_recomputed_bounds_reproduce_the_audit_and_shrink_at_the_family_level(study):
+    """Bugs caught: the recomputation using other estimators, another α split, δ or calibration
+    split than the audit (it would not give back the audit's own ε_LB at the audit's α); the family
+    level left at α instead of α/(N·k) (the AWP bound would not shrink); N counting one test per
+    arm instead of the step and end-to-end tests (alpha_each 0.025 instead of 0.0125)."""
+    out, rows = study
+    for row in rows:
+        res = read_step_audit(out / "arms" / row.name / "step" / row.step_constructions[0])
+        assert step_eps_lb_at(res, res.alpha) == pytest.approx(res.eps_lb, rel=1e-12)
+    fw = familywise_steps(out, rows, alpha=ALPHA)
+    assert fw.n_tests == 4 and not fw.missing
+    by = {s.arm: s for s in fw.steps}
+    assert all(s.alpha_each == pytest.approx(ALPHA / 4) for s in fw.steps)
+    awp = by["awp"]
+    assert awp.refuted and awp.per_arm_refuted and awp.eps_lb < rows[1].step_eps_lb  # smaller α, smaller bound
+    assert not by["control"].refuted and by["control"].eps_lb <= rows[0].step_eps_lb
+    text = familywise_sentence(fw, rows)
+    assert "α/4 = 0.0125" in text and "AWP (ε_LB" in text and "hold for all arms at once" in text
+    assert "CONTROL" not in text
+
+
+def test_a_refutation_lost_at_the_family_level_is_called_per_arm(study, monkeypatch):
+    """Bug caught: a per-arm refutation reported as family-wise although its bound at α/N no longer
+    exceeds the claim (the sentence must move it to "per-arm findings only")."""
+    from dp_audit.study import familywise
+
+    out, rows = study
+    monkeypatch.setattr(familywise, "step_eps_lb_at", lambda res, alpha: float(res.claim_epsilon) - 0.5)
+    fw = familywise_steps(out, rows, alpha=ALPHA)
+    text = familywise_sentence(fw, rows)
+    assert not any(s.refuted for s in fw.steps)
+    assert "those of AWP" in text and "per-arm findings only" in text and "hold for all arms" not in text
+
+
+def test_arms_without_trials_on_disk_are_named_not_guessed(tmp_path):
+    """Bug caught: an arm whose step directories are absent (a fake or partial study) silently
+    counted as "holds" or "does not hold"; it must be listed as not recomputed."""
+    rows = [ArmRow(name=f"a{i}", label=f"A{i}", group="paper", claimed_epsilon=1.0, step_constructions=("dpsgd-dirac",),
+                   step_claim_epsilon=1.0, step_eps_lb=3.0, step_refuted=True) for i in range(2)]
+    fw = familywise_steps(tmp_path, rows, alpha=ALPHA)
+    assert fw.steps == () and fw.missing == ("a0", "a1")
+    assert "not recomputed (trials not on disk): a0, a1" in familywise_sentence(fw, rows)
+
+
+def test_the_conclusion_ends_with_the_computed_family_wise_sentence(study):
+    """Bug caught: the conclusion still saying "not computed here" when the family-wise bounds were
+    computed, or dropping them."""
+    from dp_audit.study.conclusion import conclusion
+
+    out, rows = study
+    lines = conclusion(rows, alpha=ALPHA, familywise=familywise_steps(out, rows, alpha=ALPHA))
+    assert "computed below" in lines[-2] and lines[-1].startswith("Family-wise (computed;")
+    assert "not computed here" in conclusion(rows, alpha=ALPHA)[-1]
