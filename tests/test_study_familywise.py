@@ -69,7 +69,22 @@ def test_arms_without_trials_on_disk_are_named_not_guessed(tmp_path):
                    step_claim_epsilon=1.0, step_eps_lb=3.0, step_refuted=True) for i in range(2)]
     fw = familywise_steps(tmp_path, rows, alpha=ALPHA)
     assert fw.steps == () and fw.missing == ("a0", "a1")
-    assert "not recomputed (trials not on disk): a0, a1" in familywise_sentence(fw, rows)
+    assert "not recomputed (trials absent or unreadable): a0, a1" in familywise_sentence(fw, rows)
+
+
+def test_an_unreadable_step_directory_is_named_not_a_crash(study, tmp_path):
+    """Bug caught (clean-clone CI of this change): a step directory that is not a complete step
+    audit (the placeholder manifest of an arm that failed, a changed trials file) made writing the
+    study's outputs raise IntegrityError, losing study.md/json for every other arm."""
+    import shutil
+
+    out, rows = study
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    trials = copy / "arms" / "awp" / "step" / "dpflat-awp-paper" / "trials.npz"
+    trials.write_bytes(trials.read_bytes()[:-8] + b"tampered")
+    fw = familywise_steps(copy, rows, alpha=ALPHA)
+    assert fw.missing == ("awp",) and [s.arm for s in fw.steps] == ["control"]
 
 
 def test_the_conclusion_ends_with_the_computed_family_wise_sentence(study):

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.study.row import ArmRow
 
 
@@ -43,7 +44,7 @@ class Familywise:
     n_tests: int
     alpha: float  # the family's α (each test at alpha / n_tests)
     steps: tuple[FamilywiseStep, ...]
-    missing: tuple[str, ...]  # arms with step results whose trials are not on disk (not recomputed)
+    missing: tuple[str, ...]  # arms with step results whose trials are absent or unreadable (not recomputed)
 
     def to_dict(self) -> dict:
         return {"n_tests": self.n_tests, "alpha": self.alpha, "alpha_per_test": self.alpha / self.n_tests,
@@ -81,9 +82,15 @@ def familywise_steps(out: str | Path, arms: Sequence[ArmRow], *, alpha: float) -
             continue
         a_each = float(alpha) / (n * len(names))
         found = []
-        for d in dirs:
-            res = read_step_audit(d)  # hash-checked: a changed trials file is an IntegrityError
-            found.append((step_eps_lb_at(res, a_each), float(res.claim_epsilon)))
+        try:
+            for d in dirs:
+                res = read_step_audit(d)  # hash-checked: a changed trials file is an IntegrityError
+                found.append((step_eps_lb_at(res, a_each), float(res.claim_epsilon)))
+        except (IntegrityError, UsageError):
+            # not a complete step audit (a placeholder of an arm that failed or was interrupted, a
+            # changed file): named as not recomputed, never read as a result, never a crash here
+            missing.append(row.name)
+            continue
         lb, claim = max(found, key=lambda t: t[0] - t[1])
         steps.append(FamilywiseStep(arm=row.name, label=row.label, eps_lb=lb, claim_epsilon=claim,
                                     refuted=any(b > c for b, c in found), per_arm_refuted=bool(row.step_refuted),
@@ -107,7 +114,7 @@ def familywise_sentence(fw: Familywise, arms: Sequence[ArmRow]) -> str:
     if not held and not lost:
         parts.append("no step-level bound refutes its claim" if fw.steps else "no step-level bound was recomputed")
     if fw.missing:
-        parts.append(f"not recomputed (trials not on disk): {', '.join(fw.missing)}")
+        parts.append(f"not recomputed (trials absent or unreadable): {', '.join(fw.missing)}")
     e2e = [r.label for r in arms if r.blackbox_refuted
            or (r.whitebox_eps_lb is not None and r.claimed_epsilon is not None and r.whitebox_eps_lb > r.claimed_epsilon)]
     if e2e:
