@@ -106,3 +106,26 @@ def test_builtin_tasks_are_the_same_data_as_before():
 
     assert make_task(DataConfig()).fingerprint.startswith("53d77804df4939d3")
     assert make_task(DataConfig(task="english")).fingerprint.startswith("c4a780327c875279")
+
+
+@pytest.mark.parametrize("task, golden", [
+    ("pseudo", {"public": "441977ec7080385e", "dev": "8dbe3c7dbed1d2a2", "test": "698ab39c117c2574"}),
+    ("english", {"public": "81ec6ea1a1faa79b", "dev": "3a7fc6c80d2e73e2", "test": "bbf096f9d6c6d375"}),
+    ("generation", {"public": "dd941da608a6e8cd", "dev": "122c64d9eda627dc", "test": "6dc1541b034eb430"}),
+])
+def test_builtin_tasks_other_splits_are_the_same_data_as_before(task, golden):
+    """The run's fingerprint covers the private train split only; the public split (pretraining of
+    the cached backbones, public references), dev and test (every published accuracy) are pinned
+    here (values of 2026-12-03). Catches a generator change that keeps the train split but draws
+    the other splits differently (e.g. a reordered split loop, a sampler change after the train
+    split), which would silently change the backbones' caches and every utility number."""
+    from dp_audit.config import DataConfig
+    from dp_audit.io import canonical_fingerprint
+    from dp_audit.trainers.data import make_task
+
+    t = make_task(DataConfig(task=task))
+    for name, want in golden.items():
+        sp = getattr(t, name)
+        got = canonical_fingerprint({"texts": list(sp.texts),
+                                     "labels": list(sp.labels) if sp.labels is not None else None})
+        assert got.startswith(want), (task, name, got[:16])
