@@ -73,6 +73,10 @@ def estimate_epsilon(
     scores, member = validate_scores(scores, member)
     estimator = get_estimator(method, fdp_null=fdp_null)
     _check(alpha, delta, threshold, threat_model, sided)
+    if delta == 0 and (method == "gdp" or (method == "fdp" and fdp_null == "gdp")):
+        # a μ-GDP claim with μ > 0 is never (ε, 0)-DP: its ε at δ = 0 is infinite, nothing to bound
+        raise UsageError(f"method {method!r}{' with fdp_null gdp' if method == 'fdp' else ''} needs delta > 0 "
+                         "(μ-GDP has no finite ε at δ = 0); use steinke, fdp or clopper-pearson for δ = 0")
     if not member.any() or member.all():
         raise UsageError("scores need both members and non-members")
     rng = rng if rng is not None else np.random.default_rng(0)
