@@ -105,15 +105,21 @@ def plain_step(model):
     return step
 
 
-def dp_step(gsm, opt):
+def dp_step(gsm, opt, awp=None):
+    """One DP-SGD step; with ``awp`` (trainers.dpflat_awp.AWP) DP-Flat's: v applied before the
+    gradient, removed after the optimizer step."""
     from dp_audit.trainers.dpsgd import _ce
 
     def step(batch):
         opt.zero_grad(set_to_none=True)
+        if awp is not None:
+            awp.before_step(0, batch)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _ce(gsm, batch).backward()
         opt.step()
+        if awp is not None:
+            awp.after_step()
         opt.zero_grad(set_to_none=True)  # frees the per-sample gradients before the next variant
 
     return step
@@ -268,7 +274,7 @@ def measure_memory(workload: str, tuning: str, args) -> dict:
 def part_dpflat(args) -> None:
     from dp_audit.trainers.dpflat_awp import AWP
     from dp_audit.trainers.dpflat_prefix import PrefixHook
-    from dp_audit.trainers.dpsgd import _ce, make_private, plan
+    from dp_audit.trainers.dpsgd import make_private, plan
     from dp_audit.trainers.modeling import build_classifier
 
     cfg = config(args, tuning="prefix", trainer="dpflat")
@@ -286,19 +292,7 @@ def part_dpflat(args) -> None:
         loader = loader or ld
         awp = None if awp_cfg is None else AWP(model=gsm, hook=hook, mode=awp_cfg[0], gamma=1e-4,
                                                active_steps=10**9, micro_batch=awp_cfg[1], generator=g)
-
-        def step(batch, gsm=gsm, opt=opt, awp=awp):
-            opt.zero_grad(set_to_none=True)
-            if awp is not None:
-                awp.before_step(0, batch)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _ce(gsm, batch).backward()
-            opt.step()
-            if awp is not None:
-                awp.after_step()
-
-        steps[name] = step
+        steps[name] = dp_step(gsm, opt, awp)
     print(f"torch threads {torch.get_num_threads()}; prefix ({args.virtual_tokens} virtual tokens); expected batch "
           f"{args.batch_size}; {args.steps} timed steps after {args.warmup} warm-up", flush=True)
     t = interleave(steps, poisson_batches(loader, args.steps + args.warmup), warmup=args.warmup)
