@@ -107,6 +107,27 @@ def _config_steps(manifest: Mapping[str, Any]) -> Any:
     return cfg.get("steps", 1) if isinstance(cfg, dict) else None
 
 
+def recorded_methods(res: StepAuditResult) -> tuple[str, ...]:
+    """The estimators a recorded step audit counts: Clopper-Pearson, and GDP under a μ-GDP claim
+    (as :func:`dp_audit.stepaudit.audit.counted_methods` for its construction)."""
+    return ("clopper-pearson", "gdp") if res.claim_mu is not None else ("clopper-pearson",)
+
+
+def recompute_bounds(res: StepAuditResult, alpha: float) -> dict[str, float]:
+    """Each counted estimator's ε_LB recomputed from the recorded trials at confidence 1 − ``alpha``
+    (``alpha`` split evenly over the estimators), with the recorded δ, threshold strategy and
+    calibration split: at ``res.alpha`` the audit's own bounds (:func:`check_consistent`), at a
+    smaller α a family's share (dp_audit.study.familywise)."""
+    from dp_audit.stepaudit import bounds
+
+    s0 = np.asarray(res.scores_d0, dtype=np.float64).reshape(-1)
+    s1 = np.asarray(res.scores_d1, dtype=np.float64).reshape(-1)
+    methods = recorded_methods(res)
+    n_cal = int(res.calibration_trials) if res.threshold == "calibration" else 0
+    return {m: bounds.bound(s0, s1, method=m, alpha=alpha / len(methods), delta=float(res.delta),
+                            threshold=res.threshold, calibration=n_cal).epsilon_lb for m in methods}
+
+
 def check_consistent(res: StepAuditResult, *, where: str) -> None:
     """The recorded verdict is what the recorded trials and claim give: the bounds recomputed from
     the scores (same estimators, α split, δ, threshold strategy and calibration split), ε_LB
@@ -122,7 +143,7 @@ def check_consistent(res: StepAuditResult, *, where: str) -> None:
     try:
         s0 = np.asarray(res.scores_d0, dtype=np.float64).reshape(-1)
         s1 = np.asarray(res.scores_d1, dtype=np.float64).reshape(-1)
-        n, n_cal, alpha, delta = int(res.trials), int(res.calibration_trials), float(res.alpha), float(res.delta)
+        n, alpha, delta = int(res.trials), float(res.alpha), float(res.delta)
         claim = float(res.claim_epsilon)
         if s0.size != n or s1.size != n or not (np.all(np.isfinite(s0)) and np.all(np.isfinite(s1))):
             raise bad(f"trials.npz does not hold {n} finite scores per side")
@@ -134,13 +155,12 @@ def check_consistent(res: StepAuditResult, *, where: str) -> None:
                 raise bad(f"claim ε {claim:g} is not the ε of μ={res.claim_mu:g} at δ={delta:g}")
         if int(res.steps) != 1 or res.composition is not None:
             _check_composition(res, bad)
-        methods = ("clopper-pearson", "gdp") if res.claim_mu is not None else ("clopper-pearson",)
+        methods = recorded_methods(res)
         if tuple(e.method for e in res.estimates) != methods:
             raise bad(f"estimators {[e.method for e in res.estimates]}, the claim counts {list(methods)}")
-        a_each = alpha / len(methods)
+        recomputed = recompute_bounds(res, alpha)
         for e in res.estimates:
-            again = bounds.bound(s0, s1, method=e.method, alpha=a_each, delta=delta, threshold=res.threshold,
-                                 calibration=n_cal if res.threshold == "calibration" else 0).epsilon_lb
+            again = recomputed[e.method]
             if not np.isclose(float(e.epsilon_lb), again, rtol=1e-9, atol=1e-12):
                 raise bad(f"{e.method} ε_LB {e.epsilon_lb} recorded, the trials give {again}")
             if bool(e.details.get("refutes")) != (again > claim):

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from dp_audit.errors import IntegrityError, UsageError
 from dp_audit.study.row import ArmRow
 
@@ -58,17 +56,11 @@ class Familywise:
 
 
 def step_eps_lb_at(res, alpha: float) -> float:
-    """The step audit's ε_LB recomputed from its trials at confidence 1 − ``alpha``: its counted
-    estimators (Clopper-Pearson, and GDP under a μ-GDP claim), each at ``alpha``/their number,
-    the recorded threshold strategy and calibration split; the max over them."""
-    from dp_audit.stepaudit import bounds
+    """The step audit's ε_LB recomputed from its trials at confidence 1 − ``alpha``: the max of its
+    counted estimators (dp_audit.stepaudit.output.recompute_bounds)."""
+    from dp_audit.stepaudit.output import recompute_bounds
 
-    s0 = np.asarray(res.scores_d0, dtype=np.float64).reshape(-1)
-    s1 = np.asarray(res.scores_d1, dtype=np.float64).reshape(-1)
-    methods = ("clopper-pearson", "gdp") if res.claim_mu is not None else ("clopper-pearson",)
-    n_cal = int(res.calibration_trials) if res.threshold == "calibration" else 0
-    return max(bounds.bound(s0, s1, method=m, alpha=alpha / len(methods), delta=float(res.delta),
-                            threshold=res.threshold, calibration=n_cal).epsilon_lb for m in methods)
+    return max(recompute_bounds(res, alpha).values())
 
 
 def familywise_steps(out: str | Path, arms: Sequence[ArmRow], *, alpha: float) -> Familywise:
