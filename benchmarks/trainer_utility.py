@@ -25,7 +25,7 @@ The DP-Flat question on MiniLM (prefix on the top layer, the frozen bottom cache
 
 Full fine-tuning of MiniLM (DP-SGD with book-keeping clipping, trainers/dpsgd_bk.py):
   --backbone minilm --task english --tuning full --max-length 24 --grad-sample-mode bk
-  --methods nondp,dpsgd,dpzo-gaussian,dpzo-laplace
+  --methods nondp,dpsgd,dpzo-gaussian,dpzo-laplace,dpflat-bb-paper,dpflat-bb-private
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 
 METHODS = ("nondp", "dpsgd", "dpflat-paper", "dpflat-private", "dpzo-gaussian", "dpzo-laplace")
+# black-box DP-Flat (cross-model flattening on DP-ZO, any tuning): opt-in, not in the default grid
+BLACKBOX = ("dpflat-bb-paper", "dpflat-bb-private")
 
 
 def sections(method: str, args) -> dict:
@@ -55,6 +57,8 @@ def sections(method: str, args) -> dict:
                             "optimizer": args.optimizer}}
     zo = {"train": {"epochs": args.zo_epochs, "lr": args.zo_lr, "optimizer": "sgd"},
           "dpzo": {"clip": args.zo_clip, "perturbation_scale": 1e-3}}
+    bb = {"blackbox": True, "awp": False, "sparse": False, "distill": True, "distill_epochs": args.ref_epochs,
+          "distill_lambda": args.bb_lambda}
     return {
         "nondp": {"trainer": "nondp", "train": {"epochs": args.nondp_epochs or args.epochs, "lr": args.nondp_lr}},
         "dpsgd": {"trainer": "dpsgd", **dpsgd},
@@ -65,6 +69,11 @@ def sections(method: str, args) -> dict:
                                       "distill_mode": "public"}},
         "dpzo-gaussian": {"trainer": "dpzo", **zo, "dpzo": {**zo["dpzo"], "noise": "gaussian"}},
         "dpzo-laplace": {"trainer": "dpzo", **zo, "dpzo": {**zo["dpzo"], "noise": "laplace"}},
+        # the teacher θ_np: non-private MeZO for --ref-epochs epochs on the private (paper) or public split
+        "dpflat-bb-paper": {"trainer": "dpflat", **zo, "dpzo": {**zo["dpzo"], "noise": "gaussian"},
+                            "dpflat": {**bb, "distill_mode": "paper"}},
+        "dpflat-bb-private": {"trainer": "dpflat", **zo, "dpzo": {**zo["dpzo"], "noise": "gaussian"},
+                              "dpflat": {**bb, "distill_mode": "public"}},
     }[method]
 
 
@@ -79,7 +88,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--eps", default="1,3,8")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help=f"comma-separated, of {', '.join(METHODS + BLACKBOX)} (default: the first six)")
     ap.add_argument("--epochs", type=int, default=6, help="epochs of the first-order trainers")
     ap.add_argument("--zo-epochs", type=int, default=40, help="epochs of DP-ZO")
     ap.add_argument("--ref-epochs", type=int, default=3, help="epochs of DP-Flat's non-private reference prefix")
@@ -93,13 +103,15 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--backbone", default="tiny", choices=("tiny", "minilm"))
     ap.add_argument("--task", default="pseudo", choices=("pseudo", "english"))
-    ap.add_argument("--tuning", default="prefix", help="tuning of nondp, dpsgd, dpzo (DP-Flat: always prefix)")
+    ap.add_argument("--tuning", default="prefix",
+                    help="tuning of nondp, dpsgd, dpzo and black-box DP-Flat (white-box DP-Flat: always prefix)")
     ap.add_argument("--max-length", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--dpflat-train-head", action="store_true", help="DP-Flat also trains the head")
     ap.add_argument("--dpflat-n-train", type=int, default=0, help="DP-Flat's private examples (0: --n-train)")
     ap.add_argument("--dpflat-epochs", type=int, default=0)
     ap.add_argument("--dpflat-lr", type=float, default=0.0)
+    ap.add_argument("--bb-lambda", type=float, default=0.01, help="black-box DP-Flat: distillation weight λ")
     ap.add_argument("--private-awp", default="per-example", choices=("per-example", "dpsat"))
     ap.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"),
                     help="optimiser of DP-SGD and DP-Flat (non-private: AdamW)")
@@ -127,6 +139,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     epsilons = [float(e) for e in args.eps.split(",")]
     methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS + BLACKBOX))
+    if unknown:
+        ap.error(f"unknown method(s) {', '.join(unknown)}")
     runs = []
     prep_cache: dict = {}
     t_start = time.time()
