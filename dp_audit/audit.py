@@ -335,42 +335,64 @@ def _ceilings(m: int, cfg: AuditConfig, claim: dict[str, Any], attacks: list[Any
               ) -> dict[str, float]:
     """The largest ε_LB a perfect attack could reach with these canaries, per example: with
     canaries inserted ``repeat`` times, through group privacy as the gate's bounds
-    (dp_audit.group_privacy), so the report never promises a per-example bound the run cannot give."""
+    (dp_audit.group_privacy), so the report never promises a per-example bound the run cannot give.
+
+    Each attack has its own canaries: the black-box ones (``m``, inserted ``repeat`` times) or, for
+    the Dirac attack, the gradient canaries (its own count, each inserted once); a method's ceiling
+    is the largest over the attacks the gate counts, at α/K with K counted as the gate counts it
+    (attacks whose canaries are skipped, k·δ >= 1, are not tests)."""
     from dp_audit.estimate import epsilon_ceiling
-    from dp_audit.gate import extraction_p_out, has_exposure_bound, n_tests
+    from dp_audit.gate import GROUP_FREE_ATTACKS, extraction_p_out, has_exposure_bound, n_tests
     from dp_audit.group_privacy import group_delta, per_example_bound
     from dp_audit.records import EpsilonEstimate
 
-    if group_delta(0.0, float(claim["delta"]), repeat) >= 1.0:  # the gate skips these canaries too
+    delta = float(claim["delta"])
+
+    def reps(a) -> int:
+        return 1 if a.name in GROUP_FREE_ATTACKS else repeat
+
+    def size(a) -> int:  # the attack's own canary count (the Dirac attack scores the gradient canaries)
+        return int(a.n_members + a.n_nonmembers) if a.name in GROUP_FREE_ATTACKS else m
+
+    gated = [a for a in attacks if group_delta(0.0, delta, reps(a)) < 1.0]  # the gate skips the others too
+    if not gated:
         return {}
 
-    def per_example(group_at) -> float:
+    def per_example(group_at, *, k_rep: int, m_a: int) -> float:
         as_est = lambda d: EpsilonEstimate(method="ceiling", epsilon_lb=float(group_at(d)), alpha=0.0,  # noqa: E731
-                                           delta=d, m=m, threshold="ceiling")
-        return float(per_example_bound(as_est, k=repeat, delta=float(claim["delta"])).epsilon_lb)
+                                           delta=d, m=m_a, threshold="ceiling")
+        return float(per_example_bound(as_est, k=k_rep, delta=delta).epsilon_lb)
 
     n_exposure = sum(has_exposure_bound(a.to_dict()) + (extraction_p_out(a.to_dict(), a.name) is not None)
-                     for a in attacks)
-    k = n_tests(len(attacks), len([e for e in cfg.estimators if e != "raw"]), n_exposure)
-    out = {}
+                     for a in gated)
+    k = n_tests(len(gated), len([e for e in cfg.estimators if e != "raw"]), n_exposure)
+    out: dict[str, float] = {}
+
+    def keep(key: str, value: float) -> None:
+        out[key] = max(out.get(key, -math.inf), value)
+
     for method in cfg.estimators:
-        if method in ("steinke", "fdp"):
-            out[method] = per_example(lambda d, method=method: epsilon_ceiling(
-                m, method=method, alpha=cfg.alpha / k, delta=d, threshold=cfg.threshold, fdp_null=cfg.fdp_null))
-    for a in attacks:  # the exposure bound's ceiling: every member at the largest exposure log2(K + 1)
+        if method not in ("steinke", "fdp"):
+            continue
+        for k_rep, m_a in sorted({(reps(a), size(a)) for a in gated}):
+            keep(method, per_example(lambda d, method=method, m_a=m_a: epsilon_ceiling(
+                m_a, method=method, alpha=cfg.alpha / k, delta=d, threshold=cfg.threshold, fdp_null=cfg.fdp_null),
+                k_rep=k_rep, m_a=m_a))
+    for a in gated:  # the exposure bound's ceiling: every member at the largest exposure log2(K + 1)
         if has_exposure_bound(a.to_dict()):
             from dp_audit.attacks.exposure import exposure_epsilon_bound
 
             top = np.full(a.n_members, float(a.details["max_exposure"]))
-            out["exposure"] = per_example(lambda d, top=top, a=a: exposure_epsilon_bound(
-                top, delta=d, alpha=cfg.alpha / k, attack=a.name).epsilon_lb)
+            keep("exposure", per_example(lambda d, top=top, a=a: exposure_epsilon_bound(
+                top, delta=d, alpha=cfg.alpha / k, attack=a.name).epsilon_lb, k_rep=reps(a), m_a=size(a)))
         p_out = extraction_p_out(a.to_dict(), a.name)
         if p_out is not None:  # every member extracted
             from dp_audit.attacks.extraction import extraction_epsilon_bound
 
             mem = np.arange(a.n_members + a.n_nonmembers) < a.n_members
-            out["extraction"] = per_example(lambda d, mem=mem, p_out=p_out, a=a: extraction_epsilon_bound(
-                mem, member=mem, p_out=p_out, delta=d, alpha=cfg.alpha / k, attack=a.name).epsilon_lb)
+            keep("extraction", per_example(lambda d, mem=mem, p_out=p_out, a=a: extraction_epsilon_bound(
+                mem, member=mem, p_out=p_out, delta=d, alpha=cfg.alpha / k, attack=a.name).epsilon_lb,
+                k_rep=reps(a), m_a=size(a)))
     return out
 
 

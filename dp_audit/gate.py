@@ -270,6 +270,12 @@ def evaluate_gate(run_dir: str | Path, policy: GatePolicy | None = None) -> Gate
     return dataclasses.replace(result, run_id=manifest.get("run_id"))
 
 
+def _skipped(st: ScoreSet, delta: float) -> bool:
+    """Canaries inserted k times with k·δ >= 1: the group claim says nothing even at ε = 0."""
+    k_st = st.group_size
+    return isinstance(k_st, int) and not isinstance(k_st, bool) and k_st >= 1 and group_delta(0.0, delta, k_st) >= 1.0
+
+
 def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, policy: GatePolicy | None = None,
                 threat_model: str = "black-box", observed: EpsilonEstimate | None = None,
                 unaccounted: list[tuple[str, str]] | tuple = ()) -> GateResult:
@@ -282,7 +288,9 @@ def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, p
     if not sets:
         raise UsageError("no attacks to gate")
     counted_methods = policy.counted_estimators()
-    k = n_tests(len(sets), len(counted_methods), sum(s.exposure + (s.extraction_p_out is not None) for s in sets))
+    # score sets whose canaries are repeated past k·δ >= 1 are skipped below: they are not tests
+    tested = [s for s in sets if not _skipped(s, delta)]
+    k = n_tests(len(tested), len(counted_methods), sum(s.exposure + (s.extraction_p_out is not None) for s in tested))
     level = policy.alpha / k
     warnings: list[str] = []
     for method in policy.estimators:
@@ -296,7 +304,7 @@ def gate_scores(sets: list[ScoreSet], *, claimed_epsilon: float, delta: float, p
         k_st = st.group_size
         if isinstance(k_st, bool) or not isinstance(k_st, int) or k_st < 1:
             raise UsageError(f"attack {st.attack!r}: canary repeat must be an integer >= 1, got {k_st!r}")
-        if group_delta(0.0, delta, k_st) >= 1.0:  # even the group claim at ε = 0 says nothing
+        if _skipped(st, delta):  # even the group claim at ε = 0 says nothing
             warnings.append(f"attack {st.attack!r}: canaries inserted {k_st} times; k·δ = {k_st * delta:.3g} >= 1, "
                             "so their scores cannot refute the claim: not gated")
             i += len(policy.estimators)

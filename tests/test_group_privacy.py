@@ -130,8 +130,11 @@ def test_ceilings_of_canaries_repeated_past_k_delta_1_are_empty_not_a_crash():
     from dp_audit.audit import _ceilings
     from dp_audit.config import AuditConfig
 
-    assert _ceilings(1000, AuditConfig(), {"delta": 0.3}, [], repeat=4) == {}
-    assert _ceilings(1000, AuditConfig(), {"delta": 1e-5}, [], repeat=4)["fdp"] > 0
+    from dp_audit.records import AttackResult
+
+    loss = [AttackResult(name="loss", auc=0.5, n_members=500, n_nonmembers=500, scores_file="scores/loss.npz")]
+    assert _ceilings(1000, AuditConfig(), {"delta": 0.3}, loss, repeat=4) == {}
+    assert _ceilings(1000, AuditConfig(), {"delta": 1e-5}, loss, repeat=4)["fdp"] > 0
 
 
 def test_unbounded_group_estimate_at_delta_0_gives_inf():
@@ -145,3 +148,46 @@ def test_unbounded_group_estimate_at_delta_0_gives_inf():
     est = per_example_bound(lambda d: EpsilonEstimate(method="x", epsilon_lb=math.inf, alpha=0.05, delta=d, m=10,
                                                       threshold="t"), k=3, delta=0.0)
     assert est.epsilon_lb == math.inf
+
+
+def test_gate_splits_alpha_only_over_the_score_sets_it_gates():
+    """Score sets whose canaries are repeated past k·δ >= 1 are skipped with a warning; they are
+    not tests, so α is split over the others only. Bug caught: K counted the skipped set too (the
+    gate's α per test halved for nothing, a weaker gate; n_tests 2 instead of 1)."""
+    from dp_audit.gate import ScoreSet, gate_scores
+
+    rng = np.random.default_rng(3)
+    member = rng.random(400) < 0.5
+    scores = member + rng.normal(0, 1, 400)
+    sets = [ScoreSet(attack="loss", scores=scores, member=member, group_size=1),
+            ScoreSet(attack="zlib", scores=scores, member=member, group_size=200_000)]
+    res = gate_scores(sets, claimed_epsilon=1.0, delta=1e-5, policy=GatePolicy(estimators=("fdp",)))
+    assert res.verdict.n_tests == 1 and res.verdict.alpha_per_test == pytest.approx(0.05)
+    assert any("not gated" in w for w in res.warnings)
+    assert {e.attack for e in res.estimates} == {"loss"}
+
+
+def test_ceiling_of_the_dirac_attack_uses_its_own_canaries():
+    """The Dirac attack scores the gradient canaries (its own m, never repeated), not the black-box
+    text canaries. Bugs caught: the ceiling computed from the text canaries' m (10 here: a ceiling
+    far below what 2 000 gradient canaries allow) or divided by their repeat through group
+    privacy; and a Dirac attack dropped when the text canaries are repeated past k·δ >= 1."""
+    from dp_audit.audit import _ceilings
+    from dp_audit.config import AuditConfig
+    from dp_audit.estimate import epsilon_ceiling
+    from dp_audit.records import AttackResult
+
+    cfg = AuditConfig(estimators=("fdp",))
+    loss = AttackResult(name="loss", auc=0.5, n_members=5, n_nonmembers=5, scores_file="scores/loss.npz")
+    dirac = AttackResult(name="whitebox-dirac", auc=0.5, n_members=1000, n_nonmembers=1000,
+                         scores_file="scores/whitebox-dirac.npz")
+    both = _ceilings(10, cfg, {"delta": 1e-5}, [loss, dirac], repeat=4)["fdp"]
+    direct = epsilon_ceiling(2000, method="fdp", alpha=0.05 / 2, delta=1e-5, threshold=cfg.threshold,
+                             fdp_null=cfg.fdp_null)
+    assert both == pytest.approx(direct, rel=1e-9)
+    text_only = _ceilings(10, cfg, {"delta": 1e-5}, [loss], repeat=4)["fdp"]
+    assert text_only < direct / 4
+    # text canaries repeated past k·δ >= 1: the gate skips them, the Dirac attack is the one test
+    alone = _ceilings(10, cfg, {"delta": 0.3}, [loss, dirac], repeat=4)["fdp"]
+    assert alone == pytest.approx(epsilon_ceiling(2000, method="fdp", alpha=0.05, delta=0.3,
+                                                  threshold=cfg.threshold, fdp_null=cfg.fdp_null), rel=1e-9)
