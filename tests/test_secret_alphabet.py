@@ -176,6 +176,11 @@ def test_unseen_alphabet_is_the_vocabulary_words_no_split_uses(lm_config, cache_
     assert list(prep3.alphabet) == top3
     for c in prep3.canaries:
         assert set(c.text.split()[-3:]) <= set(top3)
+    from dp_audit.trainers.secret_alphabet import unseen_symbols
+
+    seen = torch.as_tensor([ids[s] for s in top3[1:]])  # two of them used by some text: skipped
+    got = unseen_symbols(prep3.tokenizer, [seen], size=3, template="my pin code is {secret}")
+    assert not set(got) & set(top3[1:]) and top3[0] in got
     with pytest.raises(UsageError, match="unseen"):
         prepare(lm_config(canaries={"secret_alphabet": "unseen", "alphabet_size": 5}), cache_root=cache_dir,
                 progress=False)
