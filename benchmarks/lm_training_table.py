@@ -69,6 +69,9 @@ ROWS.update({
     "dpsgd4-once-new": merge(ROWS["dpsgd4-once"], NEW),
     # Panda et al.'s canary count: 1000 canaries, half members
     "dpsgd4-once-new1000": merge(ROWS["dpsgd4-once"], merge(NEW, {"canaries": {"m": 1000}})),
+    # a smaller alphabet: each symbol in ~15 canaries (members and non-members share the trained rows)
+    "dpsgd4-once-new100": merge(ROWS["dpsgd4-once"], {"canaries": {"secret_alphabet": "new-tokens",
+                                                                   "alphabet_size": 100}}),
 })
 DEFAULT_ROWS = ("nondp", "dpsgd", "dpzo", "dpflat-paper", "dpflat-private")
 

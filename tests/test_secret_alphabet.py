@@ -186,6 +186,24 @@ def test_unseen_alphabet_is_the_vocabulary_words_no_split_uses(lm_config, cache_
                 progress=False)
 
 
+def test_new_tokens_on_a_model_path_checkpoint_grow_its_table(lm_config, cache_dir, tmp_path):
+    """new-tokens with ``model.path`` (a GPT-2 checkpoint with its own tokenizer): the tokens are
+    added to its tokenizer, the table grows from its size to the tokenizer's, the checkpoint folder
+    is not modified. Bugs caught: the table not resized for a foreign checkpoint (index error at
+    the first canary), the tokens written back into the user's folder."""
+    from dp_audit.trainers.base import new_classifier, prepare
+
+    folder = _gpt2_folder(tmp_path / "gpt2", ["zyxwa", "zyxwb"])
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    prep = prepare(lm_config(model={"path": str(folder)}, canaries=NEW), cache_root=cache_dir, progress=False)
+    model = new_classifier(prep, generator=torch.Generator().manual_seed(0))
+    old = json.loads((folder / "config.json").read_text())["vocab_size"]
+    assert model.get_input_embeddings().weight.shape[0] == old + 20 == len(prep.tokenizer)
+    out = model(input_ids=prep.train["input_ids"][-2:]).logits
+    assert out.shape[-1] == old + 20 and torch.isfinite(out).all()
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+
+
 @pytest.fixture(scope="module")
 def new_token_run(tmp_path_factory, cache_dir):
     """A short non-private run with new-token secrets (20 symbols, 4 per secret, 16 canaries)."""
