@@ -72,6 +72,8 @@ ROWS.update({
     # a smaller alphabet: each symbol in ~15 canaries (members and non-members share the trained rows)
     "dpsgd4-once-new100": merge(ROWS["dpsgd4-once"], {"canaries": {"secret_alphabet": "new-tokens",
                                                                    "alphabet_size": 100}}),
+    "dpsgd4-once-new100-1000": merge(ROWS["dpsgd4-once"], {"canaries": {"secret_alphabet": "new-tokens",
+                                                                        "alphabet_size": 100, "m": 1000}}),
 })
 DEFAULT_ROWS = ("nondp", "dpsgd", "dpzo", "dpflat-paper", "dpflat-private")
 
