@@ -46,7 +46,8 @@ def check_alphabet(alphabet: Alphabet) -> None:
     if isinstance(alphabet, str):
         ok = len(set(alphabet)) == len(alphabet) and not any(ch.isspace() for ch in alphabet)
     else:
-        ok = all(isinstance(x, str) and x and x.split() == [x] for x in alphabet) and len(set(alphabet)) == len(alphabet)
+        ok = all(isinstance(x, str) and x and x.split() == [x] for x in alphabet)
+        ok = ok and len(set(alphabet)) == len(alphabet)
     if not ok or len(alphabet) < 2:
         raise UsageError("secrets need an alphabet of at least 2 distinct symbols without whitespace")
 

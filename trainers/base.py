@@ -22,6 +22,7 @@ from dp_audit.canaries import Canary, make_canaries, write_canaries
 from dp_audit.config import RunConfig
 from dp_audit.errors import UsageError
 from dp_audit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from dp_audit.lm_canaries import DIGITS
 from dp_audit.manifest import inside, new_run_id, write_manifest
 from dp_audit.records import PrivacyClaim
 from dp_audit.registry import Registry
@@ -48,7 +49,7 @@ class Prepared:
     candidates: tuple[str, ...] = ()  # causal LMs: K candidate secrets for exposure (candidates.txt)
     # causal LMs: the secret's symbols (trainers.secret_alphabet) and the ids of the tokens added
     # to the tokenizer for them (canaries.secret_alphabet = "new-tokens"; the model grows its table)
-    alphabet: Any = "0123456789"
+    alphabet: Any = DIGITS
     new_token_ids: tuple[int, ...] = ()
 
     @property
@@ -334,7 +335,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
     return out_dir
 
 
-def secret_notes(cfg: RunConfig, *, alphabet: Any = "0123456789") -> dict[str, Any]:
+def secret_notes(cfg: RunConfig, *, alphabet: Any = DIGITS) -> dict[str, Any]:
     """The manifest's ``notes.canaries``: the secret canaries' settings and their resolved
     alphabet (the list of symbols; the audit's |R| = len(alphabet)^n_digits)."""
     c = cfg.canaries
