@@ -263,7 +263,7 @@ def test_alphabet_recorded_and_space_size_read_back_by_the_audit(new_token_run):
 def test_the_saved_checkpoint_is_audited_with_its_new_tokens(new_token_run, tmp_path):
     """``dp-audit run --model RUN/model --canaries ... --candidates ...`` (a checkpoint dp-audit did
     not train): the tokenizer saved in model/ encodes each secret symbol as one token and the
-    LOSS and exposure scores equal the run-dir audit's. Bugs caught: model/ saved without the
+    LOSS, exposure and extraction scores equal the run-dir audit's. Bugs caught: model/ saved without the
     added tokens (symbols split, other scores), the embedding table saved at the old size (load
     error)."""
     from dp_audit.cli import main
@@ -272,10 +272,14 @@ def test_the_saved_checkpoint_is_audited_with_its_new_tokens(new_token_run, tmp_
     out = tmp_path / "ckpt"
     rc = main(["run", "--model", str(run / "model"), "--canaries", str(run / "canaries.jsonl"), "--candidates",
                str(run / "candidates.txt"), "--epsilon", "1", "--delta", "1e-5", "--out", str(out), "--quiet",
-               "--no-report", "--set", 'attacks=["loss", "exposure"]'])
+               "--no-report", "--set", 'attacks=["loss", "exposure", "extraction"]', "--set", "secrets.samples=4"])
     assert rc == 0
-    _audit(run, attacks=("loss", "exposure"))
-    for name in ("loss", "exposure"):
+    from dp_audit.audit import run_audit, target_from_run
+    from dp_audit.config import AuditConfig, SecretsConfig
+
+    run_audit(target_from_run(run), AuditConfig(attacks=("loss", "exposure", "extraction"), formats=(),
+                                                secrets=SecretsConfig(samples=4)), progress=False, render=False)
+    for name in ("loss", "exposure", "extraction"):
         a = np.load(out / "scores" / f"{name}.npz", allow_pickle=False)["scores"]
         b = np.load(run / "scores" / f"{name}.npz", allow_pickle=False)["scores"]
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
