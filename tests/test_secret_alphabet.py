@@ -114,6 +114,36 @@ def test_new_tokens_are_single_fresh_tokens_absent_from_every_split(lm_config, c
     assert 0.015 < float(rows.std()) < 0.025 and abs(float(rows.mean())) < 0.005
 
 
+def test_opacus_per_sample_gradients_cover_the_grown_embedding_rows(lm_config, cache_dir):
+    """Opacus (hooks) on the model with its grown, tied table: the word embedding has a per-sample
+    gradient of the grown shape, non-zero on each canary's own secret rows, and equal to that
+    example's own gradient (so clipping bounds it). Bugs caught: the new rows held
+    in a separate parameter Opacus does not see (no per-sample gradient: never clipped), a tied
+    output row counted once."""
+    from opacus import GradSampleModule
+
+    from dp_audit.trainers.base import new_classifier, prepare
+    from dp_audit.trainers.causal_lm import lm_loss, lm_nll_each
+
+    prep = prepare(lm_config(canaries=NEW), cache_root=cache_dir, progress=False)
+    model = new_classifier(prep, generator=torch.Generator().manual_seed(0))
+    n = len(prep.task.train)
+    batch = {k: v[[0, 1, n, n + 1]] for k, v in prep.train.items()}  # two texts, two canary rows
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    lm_loss(gsm, batch).backward()
+    wte = model.get_input_embeddings().weight
+    per_sample = wte.grad_sample.detach().clone()
+    gsm.remove_hooks()
+    assert per_sample.shape == (4, len(prep.tokenizer), wte.shape[1])
+    new = list(prep.new_token_ids)
+    for i in (2, 3):
+        own = [t for t in batch["input_ids"][i].tolist() if t in new]
+        assert per_sample[i, own].abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    lm_nll_each(model, {k: v[2:3] for k, v in batch.items()}).sum().backward()
+    assert torch.allclose(per_sample[2], wte.grad, atol=1e-6, rtol=1e-4)
+
+
 def test_alphabet_config_errors_are_one_line_usage_errors(lm_config):
     """Exit-2 configs: an unknown alphabet, a digits alphabet of another size, a token alphabet of
     1 symbol, new tokens with a prefix/LoRA adapter or frozen embeddings (their rows would never
