@@ -7,6 +7,8 @@ privacy and the group's own ε_LB is printed too). One run per row, fixed seeds,
 Usage: python benchmarks/lm_training_table.py [--out /tmp/lm-table] [--rows nondp,dpsgd,dpzo,dpflat-paper,dpflat-private]
 The published anchor (Panda et al. 2025: ε_LB ≈ 1 black-box at ε = 4, canaries inserted once):
   python benchmarks/lm_training_table.py --rows nondp-once,dpsgd4-once
+and with designed (new-token) secrets:
+  python benchmarks/lm_training_table.py --rows nondp-once-new,dpsgd4-once-new,dpsgd4-once-new1000
 Prefix tuning on 5 000 private texts, where DP prefix tuning learns:
   python benchmarks/lm_training_table.py --rows nondp-prefix-5k,dpsgd-prefix-5k,dpflat-paper-5k,dpflat-private-5k
 """
@@ -69,6 +71,22 @@ ROWS.update({
     "dpsgd-prefix-5k": merge(merge({"trainer": "dpsgd"}, PREFIX), LARGE),
     "dpflat-paper-5k": merge(ROWS["dpflat-paper"], LARGE),
     "dpflat-private-5k": merge(ROWS["dpflat-private"], LARGE),
+})
+# the same with designed secrets (Panda et al.'s best canaries): the symbols are tokens added to the
+# vocabulary for the canaries (canaries.secret_alphabet = "new-tokens", docs/language-models.md
+# "Designed secrets"), whose embedding rows no other text trains; 1000 symbols, so that each occurs
+# in about 1.5 canaries (|R| = 1000^3)
+NEW = {"canaries": {"secret_alphabet": "new-tokens", "alphabet_size": 1000}}
+ROWS.update({
+    "nondp-once-new": merge(ROWS["nondp-once"], NEW),
+    "dpsgd4-once-new": merge(ROWS["dpsgd4-once"], NEW),
+    # Panda et al.'s canary count: 1000 canaries, half members
+    "dpsgd4-once-new1000": merge(ROWS["dpsgd4-once"], merge(NEW, {"canaries": {"m": 1000}})),
+    # a smaller alphabet: each symbol in ~15 canaries (members and non-members share the trained rows)
+    "dpsgd4-once-new100": merge(ROWS["dpsgd4-once"], {"canaries": {"secret_alphabet": "new-tokens",
+                                                                   "alphabet_size": 100}}),
+    "dpsgd4-once-new100-1000": merge(ROWS["dpsgd4-once"], {"canaries": {"secret_alphabet": "new-tokens",
+                                                                        "alphabet_size": 100, "m": 1000}}),
 })
 DEFAULT_ROWS = ("nondp", "dpsgd", "dpzo", "dpflat-paper", "dpflat-private")
 

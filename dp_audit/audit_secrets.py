@@ -45,6 +45,33 @@ def _run_canary_config(target: Any) -> dict[str, Any]:
     return cfg.get("canaries") or {}
 
 
+def run_alphabet(target: Any) -> Any:
+    """The secret alphabet of a dp-audit run: the resolved list of symbols the run recorded
+    (manifest ``notes.canaries.alphabet``, trainers.secret_alphabet), else a legacy
+    ``config.canaries.alphabet`` string of one-character symbols, else the ten digits (runs
+    before ``canaries.secret_alphabet`` existed, or with its default); None if the recorded
+    alphabet is malformed or the run used a token alphabet without recording it."""
+    from dp_audit.lm_canaries import DIGITS, check_alphabet
+
+    notes = ((target.manifest.get("notes") or {}).get("canaries") or {}) if target.source == "dp-audit" else {}
+    run_cfg = _run_canary_config(target)
+    if "alphabet" in notes:
+        alphabet = notes["alphabet"]
+    elif "alphabet" in run_cfg:
+        alphabet = run_cfg["alphabet"]
+    elif run_cfg.get("secret_alphabet", "digits") == "digits":
+        alphabet = DIGITS
+    else:
+        return None
+    if not isinstance(alphabet, (str, list)):
+        return None
+    try:
+        check_alphabet(alphabet)
+    except UsageError:
+        return None
+    return alphabet
+
+
 def resolve_split(target: Any, cfg: Any, candidates: Sequence[str] | None):
     """Where the secret starts in each canary text: ``[secrets] prefix``, else the run's canary
     template, else the common prefix of the canaries and candidates (None if there is none)."""
@@ -67,11 +94,11 @@ def resolve_space_size(target: Any, cfg: Any, candidates: Sequence[str] | None, 
         return int(cfg.secrets.space_size), "config"
     run_cfg = _run_canary_config(target)
     if run_cfg.get("kind") == "secret" and isinstance(run_cfg.get("n_digits"), int):
-        from dp_audit.lm_canaries import DIGITS, secret_space_size
+        from dp_audit.lm_canaries import secret_space_size
 
-        alphabet = run_cfg.get("alphabet", DIGITS)  # the run's own alphabet, not always ten digits
-        if not isinstance(alphabet, str) or len(set(alphabet)) != len(alphabet) or len(alphabet) < 2:
-            return None, "unknown: the run's canaries.alphabet is not a string of distinct symbols"
+        alphabet = run_alphabet(target)
+        if alphabet is None:
+            return None, "unknown: the run's canary alphabet is not a list of distinct symbols"
         return secret_space_size(n_digits=int(run_cfg["n_digits"]), alphabet=alphabet), \
             "run config (|alphabet|^n_digits)"
     if not candidates or split is None:

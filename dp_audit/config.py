@@ -121,6 +121,12 @@ class CanaryConfig:
     # candidates.txt, drawn from candidate_seed (a stream independent of seed) for the exposure attack
     template: str = "my pin code is {secret}"
     n_digits: int = 6
+    # the secret's symbols (docs/language-models.md "Designed secrets"): "digits" (the ten digits),
+    # "new-tokens" (alphabet_size fresh tokens added to the tokenizer at fine-tuning time, their
+    # embedding rows trained only by the canaries; Panda et al. 2025) or "unseen" (alphabet_size
+    # whole-word vocabulary tokens that occur in no data split); 0: 10 for digits, 100 otherwise
+    secret_alphabet: str = "digits"
+    alphabet_size: int = 0
     candidates: int = 1000
     candidate_seed: int = 0
     # Dirac gradient canaries (white-box; DP-SGD with full fine-tuning, or white-box DP-Flat on an
@@ -475,6 +481,9 @@ def _validate_causal_lm(cfg: RunConfig) -> None:
     with secret canaries; the generation task needs a causal LM (docs/language-models.md)."""
     m, c = cfg.model, cfg.canaries
     causal = m.kind == "causal-lm"
+    if c.kind != "secret" and (c.secret_alphabet != "digits" or c.alphabet_size):
+        raise UsageError(f"canaries.secret_alphabet / alphabet_size apply to secret canaries (canaries.kind = "
+                         f"'secret'), got kind = {c.kind!r}")
     if c.kind == "secret" or causal:
         from dp_audit.lm_canaries import _check_template
 
@@ -482,6 +491,7 @@ def _validate_causal_lm(cfg: RunConfig) -> None:
         if c.n_digits < 1 or c.candidates < 1:
             raise UsageError(f"canaries.n_digits and canaries.candidates must be >= 1 (got {c.n_digits}, "
                              f"{c.candidates})")
+        _validate_secret_alphabet(cfg)
     if cfg.data.source == "builtin" and cfg.data.task == "generation" and not causal:
         raise UsageError("data.task = 'generation' trains a language model: set model.kind = 'causal-lm' "
                          "(or model.backbone = 'tiny-gpt2')")
@@ -501,6 +511,34 @@ def _validate_causal_lm(cfg: RunConfig) -> None:
     if cfg.privacy.grad_sample_mode == "ghost":
         raise UsageError("privacy.grad_sample_mode = 'ghost' is not supported for causal LMs (Opacus' ghost "
                          "criterion expects one loss per example from class logits): use 'hooks'")
+
+
+SECRET_ALPHABETS = ("digits", "new-tokens", "unseen")
+DEFAULT_TOKEN_ALPHABET = 100  # canaries.alphabet_size = 0 with the token alphabets
+
+
+def _validate_secret_alphabet(cfg: RunConfig) -> None:
+    """``canaries.secret_alphabet`` / ``alphabet_size``; new tokens need their embedding rows
+    trained, which only full fine-tuning (with unfrozen embeddings) does."""
+    c, m = cfg.canaries, cfg.model
+    _choice("canaries.secret_alphabet", c.secret_alphabet, SECRET_ALPHABETS)
+    size = c.alphabet_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise UsageError(f"canaries.alphabet_size must be an integer >= 0 (0: the default), got {size!r}")
+    if c.secret_alphabet == "digits":
+        if size not in (0, 10):
+            raise UsageError(f"canaries.alphabet_size = {size} with secret_alphabet = 'digits' (always 10 symbols): "
+                             "set alphabet_size = 0, or secret_alphabet = 'new-tokens' / 'unseen'")
+        return
+    if size == 1 or size > 10_000:
+        raise UsageError(f"canaries.alphabet_size must be 2..10000 (or 0: {DEFAULT_TOKEN_ALPHABET}), got {size}")
+    if c.secret_alphabet == "new-tokens" and m.kind == "causal-lm":
+        if m.tuning != "full":
+            raise UsageError(f"canaries.secret_alphabet = 'new-tokens' needs model.tuning = 'full': a {m.tuning} "
+                             "adapter never trains the new embedding rows (use secret_alphabet = 'unseen' or 'digits')")
+        if m.freeze_embeddings:
+            raise UsageError("canaries.secret_alphabet = 'new-tokens' with model.freeze_embeddings = true would freeze "
+                             "the new embedding rows: set freeze_embeddings = false or another secret_alphabet")
 
 
 def _validate_gradient_canaries(cfg: RunConfig) -> None:

@@ -5,8 +5,10 @@ of docs/formats.md; ``label`` is 0 for language models). Membership is drawn fir
 Bernoulli(1/2) per canary from ``rng``, then the content: the same seed gives the same canaries.
 
 - ``make_secret_canaries``: a template with a random secret, e.g. "my PIN is 3 9 1 4 0 2"
-  (Carlini et al. 2019, "The Secret Sharer"); digits are separated by spaces so that every
-  tokenizer splits them into one token each.
+  (Carlini et al. 2019, "The Secret Sharer"); symbols are separated by spaces so that every
+  tokenizer splits them into one token each. The alphabet is the ten digits by default, or any
+  sequence of distinct symbols (e.g. tokens added to the vocabulary for the canaries,
+  ``dp_audit.trainers.secret_alphabet``).
 - ``secret_candidates``: K candidate texts with i.i.d. uniform secrets from the same template,
   drawn with replacement and independently of the canaries (what makes the exposure bound of
   ``dp_audit.attacks.exposure`` valid: do not filter out the canaries' own secrets).
@@ -16,7 +18,7 @@ Bernoulli(1/2) per canary from ``rng``, then the content: the same seed gives th
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from dp_audit.errors import UsageError
 
 DEFAULT_TEMPLATE = "my PIN is {secret}"
 DIGITS = "0123456789"
+Alphabet = Union[str, Sequence[str]]  # a string of one-character symbols, or a list of symbols
 
 
 def _check_template(template: str) -> None:
@@ -37,14 +40,27 @@ def _membership(m: int, rng: np.random.Generator) -> np.ndarray:
     return rng.random(m) < 0.5
 
 
-def _secrets(k: int, rng: np.random.Generator, *, n_digits: int, alphabet: str) -> list[str]:
-    if n_digits < 1 or len(alphabet) < 2 or len(set(alphabet)) != len(alphabet):
+def check_alphabet(alphabet: Alphabet) -> None:
+    """A string of single-character symbols (legacy) or a sequence of distinct non-empty symbols
+    without whitespace (each symbol is one word of the secret)."""
+    if isinstance(alphabet, str):
+        ok = len(set(alphabet)) == len(alphabet) and not any(ch.isspace() for ch in alphabet)
+    else:
+        ok = all(isinstance(x, str) and x and x.split() == [x] for x in alphabet)
+        ok = ok and len(set(alphabet)) == len(alphabet)
+    if not ok or len(alphabet) < 2:
+        raise UsageError("secrets need an alphabet of at least 2 distinct symbols without whitespace")
+
+
+def _secrets(k: int, rng: np.random.Generator, *, n_digits: int, alphabet: Alphabet) -> list[str]:
+    if n_digits < 1:
         raise UsageError("secrets need n_digits >= 1 and an alphabet of at least 2 distinct symbols")
+    check_alphabet(alphabet)
     draws = rng.integers(0, len(alphabet), size=(k, n_digits))
     return [" ".join(alphabet[j] for j in row) for row in draws]
 
 
-def secret_space_size(*, n_digits: int = 6, alphabet: str = DIGITS) -> int:
+def secret_space_size(*, n_digits: int = 6, alphabet: Alphabet = DIGITS) -> int:
     """|R|: the number of distinct secrets."""
     return len(alphabet) ** n_digits
 
@@ -55,7 +71,7 @@ def make_secret_canaries(
     rng: np.random.Generator,
     template: str = DEFAULT_TEMPLATE,
     n_digits: int = 6,
-    alphabet: str = DIGITS,
+    alphabet: Alphabet = DIGITS,
     id_prefix: str = "secret",
 ) -> list[dict]:
     """m canaries ``template.format(secret=...)`` with uniform random secrets."""
@@ -72,7 +88,7 @@ def secret_candidates(
     rng: np.random.Generator,
     template: str = DEFAULT_TEMPLATE,
     n_digits: int = 6,
-    alphabet: str = DIGITS,
+    alphabet: Alphabet = DIGITS,
 ) -> list[str]:
     """K candidate texts with i.i.d. uniform secrets (with replacement) for exposure.
 

@@ -22,6 +22,7 @@ from dp_audit.canaries import Canary, make_canaries, write_canaries
 from dp_audit.config import RunConfig
 from dp_audit.errors import UsageError
 from dp_audit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from dp_audit.lm_canaries import DIGITS
 from dp_audit.manifest import inside, new_run_id, write_manifest
 from dp_audit.records import PrivacyClaim
 from dp_audit.registry import Registry
@@ -46,6 +47,10 @@ class Prepared:
     layout: InputLayout = InputLayout()  # which inputs the model takes (trainers.modeling.input_layout)
     kind: str = "classifier"  # classifier | causal-lm (batches then carry next-token labels, trainers.causal_lm)
     candidates: tuple[str, ...] = ()  # causal LMs: K candidate secrets for exposure (candidates.txt)
+    # causal LMs: the secret's symbols (trainers.secret_alphabet) and the ids of the tokens added
+    # to the tokenizer for them (canaries.secret_alphabet = "new-tokens"; the model grows its table)
+    alphabet: Any = DIGITS
+    new_token_ids: tuple[int, ...] = ()
 
     @property
     def n_train(self) -> int:
@@ -191,6 +196,7 @@ def prepare_causal_lm(cfg: RunConfig, *, cache_root: Path, progress: bool = True
     from dp_audit.lm_canaries import make_secret_canaries, secret_candidates
     from dp_audit.trainers.causal_lm import encode_lm
     from dp_audit.trainers.lm_backbone import ensure_lm_backbone
+    from dp_audit.trainers.secret_alphabet import resolve_alphabet
     from dp_audit.trainers.tokenizer import train_lm_tokenizer
 
     c = cfg.canaries
@@ -207,17 +213,22 @@ def prepare_causal_lm(cfg: RunConfig, *, cache_root: Path, progress: bool = True
     else:
         backbone_dir, tokenizer = source, load_model_tokenizer(source)
     tokenizer.padding_side = "right"
+    # after the backbone is loaded: new tokens never touch the cached backbone or its key
+    alphabet, new_ids = resolve_alphabet(cfg, tokenizer, [*task.train.texts, *task.dev.texts, *task.test.texts,
+                                                          *task.public.texts])
     canaries = tuple(Canary(**d) for d in make_secret_canaries(
-        c.m, rng=np.random.default_rng(c.seed), template=c.template, n_digits=c.n_digits)) if c.m else ()
+        c.m, rng=np.random.default_rng(c.seed), template=c.template, n_digits=c.n_digits,
+        alphabet=alphabet)) if c.m else ()
     candidates = tuple(secret_candidates(c.candidates, rng=candidate_rng(c.candidate_seed), template=c.template,
-                                         n_digits=c.n_digits)) if c.m else ()
+                                         n_digits=c.n_digits, alphabet=alphabet)) if c.m else ()
     check_canary_lengths(tokenizer, [x.text for x in canaries] + list(candidates[:1]), max_length=cfg.data.max_length)
     members = [x for x in canaries if x.member] * c.repeat
     private = with_canaries(task.train, [x.text for x in members], [0] * len(members))
     enc = lambda s: encode_lm(tokenizer, s.texts, max_length=cfg.data.max_length)  # noqa: E731
     return Prepared(cfg=cfg, task=task, tokenizer=tokenizer, backbone_dir=backbone_dir, canaries=canaries,
                     train=enc(private), dev=enc(task.dev), test=enc(task.test), public=enc(task.public),
-                    layout=input_layout_of(backbone_dir), kind="causal-lm", candidates=candidates)
+                    layout=input_layout_of(backbone_dir), kind="causal-lm", candidates=candidates, alphabet=alphabet,
+                    new_token_ids=new_ids)
 
 
 def check_canary_lengths(tokenizer, texts: list[str], *, max_length: int) -> None:
@@ -268,7 +279,7 @@ def new_classifier(prep: Prepared, *, generator: torch.Generator):
         from dp_audit.trainers.causal_lm import build_causal_lm
 
         return build_causal_lm(prep.backbone_dir, prep.cfg.model, generator=generator,
-                               pad_token_id=prep.tokenizer.pad_token_id)
+                               pad_token_id=prep.tokenizer.pad_token_id, new_token_ids=prep.new_token_ids)
     return build_classifier(prep.backbone_dir, prep.cfg.model, num_labels=prep.task.num_labels, generator=generator,
                             pad_token_id=prep.tokenizer.pad_token_id)
 
@@ -317,18 +328,22 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, ove
                        "metrics.json", *result.files],
             run_id=run_id or new_run_id(cfg.name or out_dir.name), data_fingerprint=prep.task.fingerprint,
             extra={"notes": {"trainer": cfg.trainer, "tuning": cfg.model.tuning, "kind": prep.kind, "metrics": metrics,
-                             **({"canaries": secret_notes(cfg)} if prep.kind == "causal-lm" else {}),
+                             **({"canaries": secret_notes(cfg, alphabet=prep.alphabet)} if prep.kind == "causal-lm"
+                                else {}),
                              **({"data": prep.task.source} if prep.task.source else {}), **result.extra}},
         )
     return out_dir
 
 
-def secret_notes(cfg: RunConfig) -> dict[str, Any]:
+def secret_notes(cfg: RunConfig, *, alphabet: Any = DIGITS) -> dict[str, Any]:
+    """The manifest's ``notes.canaries``: the secret canaries' settings and their resolved
+    alphabet (the list of symbols; the audit's |R| = len(alphabet)^n_digits)."""
     c = cfg.canaries
     from dp_audit.lm_canaries import secret_space_size
 
     return {"kind": "secret", "m": c.m, "repeat": c.repeat, "template": c.template, "n_digits": c.n_digits,
-            "secret_space": secret_space_size(n_digits=c.n_digits), "candidates": c.candidates,
+            "secret_alphabet": c.secret_alphabet, "alphabet": list(alphabet),
+            "secret_space": secret_space_size(n_digits=c.n_digits, alphabet=alphabet), "candidates": c.candidates,
             "candidates_file": "candidates.txt", "seed": c.seed, "candidate_seed": c.candidate_seed,
             "membership": "Bernoulli(1/2) per canary from canaries.seed",
             "candidate_stream": "SeedSequence(candidate_seed, spawn_key=(0x63616E64,)): independent of the canaries"}

@@ -64,9 +64,11 @@ def lm_loss(model, batch: Batch) -> torch.Tensor:
 
 
 def build_causal_lm(model_dir: Path, model_cfg: ModelConfig, *, generator: torch.Generator,
-                    pad_token_id: int | None = None):
+                    pad_token_id: int | None = None, new_token_ids: Sequence[int] = ()):
     """The causal LM in ``model_dir`` (safetensors, offline, no remote code) wrapped for
-    ``model.tuning`` (full, prefix or LoRA, PEFT task CAUSAL_LM)."""
+    ``model.tuning`` (full, prefix or LoRA, PEFT task CAUSAL_LM). ``new_token_ids``: tokens added
+    to the tokenizer for the secrets (trainers.secret_alphabet): the embedding table grows to hold
+    them, their rows drawn from ``generator`` before the tuning's own initialisation."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
@@ -80,6 +82,10 @@ def build_causal_lm(model_dir: Path, model_cfg: ModelConfig, *, generator: torch
         raise UsageError(f"cannot load {model_dir} as a causal LM: {type(exc).__name__}: {line[:240]}") from None
     if pad_token_id is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
+    if new_token_ids:
+        from dp_audit.trainers.secret_alphabet import grow_embeddings
+
+        grow_embeddings(model, new_token_ids, generator=generator)
     for m in model.modules():  # fine-tuning is deterministic: no dropout (as the tiny GPT-2)
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
